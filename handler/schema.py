@@ -1,0 +1,135 @@
+"""The reference key table, as Baileys deployments create it, and a realistic seed for it.
+
+Used by the demo, the tests and the benchmark. The job itself never creates this table.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+REFERENCE_TABLE = "whatsapp_keys"
+
+
+def reference_schema(table: str = REFERENCE_TABLE) -> sql.Composed:
+    """DDL of the reference table: no index on updated_at, a trigger that bumps it on UPDATE."""
+    t = sql.Identifier(table)
+
+    def ident(suffix: str) -> sql.Identifier:
+        return sql.Identifier(f"{table}_{suffix}")
+
+    return sql.SQL(
+        """
+CREATE TABLE {t} (
+  company_id TEXT NOT NULL,
+  key_type   TEXT NOT NULL,
+  key_id     TEXT NOT NULL,
+  value      JSONB NOT NULL,
+  created_at TIMESTAMPTZ DEFAULT NOW(),
+  updated_at TIMESTAMPTZ DEFAULT NOW(),
+  expires_at TIMESTAMPTZ,
+  PRIMARY KEY (company_id, key_type, key_id)
+);
+CREATE INDEX {ix_company} ON {t} (company_id);
+CREATE INDEX {ix_type} ON {t} (key_type);
+CREATE INDEX {ix_company_type} ON {t} (company_id, key_type);
+CREATE INDEX {ix_expires} ON {t} (expires_at) WHERE expires_at IS NOT NULL;
+CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.updated_at = NOW();
+  RETURN NEW;
+END $$;
+CREATE TRIGGER {trg} BEFORE UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {fn}();
+"""
+    ).format(
+        t=t,
+        ix_company=ident("company_idx"),
+        ix_type=ident("type_idx"),
+        ix_company_type=ident("company_type_idx"),
+        ix_expires=ident("expires_idx"),
+        fn=ident("touch"),
+        trg=ident("touch_trg"),
+    )
+
+
+# Share of rows per key type and the range of their ages in days, shaped after real Baileys
+# tables: pre-keys are uploaded by the hundred and mostly never used (their updated_at is their
+# creation time); sessions and sender keys pile up for every contact and group ever seen;
+# app-state sync keys and LID mappings are few, old, and must survive.
+KEY_MIX: tuple[tuple[str, float, float, float], ...] = (
+    # key type,                share, min age days, max age days
+    ("pre-key", 0.30, 0.0, 120.0),
+    ("session", 0.25, 0.0, 90.0),
+    ("sender-key", 0.20, 0.0, 90.0),
+    ("sender-key-memory", 0.08, 0.0, 60.0),
+    ("device-list", 0.06, 0.0, 45.0),
+    ("tctoken", 0.04, 0.0, 40.0),
+    ("identity-key", 0.03, 0.0, 80.0),
+    ("lid-mapping", 0.02, 10.0, 200.0),
+    ("app-state-sync-key", 0.01, 20.0, 300.0),
+    ("app-state-sync-version", 0.01, 0.0, 90.0),
+)
+
+
+def seed_keys(
+    conn: psycopg.Connection[tuple[object, ...]],
+    rows: int,
+    *,
+    table: str = REFERENCE_TABLE,
+    companies: int = 3,
+    value_bytes: int = 300,
+    age_scale: float = 1.0,
+    seed: float = 0.42,
+) -> None:
+    """Insert `rows` keys of the KEY_MIX shape, ages scattered through the heap at random.
+
+    Runs server-side in one statement, so a million rows take seconds. `age_scale` stretches
+    every age range (the benchmark uses it to set the share of rows past the cutoff).
+    Values are JSON of about `value_bytes` bytes whose text is random, never a real key.
+    """
+    types = [k for k, _, _, _ in KEY_MIX]
+    shares = [s for _, s, _, _ in KEY_MIX]
+    bounds = []
+    acc = 0.0
+    for share in shares:
+        acc += share
+        bounds.append(acc)
+    bounds[-1] = 1.0
+    low = [lo * age_scale for _, _, lo, _ in KEY_MIX]
+    high = [hi * age_scale for _, _, _, hi in KEY_MIX]
+    pad = max(0, value_bytes - 60) // 32 + 1  # md5() yields 32 hex characters
+    with conn.cursor() as cur:
+        cur.execute("SELECT setseed(%s)", (seed,))
+        cur.execute(
+            sql.SQL(
+                """
+INSERT INTO {t} (company_id, key_type, key_id, value, created_at, updated_at)
+SELECT 'company-' || (1 + g %% %(companies)s),
+       k.key_type,
+       k.key_type || ':' || g,
+       jsonb_build_object('k', repeat(md5(g::text), %(pad)s), 'n', g),
+       now() - make_interval(secs => k.age * 86400) - interval '1 hour',
+       now() - make_interval(secs => k.age * 86400)
+FROM generate_series(1, %(rows)s) AS g
+CROSS JOIN LATERAL (SELECT random() AS u, random() AS a OFFSET 0 * g) AS r
+CROSS JOIN LATERAL (
+  SELECT (%(types)s::text[])[i] AS key_type,
+         (%(low)s::float8[])[i] + r.a * ((%(high)s::float8[])[i] - (%(low)s::float8[])[i]) AS age
+  FROM (SELECT coalesce(min(i), 1) AS i
+        FROM generate_subscripts(%(bounds)s::float8[], 1) AS i
+        WHERE r.u < (%(bounds)s::float8[])[i]) AS pick
+) AS k
+ON CONFLICT DO NOTHING
+"""
+            ).format(t=sql.Identifier(table)),
+            {
+                "companies": companies,
+                "pad": pad,
+                "rows": rows,
+                "types": types,
+                "low": low,
+                "high": high,
+                "bounds": bounds,
+            },
+        )
+        cur.execute(sql.SQL("ANALYZE {t}").format(t=sql.Identifier(table)))

@@ -1,0 +1,235 @@
+"""The one place that reads the environment, and the strict flags model for events and argv.
+
+`Settings.from_env()` validates every variable once and raises `ConfigError`, whose message
+names each bad variable and never echoes its value (a value may be a secret).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# A plain SQL identifier. Quoted, unicode or dotted names are refused rather than guessed at:
+# this tool deletes rows, so an odd name is far more likely a typo or an attack than a need.
+IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+
+DEFAULT_PROTECTED_KEY_TYPES = ("app-state-sync-key", "app-state-sync-version", "lid-mapping")
+MAX_RETENTION_DAYS = 3650
+
+
+_EMPTY_MEANS_NONE = frozenset({"CLEANUP_KEY_TYPE_COLUMN", "CLEANUP_PROTECTED_KEY_TYPES"})
+
+
+class ConfigError(ValueError):
+    """Bad settings or flags. The message names what is wrong and never holds a value."""
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem: `NAME: message`, without the offending input (it may be secret)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        name = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        parts.append(f"{prefix}{name}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _identifier(value: str) -> str:
+    if not IDENTIFIER_RE.fullmatch(value):
+        raise ValueError(
+            "must be a plain SQL identifier (letters, digits, _ or $; starting with a letter "
+            "or _; at most 63 characters)"
+        )
+    return value
+
+
+def _split_table(value: str) -> tuple[str | None, str]:
+    parts = value.split(".")
+    if len(parts) == 1:
+        return None, _identifier(parts[0])
+    if len(parts) == 2:  # noqa: PLR2004 - schema.table
+        return _identifier(parts[0]), _identifier(parts[1])
+    raise ValueError("must be `table` or `schema.table`")
+
+
+def _table(value: str) -> str:
+    schema, _ = _split_table(value)
+    if schema is not None and (schema.lower() in SYSTEM_SCHEMAS or schema.lower().startswith("pg_")):
+        raise ValueError(f"refusing a table in the system schema {schema}")
+    return value
+
+
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _retention_map(value: Any) -> Any:
+    """`pre-key=60,session=45` -> {"pre-key": 60, "session": 45}."""
+    if not isinstance(value, str):
+        return value
+    result: dict[str, str] = {}
+    for item in _csv(value):
+        key_type, sep, days = item.partition("=")
+        if not sep or not key_type.strip() or not days.strip():
+            raise ValueError("must be a comma-separated list of key-type=days")
+        result[key_type.strip()] = days.strip()
+    return result
+
+
+RetentionDays = Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)]
+Identifier = Annotated[str, AfterValidator(_identifier)]
+
+
+class Settings(BaseModel):
+    """Every setting, read from the environment once. Field aliases are the variable names."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    # Target
+    database_url: SecretStr | None = Field(None, alias="DATABASE_URL")
+    database_secret_arn: str | None = Field(None, alias="DATABASE_SECRET_ARN")
+    table: Annotated[str, AfterValidator(_table)] = Field("whatsapp_keys", alias="CLEANUP_TABLE")
+    timestamp_column: Identifier = Field("updated_at", alias="CLEANUP_TIMESTAMP_COLUMN")
+    key_type_column: Identifier | None = Field("key_type", alias="CLEANUP_KEY_TYPE_COLUMN")
+
+    # Policy
+    retention_days: RetentionDays = Field(30, alias="CLEANUP_RETENTION_DAYS")
+    min_retention_days: RetentionDays = Field(7, alias="CLEANUP_MIN_RETENTION_DAYS")
+    protected_key_types: tuple[str, ...] = Field(
+        DEFAULT_PROTECTED_KEY_TYPES, alias="CLEANUP_PROTECTED_KEY_TYPES"
+    )
+    type_retention_days: dict[str, RetentionDays] = Field(
+        default_factory=dict, alias="CLEANUP_TYPE_RETENTION_DAYS"
+    )
+    max_delete_fraction: float = Field(0.5, gt=0, le=1, alias="CLEANUP_MAX_DELETE_FRACTION")
+    guard_min_keys: int = Field(1000, ge=0, alias="CLEANUP_GUARD_MIN_KEYS")
+    dry_run_scheduled: bool = Field(False, alias="CLEANUP_DRY_RUN")
+
+    # Execution
+    batch_size: int = Field(5000, ge=1, le=1_000_000, alias="CLEANUP_BATCH_SIZE")
+    lock_timeout_ms: int = Field(2000, ge=1, le=600_000, alias="CLEANUP_LOCK_TIMEOUT_MS")
+    batch_timeout_ms: int = Field(5000, ge=10, le=600_000, alias="CLEANUP_BATCH_TIMEOUT_MS")
+    statement_timeout_ms: int = Field(
+        300_000, ge=100, le=3_600_000, alias="CLEANUP_STATEMENT_TIMEOUT_MS"
+    )
+    batch_attempts: int = Field(3, ge=1, le=20, alias="CLEANUP_BATCH_ATTEMPTS")
+    connect_timeout_s: int = Field(10, ge=1, le=120, alias="CLEANUP_CONNECT_TIMEOUT_S")
+    deadline_margin_ms: int = Field(60_000, ge=0, alias="CLEANUP_DEADLINE_MARGIN_MS")
+
+    # Reporting
+    warning_threshold: int = Field(1000, ge=0, alias="CLEANUP_WARNING_THRESHOLD")
+    verbose_limit: int = Field(100, ge=0, le=100_000, alias="CLEANUP_VERBOSE_LIMIT")
+    history_enabled: bool = Field(True, alias="CLEANUP_HISTORY")
+    history_table: Annotated[str, AfterValidator(_table)] = Field(
+        "keys_cleanup_runs", alias="CLEANUP_HISTORY_TABLE"
+    )
+
+    # Sentry
+    sentry_dsn: SecretStr | None = Field(None, alias="SENTRY_DSN")
+    sentry_dsn_parameter: str | None = Field(None, alias="SENTRY_DSN_PARAMETER")
+    sentry_environment: str = Field("production", alias="SENTRY_ENVIRONMENT")
+    sentry_monitor_slug: str = Field("whatsapp-keys-cleanup", alias="SENTRY_MONITOR_SLUG")
+    sentry_schedule: str = Field("0 3 * * *", alias="SENTRY_CRON_SCHEDULE")
+    sentry_checkin_margin_min: int = Field(10, ge=1, alias="SENTRY_CHECKIN_MARGIN_MINUTES")
+    sentry_max_runtime_min: int = Field(16, ge=1, alias="SENTRY_MAX_RUNTIME_MINUTES")
+
+    # Telegram
+    telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
+    telegram_bot_token_parameter: str | None = Field(None, alias="TELEGRAM_BOT_TOKEN_PARAMETER")
+    telegram_chat_id: str | None = Field(None, alias="TELEGRAM_CHAT_ID")
+    telegram_api_url: str = Field("https://api.telegram.org", alias="TELEGRAM_API_URL")
+    telegram_notify_dry_run: bool = Field(False, alias="TELEGRAM_NOTIFY_DRY_RUN")
+    telegram_timeout_s: float = Field(10.0, gt=0, le=60, alias="TELEGRAM_TIMEOUT_S")
+
+    _split_lists = field_validator("protected_key_types", mode="before")(_csv)
+    _split_map = field_validator("type_retention_days", mode="before")(_retention_map)
+
+    @field_validator("key_type_column", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        if self.retention_days < self.min_retention_days:
+            raise ValueError(
+                f"CLEANUP_RETENTION_DAYS ({self.retention_days}) is below "
+                f"CLEANUP_MIN_RETENTION_DAYS ({self.min_retention_days})"
+            )
+        for key_type, days in self.type_retention_days.items():
+            if days < self.min_retention_days:
+                raise ValueError(
+                    f"CLEANUP_TYPE_RETENTION_DAYS: {key_type}={days} is below "
+                    f"CLEANUP_MIN_RETENTION_DAYS ({self.min_retention_days})"
+                )
+        overlap = set(self.type_retention_days) & set(self.protected_key_types)
+        if overlap:
+            raise ValueError(
+                "CLEANUP_TYPE_RETENTION_DAYS names protected key types: "
+                + ", ".join(sorted(overlap))
+            )
+        if self.key_type_column is not None and self.key_type_column == self.timestamp_column:
+            raise ValueError("CLEANUP_KEY_TYPE_COLUMN and CLEANUP_TIMESTAMP_COLUMN are the same")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Validate the process environment (or `environ`) into Settings, or raise ConfigError."""
+        env = os.environ if environ is None else environ
+        names = {field.alias for field in cls.model_fields.values() if field.alias}
+        values = {name: env[name] for name in names if name in env}
+        # An empty value means "not set", except where empty has a meaning of its own:
+        # no key-type column, or no protected key types.
+        values = {k: v for k, v in values.items() if v.strip() != "" or k in _EMPTY_MEANS_NONE}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError("invalid settings: " + format_validation_error(exc)) from None
+
+    @property
+    def table_parts(self) -> tuple[str | None, str]:
+        return _split_table(self.table)
+
+    @property
+    def history_table_parts(self) -> tuple[str | None, str]:
+        return _split_table(self.history_table)
+
+
+class Flags(BaseModel):
+    """What one run is asked to do: from a console event, an EventBridge detail, or argv.
+
+    Strict: unknown keys and wrong types are errors (`"dry_run": "false"` is not false).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    dry_run: bool = True
+    verbose: bool = False
+    retention_days: RetentionDays | None = None
+    force: bool = False
+    vacuum: bool = False
+
+    @classmethod
+    def parse(cls, data: Any) -> Flags:
+        """Validate a flags object, raising ConfigError that names the field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"invalid flags: expected a JSON object, got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigError("invalid flags: " + format_validation_error(exc)) from None
