@@ -1,6 +1,211 @@
 """Notifications: Sentry (messages, exceptions, Crons check-ins) and Telegram.
 
-Contract used by handler.app (implemented in issue 4): every function here is safe to call
-when nothing is configured, and none of them raises: a failed notification is logged and
-never changes the outcome of a run.
+Contract used by handler.app: every function here is safe to call when nothing is
+configured. `after_run` and `on_failure` never raise, and `cron_monitor` raises only what the
+wrapped block raised: a failed notification is logged (and reported to Sentry when Sentry
+itself works) and never changes the outcome of a run.
+
+    notify.init(settings)
+    try:
+        with notify.cron_monitor(settings):
+            report = run_cleanup(settings, flags, deadline=deadline)
+    except Exception as exc:
+        notify.on_failure(exc, settings, deadline=deadline)
+        raise
+    notify.after_run(report, settings, deadline=deadline)
 """
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from aws_lambda_powertools import Logger
+
+from handler.notify import html, secrets, sentry, telegram
+from handler.report import Report
+from handler.settings import Settings
+
+__all__ = ["after_run", "cron_monitor", "init", "on_failure"]
+
+# The service name comes from POWERTOOLS_SERVICE_NAME; a Logger with the same service as
+# handler.observability's shares its configuration.
+logger = Logger()
+
+
+def init(settings: Settings) -> None:
+    """Initialise Sentry once per process when a DSN is configured. Never raises.
+
+    A DSN that cannot be read (parameter missing, no permission) or parsed leaves Sentry off
+    and logs an error: the cleanup itself must still run, and the Crons monitor reports the
+    missing check-in.
+    """
+    if settings.telegram_bot_token is not None:
+        secrets.register(settings.telegram_bot_token.get_secret_value())
+    if sentry.enabled() or not (settings.sentry_dsn or settings.sentry_dsn_parameter):
+        return
+    try:
+        dsn = secrets.resolve(settings.sentry_dsn, settings.sentry_dsn_parameter)
+    except Exception as exc:  # a side channel: its failure must not stop the run
+        logger.error("sentry disabled", reason="dsn unreadable", error_type=type(exc).__name__)
+        return
+    if not dsn:
+        return
+    try:
+        sentry.init(settings, dsn)
+    except Exception as exc:  # BadDsn and the like; the message could quote the DSN
+        logger.error("sentry disabled", reason="init failed", error_type=type(exc).__name__)
+        return
+    logger.info("sentry initialised", environment=settings.sentry_environment)
+
+
+@contextmanager
+def cron_monitor(settings: Settings) -> Iterator[None]:
+    """Sentry Crons check-ins around a run: in_progress, then ok, or error (and re-raise).
+
+    Without Sentry this is a no-op. A failed check-in is logged and never affects the run.
+    """
+    init(settings)
+    if not sentry.enabled():
+        yield
+        return
+    check_in_id = _checkin(settings, "in_progress")
+    started = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        _checkin(settings, "error", check_in_id, time.monotonic() - started)
+        _flush(None)
+        raise
+    _checkin(settings, "ok", check_in_id, time.monotonic() - started)
+    _flush(None)
+
+
+def after_run(report: Report, settings: Settings, *, deadline: float | None) -> None:
+    """Report a finished run to Sentry and Telegram within `deadline`. Never raises."""
+    try:
+        _after_run(report, settings, deadline)
+    except Exception as exc:  # a side channel must never change the run's outcome
+        _internal_error("after_run", exc)
+
+
+def on_failure(exc: BaseException, settings: Settings, *, deadline: float | None) -> None:
+    """Capture a failed run in Sentry and alert Telegram. Never raises; the caller re-raises."""
+    try:
+        init(settings)
+        if sentry.enabled():
+            try:
+                event_id = sentry.capture_failure(exc)
+                logger.info("sentry exception captured", sentry_event_id=event_id)
+            except Exception as err:  # protect the Telegram alert below
+                _notification_failed("sentry", "failure", err)
+        _send_telegram(settings, "failure", html.render_failure(exc, settings), deadline)
+        _flush(deadline)
+    except Exception as err:  # a side channel must never mask the run's own error
+        _internal_error("on_failure", err)
+
+
+def _after_run(report: Report, settings: Settings, deadline: float | None) -> None:
+    if report.status == "skipped":
+        # Another run holds the lock, or this event was already handled: that run notifies.
+        logger.info("notifications skipped", status=report.status, reason=report.reason)
+        return
+    init(settings)
+    if sentry.enabled():
+        try:
+            event_id = sentry.capture_report(report, settings)
+            logger.info(
+                "sentry message sent",
+                level=sentry.level_for(report, settings),
+                sentry_event_id=event_id,
+            )
+        except Exception as err:  # protect the Telegram summary below
+            _notification_failed("sentry", "summary", err)
+
+    if report.dry_run and not settings.telegram_notify_dry_run:
+        logger.info("telegram skipped", reason="dry run (TELEGRAM_NOTIFY_DRY_RUN=false)")
+    elif report.status == "aborted":
+        text = html.render_guard_abort(report, settings)
+        _send_telegram(settings, "guard_abort", text, deadline)
+    else:
+        _send_telegram(settings, "summary", html.render_summary(report), deadline)
+    _flush(deadline)
+
+
+def _send_telegram(settings: Settings, kind: str, text: str, deadline: float | None) -> None:
+    has_token = settings.telegram_bot_token is not None or settings.telegram_bot_token_parameter
+    if not settings.telegram_chat_id or not has_token:
+        logger.debug("telegram skipped", reason="not configured")
+        return
+    try:
+        token = secrets.resolve(settings.telegram_bot_token, settings.telegram_bot_token_parameter)
+        if not token:
+            logger.warning("telegram skipped", reason="empty bot token")
+            return
+        secrets.register(token)
+        delivery = telegram.send_message(
+            api_url=settings.telegram_api_url,
+            token=token,
+            chat_id=settings.telegram_chat_id,
+            text=text,
+            timeout_s=settings.telegram_timeout_s,
+            deadline=deadline,
+        )
+    except Exception as err:  # TelegramError, or the token parameter unreadable
+        _notification_failed("telegram", kind, err)
+        return
+    logger.info(
+        "telegram message sent",
+        kind=kind,
+        attempts=delivery.attempts,
+        chars=html.telegram_len(text),
+        message_id=delivery.message_id,
+    )
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, telegram.TelegramError):
+        return str(err)  # already secret-free
+    return f"{type(err).__name__}: {secrets.redact(str(err))}"
+
+
+def _notification_failed(channel: str, kind: str, err: BaseException) -> None:
+    problem = _describe(err)
+    logger.warning("notification failed", channel=channel, kind=kind, error=problem)
+    if channel != "sentry" and sentry.enabled():
+        try:
+            sentry.capture_notification_failure(channel, kind, problem)
+        except Exception as exc:  # nothing left to tell; the log line above stands
+            logger.warning("sentry capture failed", error_type=type(exc).__name__)
+
+
+def _internal_error(where: str, err: BaseException) -> None:
+    logger.error("notification error", where=where, error=_describe(err))
+    try:
+        if sentry.enabled():
+            sentry.capture_internal_error(err)
+            _flush(None)
+    except Exception as exc:  # nothing left to tell; the log line above stands
+        logger.warning("sentry capture failed", error_type=type(exc).__name__)
+
+
+def _checkin(
+    settings: Settings,
+    status: str,
+    check_in_id: str | None = None,
+    duration_s: float | None = None,
+) -> str | None:
+    try:
+        return sentry.checkin(settings, status, check_in_id=check_in_id, duration_s=duration_s)
+    except Exception as exc:  # a check-in must never fail the run it watches
+        logger.warning("sentry check-in failed", status=status, error_type=type(exc).__name__)
+        return None
+
+
+def _flush(deadline: float | None) -> None:
+    try:
+        if sentry.enabled():
+            sentry.flush(deadline)
+    except Exception as exc:  # flushing is best effort
+        logger.warning("sentry flush failed", error_type=type(exc).__name__)

@@ -1,0 +1,283 @@
+"""Telegram HTML renderings of a Report: the run summary, the guard-abort alert, the failure alert.
+
+Telegram's HTML parse mode knows a handful of tags and four named entities; everything
+interpolated here goes through `esc()`. A message may hold at most 4096 characters after
+entity parsing. We bound the raw HTML instead, measured in UTF-16 code units (how Telegram
+counts), which is stricter, so no message is ever rejected for its length whatever the
+size of the key listing: the listing and the per-type table are cut line by line to fit.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from handler.notify.secrets import redact
+from handler.report import BUCKET_LABELS, Report, TableStats, human_bytes
+from handler.settings import Settings
+
+MAX_MESSAGE = 4096  # https://core.telegram.org/bots/api#sendmessage
+_MAX_REASON = 500
+_MAX_ERROR = 1500
+_MAX_TYPE_NAME = 24
+_BAR_WIDTH = 16
+
+_STATUS_ICON = {"completed": "✅", "partial": "⚠️", "aborted": "🛑", "skipped": "⏭️"}
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def telegram_len(text: str) -> int:
+    """Length as Telegram counts it: UTF-16 code units (an emoji counts 2)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _utc(moment: datetime | None) -> str:
+    moment = moment or datetime.now(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(ms: int) -> str:
+    if ms < 1000:
+        return f"{ms} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def _mode(report: Report) -> str:
+    return "🧪 DRY RUN" if report.dry_run else "LIVE"
+
+
+def _footer(report: Report, now: datetime | None) -> str:
+    footer = f"🕒 {esc(_utc(now or report.started_at))}"
+    if report.event_id:
+        footer += f" · event <code>{esc(_clip(report.event_id, 80))}</code>"
+    return footer
+
+
+def _target(report: Report) -> str:
+    line = f"Table <code>{esc(report.table)}</code> · retention {report.retention_days} d"
+    if report.cutoff is not None:
+        line += f" · cutoff {esc(_utc(report.cutoff))}"
+    return line
+
+
+def _counts(report: Report) -> str:
+    if report.dry_run:
+        return (
+            f"<b>Would delete:</b> {report.eligible:,} eligible · "
+            f"protected {report.protected:,} · deleted 0 (dry run)"
+        )
+    return (
+        f"<b>Deleted:</b> {report.deleted:,} of {report.eligible:,} eligible · "
+        f"protected {report.protected:,}"
+    )
+
+
+def _keys(stats: TableStats | None) -> str:
+    return "not measured" if stats is None else f"{stats.keys:,}"
+
+
+def _size(stats: TableStats | None) -> str:
+    return "not measured" if stats is None else human_bytes(stats.total_bytes)
+
+
+def _sizes(report: Report) -> list[str]:
+    before, after = report.before, report.after
+    space = (
+        f"<b>Space:</b> released {human_bytes(report.released_bytes)} (measured) · "
+        f"reclaimable {human_bytes(report.reclaimable_bytes)} (estimated)"
+    )
+    if report.vacuumed:
+        space += " · vacuumed"
+    return [
+        space,
+        f"<b>Keys:</b> {_keys(before)} → {_keys(after)}",
+        f"<b>Size:</b> {_size(before)} → {_size(after)}",
+    ]
+
+
+def _age_block(report: Report) -> str:
+    counts = [report.age_distribution.get(label, 0) for label in BUCKET_LABELS]
+    largest = max(counts, default=0)
+    width = max(len(f"{c:,}") for c in counts) if counts else 1
+    rows = []
+    for label, count in zip(BUCKET_LABELS, counts, strict=True):
+        bar = "█" * max(1, round(_BAR_WIDTH * count / largest)) if largest and count else ""
+        rows.append(esc(f"{label:>6} {count:>{width},} {bar}".rstrip()))
+    if report.no_timestamp:
+        rows.append(esc(f"no timestamp: {report.no_timestamp:,} (never deleted)"))
+    return "<b>Age distribution</b>\n<pre>" + "\n".join(rows) + "</pre>"
+
+
+def _type_rows(report: Report) -> tuple[str, list[str]]:
+    """The per-type table: an escaped header and one escaped line per key type."""
+    names = {name: _clip(name, _MAX_TYPE_NAME) for name in report.by_type}
+    name_w = max([len("type"), *(len(n) for n in names.values())])
+    third = "eligible" if report.dry_run else "deleted"
+    header = esc(f"{'type':<{name_w}} {'keys':>9} {third:>9}  retention")
+    rows = []
+    for name, stats in sorted(report.by_type.items(), key=lambda kv: (-kv[1].keys, kv[0])):
+        amount = stats.eligible if report.dry_run else stats.deleted
+        retention = "protected" if stats.retention_days is None else f"{stats.retention_days}d"
+        rows.append(esc(f"{names[name]:<{name_w}} {stats.keys:>9,} {amount:>9,}  {retention}"))
+    return header, rows
+
+
+def _listing_rows(report: Report) -> list[str]:
+    rows = []
+    for entry in report.keys:
+        ident = ", ".join(f"{k}={v}" for k, v in entry.key.items())
+        age = "?" if entry.age_days is None else f"{entry.age_days:.1f}d"
+        rows.append(esc(f"{ident}  [{entry.key_type or '-'}]  {age}"))
+    return rows
+
+
+def _fit_pre(
+    title: Callable[[int], str], header: str | None, rows: Sequence[str], total: int, budget: int
+) -> str:
+    """A title and a <pre> block holding as many of `rows` as fit in `budget` (UTF-16 units).
+
+    Rows are cut whole, so no entity or tag is ever split; a last line says how many were
+    left out of `total` (which exceeds len(rows) when the report itself was trimmed).
+    `title(shown)` may name the count; it is sized with shown = total, its longest form.
+    Returns "" when not even the title and the marker line fit.
+    """
+    pre_head = "<pre>" + (header + "\n" if header else "")
+    pre_tail = "</pre>"
+
+    def marker(left: int) -> str:
+        return esc(f"… and {left:,} more")
+
+    used = sum(telegram_len(part) + 1 for part in (title(total), pre_head, pre_tail))
+    reserve = telegram_len(marker(total)) + 1
+    if used + reserve > budget:
+        return ""
+    kept: list[str] = []
+    for row in rows:
+        cost = telegram_len(row) + 1
+        if used + cost + reserve > budget:
+            break
+        kept.append(row)
+        used += cost
+    left = total - len(kept)
+    lines = [*kept, marker(left)] if left > 0 else kept
+    if not lines:
+        return ""
+    return title(len(kept)) + "\n" + pre_head + "\n".join(lines) + pre_tail
+
+
+def _assemble(parts: Sequence[str]) -> str:
+    return "\n\n".join(part for part in parts if part)
+
+
+def render_summary(report: Report, *, now: datetime | None = None, limit: int = MAX_MESSAGE) -> str:
+    """The run summary as Telegram HTML, at most `limit` UTF-16 code units long."""
+    icon = _STATUS_ICON.get(report.status, "•")
+    header_lines = [
+        f"{icon} <b>WhatsApp keys cleanup</b> · <b>{esc(_mode(report))}</b> · {esc(report.status)}",
+        _target(report),
+    ]
+    if report.reason:
+        header_lines.append(f"Reason: {esc(_clip(report.reason, _MAX_REASON))}")
+    figures = [
+        _counts(report),
+        f"<b>Duration:</b> {esc(_duration(report.duration_ms))} · {report.batches:,} batches"
+        f" (longest {report.max_batch_ms:,} ms)",
+        *_sizes(report),
+    ]
+    head = "\n".join(header_lines)
+    body = "\n".join(figures)
+    age = _age_block(report)
+    footer = _footer(report, now)
+
+    fixed = _assemble([head, body, age, footer])
+    # Separators ("\n\n") for the two optional blocks are counted in their budget.
+    budget = limit - telegram_len(fixed) - 4
+    types_block = ""
+    if report.by_type:
+        type_header, type_rows = _type_rows(report)
+        types_block = _fit_pre(
+            lambda _: "<b>By key type</b>", type_header, type_rows, len(type_rows), budget
+        )
+        budget -= telegram_len(types_block)
+    listing_block = ""
+    total_keys = len(report.keys) + report.keys_omitted
+    if total_keys:
+        name = "Keys that would be deleted" if report.dry_run else "Deleted keys"
+        listing_block = _fit_pre(
+            lambda shown: f"<b>{name}</b> ({shown:,} of {total_keys:,})",
+            None,
+            _listing_rows(report),
+            total_keys,
+            budget,
+        )
+    text = _assemble([head, body, age, types_block, listing_block, footer])
+    if telegram_len(text) > limit:
+        # Only reachable with a tiny `limit`: fall back to the essentials.
+        text = _assemble([head, body, footer])
+    return text
+
+
+def render_guard_abort(report: Report, settings: Settings, *, now: datetime | None = None) -> str:
+    """The alert for a run the safety guard stopped: its numbers and how to override it."""
+    total = report.before.keys if report.before is not None else None
+    share = (
+        f"{report.eligible / total:.1%}" if total else "n/a"
+    )  # of the whole table, as the guard compares it
+    lines = [
+        "🛑 <b>WhatsApp keys cleanup aborted by the safety guard</b>"
+        f" · <b>{esc(_mode(report))}</b>",
+        _target(report),
+    ]
+    if report.reason:
+        lines.append(f"Reason: {esc(_clip(report.reason, _MAX_REASON))}")
+    lines += [
+        f"<b>Eligible:</b> {report.eligible:,} of "
+        f"{'not measured' if total is None else f'{total:,}'} keys ({esc(share)}) · "
+        f"protected {report.protected:,}",
+        f"<b>Limit:</b> {settings.max_delete_fraction:.0%} of the table "
+        f"(CLEANUP_MAX_DELETE_FRACTION={esc(settings.max_delete_fraction)}), "
+        f"applied from {settings.guard_min_keys:,} keys (CLEANUP_GUARD_MIN_KEYS)",
+        "Nothing was deleted.",
+    ]
+    override = "\n".join(
+        [
+            "If this deletion is expected, override the guard for one run:",
+            '• Lambda event: <code>{"dry_run": false, "force": true}</code>',
+            "• CLI: add <code>--force</code> to the live <code>keys-cleanup</code> command",
+        ]
+    )
+    return _assemble(["\n".join(lines), _age_block(report), override, _footer(report, now)])
+
+
+def render_failure(exc: BaseException, settings: Settings, *, now: datetime | None = None) -> str:
+    """The alert for a run that raised: exception type and message, redacted and escaped."""
+    message = _clip(redact(str(exc)).strip() or "(no message)", _MAX_ERROR)
+    return _assemble(
+        [
+            "\n".join(
+                [
+                    "🚨 <b>WhatsApp keys cleanup failed</b>",
+                    f"Table <code>{esc(settings.table)}</code> · "
+                    f"environment {esc(settings.sentry_environment)}",
+                ]
+            ),
+            f"<code>{esc(type(exc).__name__)}</code>: {esc(message)}",
+            "Nothing after the failure ran; committed batches stay deleted. See the logs and "
+            "Sentry for the traceback.",
+            f"🕒 {esc(_utc(now))}",
+        ]
+    )

@@ -1,0 +1,171 @@
+"""Sentry: one-time init, the run message, exceptions, and Crons check-ins.
+
+What may reach Sentry is decided here: the report's figures (never the key listing), fixed
+tags, and exceptions without local variables. A `before_send`/`before_breadcrumb` hook
+redacts every registered secret and token-shaped string as a last line of defence; that
+covers the Bot API URL that the http.client integration would put in a breadcrumb.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import sentry_sdk
+from sentry_sdk.crons import capture_checkin
+from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
+from sentry_sdk.integrations.logging import LoggingIntegration
+
+from handler.notify import secrets
+from handler.report import Report
+from handler.settings import Settings
+
+MESSAGE = "WhatsApp session keys cleanup completed"
+COMPONENT = "cleanup"
+OPERATION = "session_keys_cleanup"
+# Flushing waits for the background transport; an unreachable Sentry must not hold the run.
+MAX_FLUSH_S = 2.0
+
+
+def _scrub(event: Any, _hint: Any) -> Any:
+    return secrets.redact_obj(event)
+
+
+def init(settings: Settings, dsn: str) -> None:
+    """Initialise the SDK for this process. The caller resolves the DSN and checks idempotence."""
+    secrets.register_url(dsn)
+    if settings.database_url is not None:
+        secrets.register_url(settings.database_url.get_secret_value())
+    sentry_sdk.init(
+        dsn=dsn,
+        environment=settings.sentry_environment,
+        integrations=[
+            AwsLambdaIntegration(),
+            # Log lines become breadcrumbs only; events are captured explicitly, so an error
+            # logged and then captured is not reported twice.
+            LoggingIntegration(level=logging.INFO, event_level=None),
+        ],
+        send_default_pii=False,
+        # Frame locals could hold a token, a connection string or a key row.
+        include_local_variables=False,
+        max_request_body_size="never",
+        before_send=_scrub,
+        before_breadcrumb=_scrub,
+    )
+
+
+def enabled() -> bool:
+    return sentry_sdk.is_initialized()
+
+
+def tags(report: Report | None, status: str) -> dict[str, str]:
+    result = {"component": COMPONENT, "operation": OPERATION, "status": status}
+    if report is not None:
+        result["mode"] = report.mode
+    return result
+
+
+def level_for(report: Report, settings: Settings) -> str:
+    if report.deleted > settings.warning_threshold or report.status in {"partial", "aborted"}:
+        return "warning"
+    return "info"
+
+
+def figures(report: Report) -> dict[str, Any]:
+    """The report's numbers for the event context: no key listing, no key identifiers."""
+    before, after = report.before, report.after
+    return {
+        "status": report.status,
+        "mode": report.mode,
+        "table": report.table,
+        "retention_days": report.retention_days,
+        "retention_overrides": dict(report.retention_overrides),
+        "protected_types": list(report.protected_types),
+        "cutoff": report.cutoff.isoformat() if report.cutoff else None,
+        "eligible": report.eligible,
+        "protected": report.protected,
+        "deleted": report.deleted,
+        "keys_before": before.keys if before else None,
+        "keys_after": after.keys if after else None,
+        "total_bytes_before": before.total_bytes if before else None,
+        "total_bytes_after": after.total_bytes if after else None,
+        "released_bytes": report.released_bytes,
+        "reclaimable_bytes": report.reclaimable_bytes,
+        "vacuumed": report.vacuumed,
+        "age_distribution": dict(report.age_distribution),
+        "no_timestamp": report.no_timestamp,
+        "by_type": {
+            name: {"keys": t.keys, "eligible": t.eligible, "deleted": t.deleted}
+            for name, t in report.by_type.items()
+        },
+        "batches": report.batches,
+        "batch_retries": report.batch_retries,
+        "max_batch_ms": report.max_batch_ms,
+        "duration_ms": report.duration_ms,
+        "listed_keys": len(report.keys) + report.keys_omitted,  # a count; the list stays out
+        "reason": report.reason,
+        "event_id": report.event_id,
+    }
+
+
+def capture_report(report: Report, settings: Settings) -> str | None:
+    return sentry_sdk.capture_message(
+        MESSAGE,
+        level=level_for(report, settings),  # type: ignore[arg-type]
+        tags=tags(report, report.status),
+        contexts={"cleanup": figures(report)},
+    )
+
+
+def capture_failure(exc: BaseException) -> str | None:
+    return sentry_sdk.capture_exception(exc, level="error", tags=tags(None, "failed"))
+
+
+def capture_internal_error(exc: BaseException) -> str | None:
+    """A bug in the notifiers themselves: reported apart from run failures."""
+    return sentry_sdk.capture_exception(exc, level="error", tags=tags(None, "notifier_error"))
+
+
+def capture_notification_failure(channel: str, kind: str, problem: str) -> str | None:
+    return sentry_sdk.capture_message(
+        f"{channel} notification failed",
+        level="warning",
+        tags={**tags(None, "notification_failed"), "channel": channel, "kind": kind},
+        contexts={"notification": {"channel": channel, "kind": kind, "problem": problem}},
+    )
+
+
+def monitor_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "schedule": {"type": "crontab", "value": settings.sentry_schedule},
+        "timezone": "UTC",
+        "checkin_margin": settings.sentry_checkin_margin_min,
+        "max_runtime": settings.sentry_max_runtime_min,
+        # Alert on the first missed or failed run, recover on the first good one.
+        "failure_issue_threshold": 1,
+        "recovery_threshold": 1,
+    }
+
+
+def checkin(
+    settings: Settings,
+    status: str,
+    *,
+    check_in_id: str | None = None,
+    duration_s: float | None = None,
+) -> str | None:
+    return capture_checkin(
+        monitor_slug=settings.sentry_monitor_slug,
+        check_in_id=check_in_id,
+        status=status,
+        duration=duration_s,
+        monitor_config=monitor_config(settings),  # type: ignore[arg-type]
+    )
+
+
+def flush(deadline: float | None) -> None:
+    timeout = MAX_FLUSH_S
+    if deadline is not None:
+        timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+    sentry_sdk.flush(timeout=timeout)
