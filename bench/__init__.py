@@ -1,0 +1,1 @@
+"""Benchmark of the keys cleanup against a single DELETE and LIMIT batches (issue 5)."""

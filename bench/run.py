@@ -1,0 +1,349 @@
+"""Benchmark runner: `uv run python -m bench.run --rows 1000000` (see bench/README.md).
+
+For each size (N and 4xN) it seeds one template database, then gives every variant run a
+fresh copy of it, with a Baileys-like writer in a separate process measured alone (idle) and
+during the delete. Results: bench/results/bench-<N>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench import coldstart, measure
+from bench.data import (
+    AGE_SCALE,
+    REFERENCE_TABLE,
+    RETENTION_DAYS,
+    Template,
+    build_template,
+    drop_database,
+    expected_old_fraction,
+    fresh_copy,
+)
+from bench.evidence import collect as collect_evidence
+from bench.report import evaluate_targets, render_markdown, summarise
+from bench.stats import latency_summary
+from bench.variants import Outcome, TxnSampler, run_limit_batches, run_ours, run_single
+from bench.writer import WriterConfig, run_writer, sample_keys
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ALL_VARIANTS = ("single", "limit-batches", "ours")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Case:
+    size: int
+    variant: str
+    index: bool
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    p.add_argument("--rows", type=int, default=1_000_000, help="N, rows of the base table")
+    p.add_argument("--scale", type=int, default=4, help="also run at SCALE x N (0: skip)")
+    p.add_argument("--runs", type=int, default=3, help="runs per case; medians are reported")
+    p.add_argument("--variants", default=",".join(ALL_VARIANTS))
+    p.add_argument(
+        "--large-variants",
+        default=",".join(ALL_VARIANTS),
+        help="variants run at SCALE x N (always without the timestamp index)",
+    )
+    p.add_argument("--batch-size", type=int, default=5000, help="LIMIT of limit-batches")
+    p.add_argument(
+        "--ours-batch-size",
+        type=int,
+        default=None,
+        help="CLEANUP_BATCH_SIZE for the engine (default: the engine's own)",
+    )
+    p.add_argument("--writer-rate", type=float, default=200.0, help="writer upserts per second")
+    p.add_argument("--writer-connections", type=int, default=8)
+    p.add_argument(
+        "--writer-lock-timeout-ms",
+        type=int,
+        default=0,
+        help="lock_timeout of the writer's sessions (0: wait, like a default pool)",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="writer alone before each variant (its idle baseline)",
+    )
+    p.add_argument("--cold-samples", type=int, default=10)
+    p.add_argument("--no-artifact", action="store_true", help="do not build the artifact")
+    p.add_argument(
+        "--no-evidence",
+        action="store_true",
+        help="skip the EXPLAIN evidence runs for missed targets",
+    )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL),
+        help="maintenance database of a server where we may CREATE DATABASE",
+    )
+    p.add_argument("--out", type=Path, default=None, help="results directory")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny table, one run, short idle: a CI check that everything runs",
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rows = 20_000 if args.rows == 1_000_000 else args.rows
+        args.runs = 1
+        args.idle_seconds = min(args.idle_seconds, 2.0)
+        args.cold_samples = min(args.cold_samples, 3)
+        args.no_artifact = True
+        args.batch_size = min(args.batch_size, 2000)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else RESULTS_DIR
+    return args
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine_info(base_url: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    with psycopg.connect(base_url) as conn:
+        info["postgres"] = str((conn.execute("SELECT version()").fetchone() or ("?",))[0])
+        for name in (
+            "shared_buffers",
+            "max_wal_size",
+            "max_parallel_workers_per_gather",
+            "work_mem",
+            "synchronous_commit",
+        ):
+            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+            info[name] = str(row[0]) if row else None
+    return info
+
+
+def count_old(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {} WHERE updated_at < now() - make_interval(days => %s)"
+            ).format(sql.Identifier(REFERENCE_TABLE)),
+            (RETENTION_DAYS,),
+        ).fetchone()
+    return int(str(row[0])) if row else 0
+
+
+def variant_fn(args: argparse.Namespace, variant: str) -> Callable[[str], Outcome]:
+    if variant == "single":
+        return run_single
+    if variant == "limit-batches":
+        return lambda url: run_limit_batches(url, args.batch_size)
+    if variant == "ours":
+        return lambda url: run_ours(url, args.ours_batch_size)
+    raise ValueError(f"unknown variant {variant}")
+
+
+def run_case(
+    args: argparse.Namespace,
+    prefix: str,
+    template: Template,
+    case: Case,
+    *,
+    run_no: int,
+    workdir: Path,
+) -> dict[str, Any]:
+    name = f"{prefix}_{case.size}_{case.variant.replace('-', '')}_{int(case.index)}_{run_no}"
+    fn = variant_fn(args, case.variant)
+    with fresh_copy(args.database_url, template.name, name, timestamp_index=case.index) as url:
+        recent, old = sample_keys(url, RETENTION_DAYS)
+        ctx = mp.get_context("spawn")
+        stop, ready = ctx.Event(), ctx.Event()
+        out_path = workdir / f"{name}.json"
+        cfg = WriterConfig(
+            url=url,
+            rate=args.writer_rate,
+            connections=args.writer_connections,
+            recent=recent,
+            old=old,
+            out_path=str(out_path),
+            lock_timeout_ms=args.writer_lock_timeout_ms,
+            seed=run_no,
+            run_id=name,
+        )
+        writer = ctx.Process(target=run_writer, args=(cfg, stop, ready), daemon=True)
+        writer.start()
+        try:
+            if not ready.wait(60):
+                raise RuntimeError("writer did not start")
+            t_idle = time.monotonic()
+            time.sleep(args.idle_seconds)
+            t0 = time.monotonic()
+            with TxnSampler(args.database_url, name) as sampler:
+                outcome = fn(url)
+            t1 = time.monotonic()
+        finally:
+            stop.set()
+            writer.join(120)
+        if writer.exitcode != 0:
+            raise RuntimeError(f"writer exited with {writer.exitcode}")
+        ops = json.loads(out_path.read_text())
+        remaining = count_old(url)
+    idle = [op for op in ops if t_idle <= op[0] < t0]
+    during = [op for op in ops if t0 <= op[0] <= t1]
+    result: dict[str, Any] = {
+        "size": case.size,
+        "variant": case.variant,
+        "index": case.index,
+        "run": run_no,
+        "deleted": outcome.deleted,
+        "wall_s": round(outcome.wall_s, 3),
+        "rows_per_s": round(outcome.deleted / outcome.wall_s) if outcome.wall_s > 0 else None,
+        "transactions": outcome.transactions,
+        "max_txn_ms": round(outcome.max_txn_ms, 1),
+        "sampled_max_write_txn_ms": round(sampler.max_write_ms, 1),
+        "sampled_max_any_txn_ms": round(sampler.max_any_ms, 1),
+        "delete_s": None if outcome.delete_s is None else round(outcome.delete_s, 3),
+        "remaining_old": remaining,
+        "writer_idle": latency_summary(idle),
+        "writer_during": latency_summary(during),
+        **{k: v for k, v in outcome.extra.items()},
+    }
+    log(
+        f"{case.variant:14} idx={int(case.index)} n={case.size:>9} run {run_no}: "
+        f"{outcome.wall_s:7.2f}s {result['rows_per_s']} rows/s, {outcome.transactions} txns, "
+        f"max txn {outcome.max_txn_ms:.0f} ms; writer p99 "
+        f"{result['writer_idle']['p99_ms']} -> {result['writer_during']['p99_ms']} ms, "
+        f"errors {result['writer_during']['errors']}"
+    )
+    return result
+
+
+def cases_for(args: argparse.Namespace, size: int, variants: list[str]) -> list[Case]:
+    if size == args.rows:
+        return [Case(size, v, index) for index in (False, True) for v in variants]
+    return [Case(size, v, False) for v in variants]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    large_variants = [v for v in args.large_variants.split(",") if v in variants]
+    notes: list[str] = []
+    if "ours" in variants and importlib.util.find_spec("handler.cleanup") is None:
+        notes.append("handler/cleanup.py does not exist yet: variant `ours` was not run")
+        variants.remove("ours")
+        large_variants = [v for v in large_variants if v != "ours"]
+    for v in variants:
+        if v not in ALL_VARIANTS:
+            raise SystemExit(f"unknown variant {v}")
+    sizes = [args.rows] + ([args.rows * args.scale] if args.scale > 0 else [])
+    prefix = f"bench_{os.getpid()}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC)
+    meta: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_info(args.database_url),
+        "settings": {
+            "rows": args.rows,
+            "sizes": sizes,
+            "runs": args.runs,
+            "variants": variants,
+            "large_variants": large_variants,
+            "limit_batch_size": args.batch_size,
+            "ours_batch_size": args.ours_batch_size or "engine default",
+            "retention_days": RETENTION_DAYS,
+            "age_scale": AGE_SCALE,
+            "expected_old_fraction": round(expected_old_fraction(), 3),
+            "writer_rate": args.writer_rate,
+            "writer_connections": args.writer_connections,
+            "writer_lock_timeout_ms": args.writer_lock_timeout_ms,
+            "idle_seconds": args.idle_seconds,
+            "smoke": args.smoke,
+        },
+        "notes": notes,
+    }
+    log(f"bench: sizes {sizes}, runs {args.runs}, variants {variants}; out {args.out}")
+    templates: dict[int, Template] = {}
+    runs: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
+            for size in sizes:
+                log(f"seeding template with {size} rows")
+                tpl = build_template(args.database_url, f"{prefix}_tpl_{size}", size)
+                templates[size] = tpl
+                log(
+                    f"template ready in {tpl.seed_s:.1f}s: {tpl.rows} rows, "
+                    f"{tpl.old_rows} older than the cutoff, {tpl.total_bytes >> 20} MiB"
+                )
+                size_variants = variants if size == args.rows else large_variants
+                for run_no in range(1, args.runs + 1):
+                    for case in cases_for(args, size, size_variants):
+                        runs.append(
+                            run_case(args, prefix, tpl, case, run_no=run_no, workdir=Path(tmp))
+                        )
+            if "ours" in variants:
+                log("measurement phase vs count(*)")
+                extra["measure"] = measure.measure_vs_count(
+                    args.database_url,
+                    templates[args.rows].name,
+                    f"{prefix}_measure",
+                    repeats=args.runs,
+                )
+            log("cold start")
+            extra["cold_start"] = coldstart.measure(args.cold_samples)
+            extra["artifact"] = coldstart.artifact_size(build=not args.no_artifact)
+            meta["templates"] = {str(k): asdict(v) for k, v in templates.items()}
+            summary = summarise(runs)
+            targets = evaluate_targets(args.rows, sizes, runs, extra)
+            if not args.no_evidence and not args.smoke:
+                collect_evidence(args, prefix, templates, targets, log)
+    finally:
+        for tpl in templates.values():
+            drop_database(args.database_url, tpl.name)
+    meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    stem = f"{'smoke' if args.smoke else 'bench'}-{args.rows}"
+    result = {"meta": meta, "summary": summary, "targets": targets, "runs": runs, **extra}
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (args.out / f"{stem}.md").write_text(render_markdown(result))
+    log(f"wrote {args.out / (stem + '.md')} and .json")
+    for t in targets:
+        log(f"{t['status']:4} {t['name']}: {t['value']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

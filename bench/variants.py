@@ -1,0 +1,144 @@
+"""The three ways to delete the stale keys, each timed the same way.
+
+`single` and `limit-batches` run one statement per transaction (autocommit) and time each
+statement on the client; `ours` is the engine itself, in live mode, forced past the safety
+guard and with no protected types, so that every variant deletes the same rows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from bench.data import REFERENCE_TABLE, RETENTION_DAYS
+from bench.writer import APPLICATION_NAME as WRITER_APP
+
+SAMPLER_APP = "bench-sampler"
+
+
+@dataclass
+class Outcome:
+    deleted: int
+    wall_s: float
+    transactions: int
+    max_txn_ms: float
+    delete_s: float | None = None  # delete loop alone, when it can be told apart
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _cutoff_predicate() -> sql.Composed:
+    # The same cutoff rule as the engine: the database clock minus the retention.
+    return sql.SQL("updated_at < now() - make_interval(days => {})").format(
+        sql.Literal(RETENTION_DAYS)
+    )
+
+
+def run_single(url: str) -> Outcome:
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.monotonic()
+        cur = conn.execute(
+            sql.SQL("DELETE FROM {t} WHERE {p}").format(
+                t=sql.Identifier(REFERENCE_TABLE), p=_cutoff_predicate()
+            )
+        )
+        wall = time.monotonic() - started
+    return Outcome(deleted=cur.rowcount, wall_s=wall, transactions=1, max_txn_ms=wall * 1000)
+
+
+def run_limit_batches(url: str, batch_size: int) -> Outcome:
+    statement = sql.SQL(
+        "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE {p} LIMIT {n})"
+    ).format(t=sql.Identifier(REFERENCE_TABLE), p=_cutoff_predicate(), n=sql.Literal(batch_size))
+    deleted = 0
+    transactions = 0
+    longest = 0.0
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.monotonic()
+        while True:
+            t0 = time.monotonic()
+            rows = conn.execute(statement).rowcount
+            longest = max(longest, time.monotonic() - t0)
+            transactions += 1
+            deleted += rows
+            if rows == 0:
+                break
+        wall = time.monotonic() - started
+    return Outcome(
+        deleted=deleted, wall_s=wall, transactions=transactions, max_txn_ms=longest * 1000
+    )
+
+
+class TxnSampler:
+    """Polls pg_stat_activity for the age of the oldest open transaction in one database.
+
+    An independent check on every variant's own figure: it sees the engine's transactions
+    too, including the read-only measuring ones. Resolution is the poll interval (~20 ms).
+    """
+
+    def __init__(self, admin_url: str, dbname: str, interval_s: float = 0.02) -> None:
+        self.admin_url = admin_url
+        self.dbname = dbname
+        self.interval_s = interval_s
+        self.max_write_ms = 0.0
+        self.max_any_ms = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = (
+            "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start))"
+            "   FILTER (WHERE backend_xid IS NOT NULL), 0),"
+            " coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)"
+            " FROM pg_stat_activity"
+            " WHERE datname = %s AND application_name NOT IN (%s, %s)"
+            "   AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+        )
+        with psycopg.connect(self.admin_url, autocommit=True, application_name=SAMPLER_APP) as conn:
+            while not self._stop.is_set():
+                row = conn.execute(query, (self.dbname, WRITER_APP, SAMPLER_APP)).fetchone()
+                if row is not None:
+                    self.max_write_ms = max(self.max_write_ms, float(str(row[0])) * 1000)
+                    self.max_any_ms = max(self.max_any_ms, float(str(row[1])) * 1000)
+                self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> TxnSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_ours(url: str, batch_size: int | None) -> Outcome:
+    """The engine in live mode: forced past the guard, no protected types, default tuning."""
+    from handler.cleanup import run_cleanup
+
+    from handler.settings import Flags, Settings
+
+    env = {
+        "DATABASE_URL": url,
+        "CLEANUP_TABLE": REFERENCE_TABLE,
+        "CLEANUP_RETENTION_DAYS": str(RETENTION_DAYS),
+        # Empty: no protected types, so every variant deletes exactly the same rows.
+        "CLEANUP_PROTECTED_KEY_TYPES": "",
+    }
+    if batch_size is not None:
+        env["CLEANUP_BATCH_SIZE"] = str(batch_size)
+    settings = Settings.from_env(env)
+    started = time.monotonic()
+    report = run_cleanup(settings, Flags(dry_run=False, force=True))
+    wall = time.monotonic() - started
+    if report.status != "completed":
+        raise RuntimeError(f"engine run ended {report.status}: {report.reason}")
+    return Outcome(
+        deleted=report.deleted,
+        wall_s=wall,
+        transactions=report.batches,
+        max_txn_ms=float(report.max_batch_ms),
+        extra={"engine_duration_ms": report.duration_ms, "batch_retries": report.batch_retries},
+    )
