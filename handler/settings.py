@@ -60,14 +60,16 @@ def _split_table(value: str) -> tuple[str | None, str]:
     parts = value.split(".")
     if len(parts) == 1:
         return None, _identifier(parts[0])
-    if len(parts) == 2:  # noqa: PLR2004 - schema.table
+    if len(parts) == 2:
         return _identifier(parts[0]), _identifier(parts[1])
     raise ValueError("must be `table` or `schema.table`")
 
 
 def _table(value: str) -> str:
     schema, _ = _split_table(value)
-    if schema is not None and (schema.lower() in SYSTEM_SCHEMAS or schema.lower().startswith("pg_")):
+    if schema is not None and (
+        schema.lower() in SYSTEM_SCHEMAS or schema.lower().startswith("pg_")
+    ):
         raise ValueError(f"refusing a table in the system schema {schema}")
     return value
 

@@ -1,0 +1,390 @@
+"""The job itself: resolve the target, lock, measure, guard, delete in batches, measure, report.
+
+It knows nothing about Lambda, Sentry or Telegram. It takes settings, flags and a deadline and
+returns a Report; every entry point is a thin shell around `run_cleanup`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from handler import db
+from handler.report import BUCKET_LABELS, KeyEntry, Report, Status, TableStats, TypeStats
+from handler.settings import ConfigError, Flags, Settings
+
+# Waiting for a row another session holds is what stalls live writers, so the plain batch
+# waits at most this long before the batch is redone with SKIP LOCKED.
+ROW_WAIT_MS = 100
+# Below this many milliseconds left, no new batch starts.
+MIN_BATCH_BUDGET_MS = 20
+# Each batch aims at `batch_size` deleted rows; its page span is derived from the measured
+# density of eligible rows, within these bounds.
+MAX_PAGES_PER_BATCH = 100_000
+
+
+class CleanupError(RuntimeError):
+    """The run failed. The message is safe to log: no DSN, password or key value."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    pages_done: int
+    pages_total: int
+    deleted: int
+    batches: int
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def _remaining_ms(deadline: float | None) -> float:
+    return float("inf") if deadline is None else (deadline - time.monotonic()) * 1000
+
+
+def _table_stats(sizes: db.Sizes, keys: int) -> TableStats:
+    return TableStats(
+        keys=keys,
+        table_bytes=sizes.table_bytes,
+        index_bytes=sizes.index_bytes,
+        total_bytes=sizes.total_bytes,
+    )
+
+
+def _age_distribution(counts: list[db.TypeCounts]) -> dict[str, int]:
+    newer = [sum(c.newer_than[i] for c in counts) for i in range(len(db.BUCKET_DAYS))]
+    with_ts = sum(c.with_timestamp for c in counts)
+    # Cumulative "newer than d days" counts -> the five disjoint buckets.
+    values = [newer[0], newer[1] - newer[0], newer[2] - newer[1], newer[3] - newer[2]]
+    values.append(with_ts - newer[3])
+    return dict(zip(BUCKET_LABELS, values, strict=True))
+
+
+class _Run:
+    """State of one run. Private: `run_cleanup` is the interface."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        flags: Flags,
+        deadline: float | None,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.settings = settings
+        self.flags = flags
+        self.deadline = deadline
+        self.progress = progress
+        self.retention_days = flags.retention_days or settings.retention_days
+        self.started = time.monotonic()
+
+    def _base(self, target: db.Target | None) -> dict[str, object]:
+        s = self.settings
+        overrides = dict(s.type_retention_days) if s.key_type_column else {}
+        return {
+            "dry_run": self.flags.dry_run,
+            "table": target.qualified if target else s.table,
+            "timestamp_column": s.timestamp_column,
+            "key_type_column": s.key_type_column,
+            "retention_days": self.retention_days,
+            "retention_overrides": overrides,
+            "protected_types": list(s.protected_key_types) if s.key_type_column else [],
+        }
+
+    def _duration_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    def execute(self, conn: db.Conn) -> Report:
+        s = self.settings
+        if db.server_version(conn) < db.MIN_SERVER_VERSION:
+            raise ConfigError(
+                "PostgreSQL 14 or newer is required (batches walk the table by TID range)"
+            )
+        db.set_timeouts(conn, statement_ms=s.statement_timeout_ms, lock_ms=s.lock_timeout_ms)
+        schema, name = s.table_parts
+        try:
+            target = db.resolve_target(conn, schema, name, s.timestamp_column, s.key_type_column)
+        except (LookupError, TypeError) as exc:
+            raise ConfigError(str(exc)) from None
+
+        if not db.try_lock(conn, target):
+            return Report(
+                status="skipped",
+                reason="another cleanup run holds the lock on this table; nothing was touched",
+                duration_ms=self._duration_ms(),
+                **self._base(target),
+            )
+        try:
+            return self._locked(conn, target)
+        finally:
+            if not conn.closed and not conn.broken:
+                db.unlock(conn, target)
+
+    def _policy(self, conn: db.Conn) -> tuple[db.Policy, datetime]:
+        s = self.settings
+        now = db.db_now(conn)
+        cutoff = db.cutoff_for(conn, self.retention_days)
+        type_cutoffs = (
+            {t: db.cutoff_for(conn, d) for t, d in s.type_retention_days.items()}
+            if s.key_type_column
+            else {}
+        )
+        protected = s.protected_key_types if s.key_type_column else ()
+        return db.Policy(cutoff=cutoff, protected=tuple(protected), type_cutoffs=type_cutoffs), now
+
+    def _locked(self, conn: db.Conn, target: db.Target) -> Report:
+        s, flags = self.settings, self.flags
+        policy, now = self._policy(conn)
+        before_sizes = db.sizes(conn, target)
+        counts = db.measure(conn, target, policy, now)
+        keys = sum(c.keys for c in counts)
+        eligible = sum(c.eligible for c in counts)
+        protected = sum(c.protected for c in counts)
+        by_type = {
+            _type_name(c.key_type): TypeStats(
+                keys=c.keys,
+                eligible=c.eligible,
+                protected=c.protected,
+                retention_days=None
+                if c.key_type in policy.protected
+                else s.type_retention_days.get(_type_name(c.key_type), self.retention_days),
+            )
+            for c in counts
+            if target.key_type_column is not None
+        }
+        oldest = min((c.oldest for c in counts if c.oldest), default=None)
+        newest = max((c.newest for c in counts if c.newest), default=None)
+        fields: dict[str, object] = self._base(target) | {
+            "cutoff": policy.cutoff,
+            "started_at": now,
+            "eligible": eligible,
+            "protected": protected,
+            "before": _table_stats(before_sizes, keys),
+            "age_distribution": _age_distribution(counts),
+            "no_timestamp": sum(c.keys - c.with_timestamp for c in counts),
+            "oldest": oldest,
+            "newest": newest,
+        }
+
+        fraction = eligible / keys if keys else 0.0
+        if not flags.force and eligible >= s.guard_min_keys and fraction > s.max_delete_fraction:
+            return Report(
+                status="aborted",
+                reason=(
+                    f"safety guard: {eligible:,} of {keys:,} keys ({fraction:.0%}) are eligible, "
+                    f"above CLEANUP_MAX_DELETE_FRACTION={s.max_delete_fraction:g}. Check that "
+                    "the application still maintains the timestamp column; if the numbers are "
+                    'right, rerun with --force (event: "force": true). Nothing was deleted.'
+                ),
+                by_type=by_type,
+                duration_ms=self._duration_ms(),
+                **fields,
+            )
+
+        if flags.dry_run:
+            listing: db.Listing = []
+            if flags.verbose and s.verbose_limit and eligible:
+                listing = db.list_eligible(conn, target, policy, now, s.verbose_limit)
+            return Report(
+                status="completed",
+                by_type=by_type,
+                keys=[_entry(target, item) for item in listing],
+                keys_omitted=max(0, eligible - len(listing)) if flags.verbose else 0,
+                duration_ms=self._duration_ms(),
+                **fields,
+            )
+
+        return self._delete(conn, target, policy, now, before_sizes, eligible, by_type, fields)
+
+    def _delete(
+        self,
+        conn: db.Conn,
+        target: db.Target,
+        policy: db.Policy,
+        now: datetime,
+        before_sizes: db.Sizes,
+        eligible: int,
+        by_type: dict[str, TypeStats],
+        fields: dict[str, object],
+    ) -> Report:
+        s, flags = self.settings, self.flags
+        pages_total = before_sizes.pages
+        # Rows the application writes later land in new pages or are fresh; every row that was
+        # old when we measured lies in the first `pages_total` pages.
+        density = eligible / pages_total if pages_total else 0.0
+        span = max(1, min(MAX_PAGES_PER_BATCH, round(s.batch_size / density))) if density else 1
+        deleted_by_type: dict[str, int] = {}
+        listing: db.Listing = []
+        list_budget = s.verbose_limit if flags.verbose else 0
+        reclaimable = 0
+        batches = retries = 0
+        max_batch_ms = 0.0
+        page = 0
+        status: Status = "completed"
+        reason: str | None = None
+        attempts = 0
+        skip_locked = False
+        while page < pages_total and eligible:
+            budget_ms = _remaining_ms(self.deadline)
+            if budget_ms < max(MIN_BATCH_BUDGET_MS, max_batch_ms * 2):
+                status = "partial"
+                reason = "stopped at the deadline; the next run continues where the data stands"
+                break
+            end = min(pages_total, page + span)
+            started = time.monotonic()
+            try:
+                with conn.transaction():
+                    # Losing the last batches to a crash only means the next run redoes them,
+                    # so there's no need to wait for each commit's WAL flush.
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                    db.set_timeouts(
+                        conn,
+                        statement_ms=int(min(s.batch_timeout_ms, budget_ms)),
+                        lock_ms=s.lock_timeout_ms
+                        if skip_locked
+                        else min(s.lock_timeout_ms, ROW_WAIT_MS),
+                        local=True,
+                    )
+                    result = db.delete_range(
+                        conn,
+                        target,
+                        policy,
+                        first_page=page,
+                        end_page=end,
+                        skip_locked=skip_locked,
+                        list_limit=list_budget,
+                        now=now,
+                    )
+            except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled) as exc:
+                retries += 1
+                if isinstance(exc, pg_errors.LockNotAvailable) and not skip_locked:
+                    skip_locked = True  # a row is held by the application: skip it, don't wait
+                    continue
+                attempts += 1
+                if attempts >= s.batch_attempts:
+                    status = "partial"
+                    what = "lock" if isinstance(exc, pg_errors.LockNotAvailable) else "statement"
+                    reason = (
+                        f"stopped after {attempts} batches in a row hit the {what} timeout "
+                        f"at page {page:,} of {pages_total:,}; the table may be locked by "
+                        "another session. The next run continues where the data stands"
+                    )
+                    break
+                if isinstance(exc, pg_errors.QueryCanceled):
+                    span = max(1, span // 2)  # too slow: smaller batches
+                time.sleep(min(0.05 * 2**attempts, max(0.0, budget_ms / 4000)))
+                continue
+            elapsed_ms = (time.monotonic() - started) * 1000
+            max_batch_ms = max(max_batch_ms, elapsed_ms)
+            batches += 1
+            attempts = 0
+            skip_locked = False
+            page = end
+            for key_type, n in result.by_type.items():
+                name = _type_name(key_type)
+                deleted_by_type[name] = deleted_by_type.get(name, 0) + n
+            reclaimable += result.bytes
+            if list_budget:
+                listing.extend(result.listed[:list_budget])
+                list_budget = max(0, list_budget - len(result.listed))
+            if self.progress is not None:
+                self.progress(Progress(page, pages_total, sum(deleted_by_type.values()), batches))
+
+        deleted = sum(deleted_by_type.values())
+        notes: list[str] = []
+        vacuumed = False
+        if flags.vacuum and status == "completed":
+            remaining = _remaining_ms(self.deadline)
+            db.set_timeouts(
+                conn,
+                statement_ms=int(min(s.statement_timeout_ms, remaining)),
+                lock_ms=s.lock_timeout_ms,
+            )
+            skipped = [n for n in db.vacuum_analyze(conn, target) if "skipping" in n]
+            vacuumed = not skipped
+            notes.extend(skipped)
+        elif flags.vacuum:
+            notes.append("VACUUM skipped: the run did not complete")
+        after: TableStats | None = None
+        try:
+            after_sizes = db.sizes(conn, target)
+            after = _table_stats(after_sizes, db.count_keys(conn, target))
+        except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
+            notes.append("after-run measurement timed out; sizes after the run are unknown")
+        before = fields["before"]
+        if not isinstance(before, TableStats):  # pragma: no cover - set by _locked
+            raise TypeError("before-run measurement missing")
+        final_by_type = {
+            k: v.model_copy(update={"deleted": deleted_by_type.get(k, 0)})
+            for k, v in by_type.items()
+        }
+        return Report(
+            status=status,
+            reason=reason if not notes else "; ".join([*([reason] if reason else []), *notes]),
+            deleted=deleted,
+            after=after,
+            by_type=final_by_type,
+            released_bytes=(before.total_bytes - after.total_bytes) if after else 0,
+            reclaimable_bytes=reclaimable,
+            vacuumed=vacuumed,
+            batches=batches,
+            batch_retries=retries,
+            max_batch_ms=round(max_batch_ms),
+            keys=[_entry(target, item) for item in listing],
+            keys_omitted=max(0, deleted - len(listing)) if flags.verbose else 0,
+            duration_ms=self._duration_ms(),
+            **fields,
+        )
+
+
+def _type_name(key_type: str | None) -> str:
+    return "(null)" if key_type is None else key_type
+
+
+def _entry(target: db.Target, item: tuple[list[str | None], str | None, float | None]) -> KeyEntry:
+    values, key_type, age = item
+    return KeyEntry(
+        key=dict(zip(db.key_columns(target), values, strict=True)),
+        key_type=key_type,
+        age_days=None if age is None else round(age, 2),
+    )
+
+
+def run_cleanup(
+    settings: Settings,
+    flags: Flags,
+    *,
+    deadline: float | None = None,
+    progress: ProgressFn | None = None,
+    event_id: str | None = None,
+) -> Report:
+    """Run the job once and return its Report.
+
+    `deadline` is a `time.monotonic()` instant: no batch starts that could not finish before it,
+    and the report then says `partial`. Raises ConfigError for a bad target or settings and
+    CleanupError for database failures; neither message holds a secret.
+    """
+    if settings.database_url is None:
+        raise ConfigError("DATABASE_URL is not set (or pass --database-url)")
+    if flags.retention_days is not None and flags.retention_days < settings.min_retention_days:
+        raise ConfigError(
+            f"invalid flags: retention_days: {flags.retention_days} is below "
+            f"CLEANUP_MIN_RETENTION_DAYS ({settings.min_retention_days})"
+        )
+    dsn = settings.database_url.get_secret_value()
+    run = _Run(settings, flags, deadline, progress)
+    try:
+        conn = db.connect(dsn, connect_timeout_s=settings.connect_timeout_s)
+    except db.DatabaseError as exc:
+        raise CleanupError(str(exc)) from None
+    try:
+        with conn:
+            report = run.execute(conn)
+    except psycopg.Error as exc:
+        detail = db.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "", dsn)
+        raise CleanupError(f"database error ({type(exc).__name__}): {detail}") from None
+    return report.model_copy(update={"event_id": event_id}) if event_id else report

@@ -1,0 +1,465 @@
+"""Every SQL statement the job runs, and nothing else.
+
+Identifiers go through `sql.Identifier`, values are parameters. The engine (cleanup.py) decides
+what to run and when; this module only knows how.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+
+Conn = psycopg.Connection[TupleRow]
+
+MIN_SERVER_VERSION = 140000  # TID Range Scan (ctid >= x AND ctid < y) arrived in PostgreSQL 14
+TIMESTAMP_TYPES = frozenset({"timestamp with time zone", "timestamp without time zone"})
+# Advisory lock key: a fixed high word ("kc") so our locks don't collide with the
+# application's, and the table's OID as the low word, so each target table has its own lock.
+LOCK_CLASS = 0x6B63 << 32
+
+
+class DatabaseError(RuntimeError):
+    """A database failure, with a message safe to log (no DSN, no password, no key value)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved, validated target table."""
+
+    oid: int
+    schema: str
+    name: str
+    timestamp_column: str
+    key_type_column: str | None
+    primary_key: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which rows are eligible: older than their type's cutoff, and not of a protected type."""
+
+    cutoff: datetime
+    protected: tuple[str, ...] = ()
+    type_cutoffs: dict[str, datetime] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"cutoff": self.cutoff, "protected": list(self.protected)}
+        for i, (key_type, cutoff) in enumerate(sorted(self.type_cutoffs.items())):
+            params[f"type_{i}"] = key_type
+            params[f"type_cutoff_{i}"] = cutoff
+        return params
+
+
+def redact(message: str, dsn: str | None) -> str:
+    """Remove the DSN and its password from a driver message (libpq may echo parts of it)."""
+    if dsn:
+        message = message.replace(dsn, "[database url]")
+        try:
+            password = conninfo_to_dict(dsn).get("password")
+        except psycopg.Error:
+            password = None
+        if password:
+            message = message.replace(str(password), "***")
+    # A URL with credentials that slipped through in another spelling.
+    return re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
+
+
+def connect(dsn: str, *, connect_timeout_s: int) -> Conn:
+    """Open an autocommit connection. Errors come back as DatabaseError without secrets."""
+    try:
+        return psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=connect_timeout_s,
+            application_name="keys-cleanup",
+        )
+    except psycopg.Error as exc:
+        raise DatabaseError(
+            f"could not connect to the database: {redact(str(exc).strip(), dsn)}"
+        ) from None
+
+
+def set_timeouts(conn: Conn, *, statement_ms: int, lock_ms: int, local: bool = False) -> None:
+    scope = sql.SQL("LOCAL ") if local else sql.SQL("")
+    conn.execute(
+        sql.SQL("SET {}statement_timeout = {}").format(
+            scope, sql.Literal(f"{max(1, statement_ms)}ms")
+        )
+    )
+    conn.execute(
+        sql.SQL("SET {}lock_timeout = {}").format(scope, sql.Literal(f"{max(1, lock_ms)}ms"))
+    )
+
+
+def server_version(conn: Conn) -> int:
+    return conn.info.server_version
+
+
+def resolve_target(
+    conn: Conn, schema: str | None, name: str, timestamp_column: str, key_type_column: str | None
+) -> Target:
+    """Find the table in the catalog and check its columns; raise LookupError/TypeError."""
+    row = conn.execute(
+        """
+        SELECT c.oid, n.nspname, c.relname, c.relkind
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relname = %(name)s
+          AND CASE WHEN %(schema)s::text IS NULL
+                   THEN n.nspname = ANY (current_schemas(false))
+                   ELSE n.nspname = %(schema)s END
+        ORDER BY array_position(current_schemas(false), n.nspname::text)
+        LIMIT 1
+        """,
+        {"schema": schema, "name": name},
+    ).fetchone()
+    shown = f"{schema}.{name}" if schema else name
+    if row is None:
+        raise LookupError(f"table {shown} does not exist (or is not visible to this role)")
+    oid, nspname, relname, relkind = row
+    if nspname in {"pg_catalog", "information_schema"} or nspname.startswith("pg_"):
+        raise LookupError(f"refusing {nspname}.{relname}: it is in a system schema")
+    if relkind != "r":
+        raise LookupError(f"{nspname}.{relname} is not an ordinary table (relkind {relkind})")
+    columns: dict[str, str] = dict(
+        conn.execute(
+            """
+            SELECT attname, format_type(atttypid, atttypmod)
+            FROM pg_attribute
+            WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+            """,
+            (oid,),
+        ).fetchall()
+    )
+    ts_type = columns.get(timestamp_column)
+    if ts_type is None:
+        raise LookupError(f"column {timestamp_column} does not exist in {nspname}.{relname}")
+    if ts_type not in TIMESTAMP_TYPES:
+        raise TypeError(
+            f"column {nspname}.{relname}.{timestamp_column} is {ts_type}, not a timestamp"
+        )
+    if key_type_column is not None and key_type_column not in columns:
+        raise LookupError(
+            f"column {key_type_column} does not exist in {nspname}.{relname} "
+            "(set CLEANUP_KEY_TYPE_COLUMN to empty if the table has no key-type column)"
+        )
+    primary_key = tuple(
+        r[0]
+        for r in conn.execute(
+            """
+            SELECT a.attname
+            FROM pg_index i
+            CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = %s AND i.indisprimary
+            ORDER BY k.ord
+            """,
+            (oid,),
+        ).fetchall()
+    )
+    return Target(oid, nspname, relname, timestamp_column, key_type_column, primary_key)
+
+
+def try_lock(conn: Conn, target: Target) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_CLASS + target.oid,)).fetchone()
+    return bool(row and row[0])
+
+
+def unlock(conn: Conn, target: Target) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_CLASS + target.oid,))
+
+
+def _one(cur: psycopg.Cursor[TupleRow]) -> TupleRow:
+    row = cur.fetchone()
+    if row is None:  # pragma: no cover - aggregates and scalar SELECTs always return a row
+        raise DatabaseError("the query returned no row")
+    return row
+
+
+def db_now(conn: Conn) -> datetime:
+    value: datetime = _one(conn.execute("SELECT now()"))[0]
+    return value
+
+
+def cutoff_for(conn: Conn, days: int) -> datetime:
+    """`now() - days`, on the database clock."""
+    value: datetime = _one(conn.execute("SELECT now() - make_interval(days => %s)", (days,)))[0]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Predicates
+
+
+def _key_type(target: Target) -> sql.Composable:
+    """The key type as text, or NULL for a table without a key-type column."""
+    if target.key_type_column is None:
+        return sql.SQL("NULL::text")
+    return sql.SQL("{}::text").format(sql.Identifier(target.key_type_column))
+
+
+def _protected(target: Target) -> sql.Composable:
+    """TRUE for rows of a protected type. NULL key types are never protected."""
+    if target.key_type_column is None:
+        return sql.SQL("false")
+    return sql.SQL("coalesce({kt} = ANY (%(protected)s::text[]), false)").format(
+        kt=_key_type(target)
+    )
+
+
+def _row_cutoff(target: Target, policy: Policy) -> sql.Composable:
+    if target.key_type_column is None or not policy.type_cutoffs:
+        return sql.SQL("%(cutoff)s")
+    whens = [
+        sql.SQL("WHEN {p} THEN {c}").format(
+            p=sql.Placeholder(f"type_{i}"), c=sql.Placeholder(f"type_cutoff_{i}")
+        )
+        for i in range(len(policy.type_cutoffs))
+    ]
+    return sql.SQL("CASE {kt} {whens} ELSE %(cutoff)s END").format(
+        kt=_key_type(target), whens=sql.SQL(" ").join(whens)
+    )
+
+
+def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
+    """The one definition of "may be deleted", used to count, list and delete."""
+    return sql.SQL("({ts} < {cut} AND NOT {protected})").format(
+        ts=sql.Identifier(target.timestamp_column),
+        cut=_row_cutoff(target, policy),
+        protected=_protected(target),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+
+@dataclass(frozen=True)
+class Sizes:
+    table_bytes: int
+    index_bytes: int
+    total_bytes: int
+    pages: int
+
+
+def sizes(conn: Conn, target: Target) -> Sizes:
+    row = _one(
+        conn.execute(
+            """
+        SELECT pg_table_size(%(oid)s), pg_indexes_size(%(oid)s), pg_total_relation_size(%(oid)s),
+               pg_relation_size(%(oid)s) / current_setting('block_size')::int
+        """,
+            {"oid": target.oid},
+        )
+    )
+    return Sizes(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+@dataclass(frozen=True)
+class TypeCounts:
+    key_type: str | None
+    keys: int
+    eligible: int
+    protected: int
+    newer_than: tuple[int, int, int, int]  # rows newer than 1, 7, 14 and 30 days
+    with_timestamp: int
+    oldest: datetime | None
+    newest: datetime | None
+
+
+BUCKET_DAYS = (1, 7, 14, 30)
+
+
+def measure(conn: Conn, target: Target, policy: Policy, now: datetime) -> list[TypeCounts]:
+    """One pass over the table: counts, age buckets and extremes, per key type.
+
+    Buckets are cumulative comparisons (`ts >= now - d`) so each row costs four cheap tests;
+    the caller turns them into the five disjoint buckets.
+    """
+    ts = sql.Identifier(target.timestamp_column)
+    group = _key_type(target)
+    query = sql.SQL(
+        """
+        SELECT {group} AS key_type,
+               count(*),
+               count(*) FILTER (WHERE {eligible}),
+               count(*) FILTER (WHERE {ts} < %(cutoff)s AND {protected}),
+               count(*) FILTER (WHERE {ts} >= %(t1)s),
+               count(*) FILTER (WHERE {ts} >= %(t7)s),
+               count(*) FILTER (WHERE {ts} >= %(t14)s),
+               count(*) FILTER (WHERE {ts} >= %(t30)s),
+               count({ts}),
+               min({ts}),
+               max({ts})
+        FROM {table}
+        GROUP BY 1
+        """
+    ).format(
+        group=group,
+        eligible=eligible_predicate(target, policy),
+        protected=_protected(target),
+        ts=ts,
+        table=target.ident,
+    )
+    params = policy.params()
+    for days in BUCKET_DAYS:
+        params[f"t{days}"] = now - timedelta(days=days)
+    return [
+        TypeCounts(
+            key_type=r[0],
+            keys=r[1],
+            eligible=r[2],
+            protected=r[3],
+            newer_than=(r[4], r[5], r[6], r[7]),
+            with_timestamp=r[8],
+            oldest=r[9],
+            newest=r[10],
+        )
+        for r in conn.execute(query, params).fetchall()
+    ]
+
+
+def count_keys(conn: Conn, target: Target) -> int:
+    return int(_one(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident)))[0])
+
+
+def _listing_columns(target: Target, now_param: str = "now") -> sql.Composable:
+    """Primary-key columns as text, the key type and the age in days; never the value."""
+    key = sql.SQL("jsonb_build_array({})").format(
+        sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier(c)) for c in key_columns(target)
+        )
+    )
+    kt = _key_type(target)
+    age = sql.SQL("extract(epoch FROM {now} - {ts}) / 86400.0").format(
+        now=sql.Placeholder(now_param), ts=sql.Identifier(target.timestamp_column)
+    )
+    return sql.SQL("{key}, {kt}, {age}::float8").format(key=key, kt=kt, age=age)
+
+
+def key_columns(target: Target) -> tuple[str, ...]:
+    """Columns that name a key in listings: the primary key (never the value), else the ctid."""
+    pk = tuple(c for c in target.primary_key if c != "value")
+    return pk or ("ctid",)
+
+
+Listing = list[tuple[list[str | None], str | None, float | None]]
+
+
+def list_eligible(conn: Conn, target: Target, policy: Policy, now: datetime, limit: int) -> Listing:
+    """The oldest `limit` eligible keys (what a live run would delete first by age)."""
+    query = sql.SQL(
+        "SELECT {cols} FROM {table} WHERE {eligible} ORDER BY {ts} LIMIT %(limit)s"
+    ).format(
+        cols=_listing_columns(target),
+        table=target.ident,
+        eligible=eligible_predicate(target, policy),
+        ts=sql.Identifier(target.timestamp_column),
+    )
+    params = policy.params() | {"now": now, "limit": limit}
+    return [(r[0], r[1], r[2]) for r in conn.execute(query, params).fetchall()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Deletion
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    by_type: dict[str | None, int]
+    bytes: int
+    listed: Listing
+
+
+def delete_range(
+    conn: Conn,
+    target: Target,
+    policy: Policy,
+    *,
+    first_page: int,
+    end_page: int,
+    skip_locked: bool,
+    list_limit: int,
+    now: datetime,
+) -> BatchResult:
+    """Delete the eligible rows whose physical position is in [first_page, end_page).
+
+    Walking the heap by TID range makes the whole run one sequential pass, however many batches.
+    The eligibility predicate is evaluated by the DELETE itself, so a key refreshed since it was
+    counted is not deleted. With `skip_locked`, rows another transaction holds are locked first
+    with SKIP LOCKED and left alone; without it the statement waits (bounded by lock_timeout).
+    RETURNING gives exact per-type counts and the bytes of the rows deleted.
+    """
+    eligible = eligible_predicate(target, policy)
+    kt = _key_type(target)
+    in_range = sql.SQL("ctid >= %(lo)s::tid AND ctid < %(hi)s::tid")
+    if skip_locked:
+        where = sql.SQL(
+            "ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {in_range} AND {eligible}"
+            " FOR UPDATE SKIP LOCKED)) AND {eligible}"
+        ).format(table=target.ident, in_range=in_range, eligible=eligible)
+    else:
+        where = sql.SQL("{in_range} AND {eligible}").format(in_range=in_range, eligible=eligible)
+    item: sql.Composable
+    listing: sql.Composable
+    if list_limit > 0:
+        item = sql.SQL("jsonb_build_array({cols})").format(cols=_listing_columns(target))
+        listing = sql.SQL("(array_agg(item))[1:%(list_limit)s]")
+    else:
+        item = sql.SQL("NULL::jsonb")
+        listing = sql.SQL("NULL::jsonb[]")
+    query = sql.SQL(
+        """
+        WITH deleted AS (
+          DELETE FROM {table} AS t WHERE {where}
+          RETURNING {kt} AS key_type, pg_column_size(t.*) AS bytes, {item} AS item
+        )
+        SELECT key_type, count(*), sum(bytes), {listing}
+        FROM deleted GROUP BY key_type
+        """
+    ).format(table=target.ident, where=where, kt=kt, item=item, listing=listing)
+    params = policy.params() | {
+        "lo": f"({first_page},0)",
+        "hi": f"({end_page},0)",
+        "now": now,
+        "list_limit": list_limit,
+    }
+    by_type: dict[str | None, int] = {}
+    total_bytes = 0
+    listed: Listing = []
+    for key_type, count, nbytes, items in conn.execute(query, params).fetchall():
+        by_type[key_type] = int(count)
+        total_bytes += int(nbytes or 0)
+        listed.extend((entry[0], entry[1], entry[2]) for entry in items or ())
+    return BatchResult(by_type, total_bytes, listed)
+
+
+def vacuum_analyze(conn: Conn, target: Target) -> list[str]:
+    """VACUUM (ANALYZE) the table; returns the server's notices (e.g. a permission skip)."""
+    notices: list[str] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.message_primary:
+            notices.append(diag.message_primary)
+
+    conn.add_notice_handler(collect)
+    try:
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(target.ident))
+    finally:
+        conn.remove_notice_handler(collect)
+    return notices
