@@ -1,0 +1,46 @@
+# SAM `BuildMethod: makefile` entry point (see template.yaml). `sam build` runs
+# `make build-KeysCleanupFunction` with ARTIFACTS_DIR set to the function's build folder.
+#
+# Why a makefile and not the python3.13 builder: the function runs on arm64 and this build
+# must work on x86_64 machines without Docker. pip can fetch wheels for another platform when
+# told the exact tags, so no emulation or container is needed.
+#
+# Runtime dependencies come from uv.lock (exact versions and hashes), minus the dev group and
+# minus boto3, which the Lambda python3.13 runtime already ships.
+
+ARTIFACTS_DIR ?= .aws-sam/manual-build
+# Any Python that has pip; it does not need to be 3.13 or arm64. The first on PATH may lack
+# pip (under `uvx ... sam build` it is SAM's own virtualenv), so look for one that has it.
+PYTHON ?= $(shell IFS=:; for d in $$PATH; do for n in python3.13 python3; do \
+	if [ -x "$$d/$$n" ] && "$$d/$$n" -m pip --version >/dev/null 2>&1; then \
+	echo "$$d/$$n"; exit 0; fi; done; done)
+UV ?= uv
+
+# psycopg-binary 3.3 publishes its arm64 wheels tagged manylinux_2_28 only; with an older tag
+# alone pip would quietly pick an older psycopg. Other packages (pydantic-core, charset-normalizer)
+# still tag manylinux_2_17 / manylinux2014, and pip does not expand a manylinux_2_28 --platform
+# to older glibc tags by itself, so all three are listed. Lambda's Amazon Linux 2023 has glibc
+# 2.34, which satisfies each of them.
+LAMBDA_PLATFORMS := manylinux_2_28_aarch64 manylinux_2_17_aarch64 manylinux2014_aarch64
+LAMBDA_PYTHON_VERSION := 3.13
+
+REQUIREMENTS = $(ARTIFACTS_DIR)/.requirements.txt
+
+.PHONY: build-KeysCleanupFunction requirements
+
+requirements:
+	@test -n "$(PYTHON)" || { echo "no Python with pip on PATH; set PYTHON=..." >&2; exit 1; }
+	mkdir -p "$(ARTIFACTS_DIR)"
+	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt \
+		--output-file "$(REQUIREMENTS)" --quiet
+
+# The runtime code only: the handler package without caches. Tests, bench, events, docs and
+# the dev dependencies never reach the artifact. pip's console scripts (bin/) are useless there.
+build-KeysCleanupFunction: requirements
+	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --disable-pip-version-check \
+		--no-compile --require-hashes --only-binary=:all: --implementation cp \
+		--python-version $(LAMBDA_PYTHON_VERSION) --abi cp313 \
+		$(foreach p,$(LAMBDA_PLATFORMS),--platform $(p)) \
+		--target "$(ARTIFACTS_DIR)" --upgrade -r "$(REQUIREMENTS)"
+	rm -rf "$(REQUIREMENTS)" "$(ARTIFACTS_DIR)/bin"
+	tar -c --exclude='__pycache__' --exclude='*.pyc' handler | tar -x -C "$(ARTIFACTS_DIR)"
