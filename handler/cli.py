@@ -1,0 +1,166 @@
+"""`keys-cleanup`: argv -> flags -> run -> print. A dry run unless --execute.
+
+Exit codes: 0 completed, partial or skipped; 1 unexpected failure; 2 bad input or
+configuration; 3 aborted by the safety guard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import NoReturn, TextIO
+
+from pydantic import SecretStr
+
+from handler import __version__
+from handler.cleanup import CleanupError, Progress, run_cleanup
+from handler.report import Report, render_text
+from handler.settings import ConfigError, Flags, Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_ABORTED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line that names the problem, then the pointer to --help; exit 2 like argparse.
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="keys-cleanup",
+        description=(
+            "Measure the WhatsApp (Baileys) key table and delete keys nobody has touched for "
+            "N days. A dry run unless --execute."
+        ),
+        epilog="Exit codes: 0 completed/partial/skipped, 1 failure, 2 bad input, 3 aborted.",
+    )
+    parser.add_argument("--execute", action="store_true", help="really delete (default: dry run)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="list the affected keys")
+    parser.add_argument(
+        "--retention-days", type=int, metavar="N", help="override CLEANUP_RETENTION_DAYS"
+    )
+    parser.add_argument("--force", action="store_true", help="override the safety guard")
+    parser.add_argument("--vacuum", action="store_true", help="VACUUM (ANALYZE) afterwards")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument(
+        "--database-url", metavar="URL", help="PostgreSQL URL (default: DATABASE_URL)"
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against an embedded PostgreSQL seeded with a realistic key table",
+    )
+    parser.add_argument(
+        "--demo-rows", type=int, default=None, metavar="N", help="keys to seed for --demo"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+class _ProgressLine:
+    """A one-line progress display on a terminal's stderr; silent elsewhere."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled and stream.isatty()
+        self.shown = False
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        share = p.pages_done / p.pages_total if p.pages_total else 1.0
+        filled = round(share * 30)
+        self.stream.write(
+            f"\rdeleting [{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} "
+            f"{p.deleted:,} keys in {p.batches} batches"
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _exit_code(report: Report) -> int:
+    return EXIT_ABORTED if report.status == "aborted" else EXIT_OK
+
+
+@contextlib.contextmanager
+def _demo_database(rows: int | None, stderr: TextIO) -> Iterator[str]:
+    from handler.demo import DEMO_ROWS, embedded_postgres, seed_demo  # noqa: PLC0415 - demo only
+
+    count = DEMO_ROWS if rows is None else rows
+    stderr.write(f"demo: starting an embedded PostgreSQL and seeding {count:,} keys…\n")
+    with embedded_postgres() as dsn:
+        seed_demo(dsn, count)
+        yield dsn
+
+
+def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    flags = Flags.parse(
+        {
+            "dry_run": not args.execute,
+            "verbose": args.verbose,
+            "retention_days": args.retention_days,
+            "force": args.force,
+            "vacuum": args.vacuum,
+        }
+    )
+    settings = Settings.from_env()
+    if args.demo_rows is not None and (not args.demo or args.demo_rows < 1):
+        raise ConfigError("--demo-rows takes a positive number and goes with --demo")
+    with contextlib.ExitStack() as stack:
+        url = args.database_url
+        if args.demo:
+            url = stack.enter_context(_demo_database(args.demo_rows, stderr))
+        if url is not None:
+            settings = settings.model_copy(update={"database_url": SecretStr(url)})
+        progress = _ProgressLine(stderr, enabled=not args.no_progress and not flags.dry_run)
+        try:
+            report = run_cleanup(settings, flags, progress=progress)
+        finally:
+            progress.close()
+    if args.json:
+        stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        stdout.write(render_text(report) + "\n")
+        if flags.dry_run and report.status == "completed" and report.eligible:
+            stdout.write("\nThis was a dry run: nothing was deleted. Add --execute to delete.\n")
+    return _exit_code(report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, stdout, stderr)
+    except ConfigError as exc:
+        stderr.write(f"keys-cleanup: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except CleanupError as exc:
+        if args.debug:
+            raise
+        stderr.write(f"keys-cleanup: error: {exc}\n")
+        return EXIT_FAILURE
+    except Exception as exc:
+        if args.debug:
+            raise
+        stderr.write(
+            f"keys-cleanup: unexpected failure: {type(exc).__name__}"
+            " (rerun with --debug for the traceback)\n"
+        )
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

