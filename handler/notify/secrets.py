@@ -45,13 +45,17 @@ def register(*values: str | None) -> None:
                 _known.add(value)
 
 
-def register_url(url: str | None) -> None:
-    """Register a URL's credentials (DSN public/secret key, database password) and the URL."""
+def register_url(url: str | None, *, with_user: bool = False) -> None:
+    """Register a URL and its password; its user name too when that is a secret (a DSN key).
+
+    A database user name ("cleanup") is not a secret, and registering it would redact every
+    occurrence of an ordinary word.
+    """
     if not url:
         return
     try:
         parts = urlsplit(url)
-        register(url, parts.username, parts.password)
+        register(url, parts.password, parts.username if with_user else None)
     except ValueError:
         register(url)
 

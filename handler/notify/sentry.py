@@ -3,7 +3,7 @@
 What may reach Sentry is decided here: the report's figures (never the key listing), fixed
 tags, and exceptions without local variables. A `before_send`/`before_breadcrumb` hook
 redacts every registered secret and token-shaped string as a last line of defence; that
-covers the Bot API URL that the http.client integration would put in a breadcrumb.
+covers exception messages that quote a URL with credentials.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from typing import Any
 
 import sentry_sdk
 from sentry_sdk.crons import capture_checkin
+from sentry_sdk.integrations.atexit import AtexitIntegration
 from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
+from sentry_sdk.integrations.dedupe import DedupeIntegration
+from sentry_sdk.integrations.excepthook import ExcepthookIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from handler.notify import secrets
@@ -34,19 +37,28 @@ def _scrub(event: Any, _hint: Any) -> Any:
 
 def init(settings: Settings, dsn: str) -> None:
     """Initialise the SDK for this process. The caller resolves the DSN and checks idempotence."""
-    secrets.register_url(dsn)
+    secrets.register_url(dsn, with_user=True)  # a DSN's user part is its key
     if settings.database_url is not None:
         secrets.register_url(settings.database_url.get_secret_value())
     sentry_sdk.init(
         dsn=dsn,
         environment=settings.sentry_environment,
+        # An explicit set instead of the defaults: no http.client breadcrumbs (the Bot API URL
+        # holds the token), no list of installed packages on every event, no argv; and init
+        # takes milliseconds instead of probing every auto-enabling integration.
+        default_integrations=False,
         integrations=[
             AwsLambdaIntegration(),
             # Log lines become breadcrumbs only; events are captured explicitly, so an error
             # logged and then captured is not reported twice.
             LoggingIntegration(level=logging.INFO, event_level=None),
+            # The Lambda integration captures the exception that on_failure already sent.
+            DedupeIntegration(),
+            ExcepthookIntegration(),
+            AtexitIntegration(),
         ],
-        send_default_pii=False,
+        # No PII: send_default_pii is left at its default (off); setting it explicitly is
+        # deprecated in favour of data_collection, which older 2.x SDKs do not know.
         # Frame locals could hold a token, a connection string or a key row.
         include_local_variables=False,
         max_request_body_size="never",
