@@ -89,9 +89,8 @@ def connect(dsn: str, *, connect_timeout_s: int) -> Conn:
             application_name="keys-cleanup",
         )
     except psycopg.Error as exc:
-        raise DatabaseError(
-            f"could not connect to the database: {redact(str(exc).strip(), dsn)}"
-        ) from None
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise DatabaseError(f"could not connect to the database: {redact(detail, dsn)}") from None
 
 
 def set_timeouts(conn: Conn, *, statement_ms: int, lock_ms: int, local: bool = False) -> None:

@@ -1,0 +1,162 @@
+"""The `keys-cleanup` command: exit codes, --json, one-line errors, dry run by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from handler.cli import EXIT_ABORTED, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, main
+from tests.conftest import KeyRow, PgSchema
+
+
+@pytest.fixture
+def seeded(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
+    pg.create_reference_table()
+    pg.insert_keys(
+        [KeyRow("c", "session", f"old{i}", 40) for i in range(4)]
+        + [KeyRow("c", "session", f"new{i}", 1) for i in range(6)]
+    )
+    for name in list(os.environ):
+        if name.startswith(("CLEANUP_", "DATABASE_", "TELEGRAM_", "SENTRY_")):
+            monkeypatch.delenv(name)
+    for name, value in pg.env().items():
+        monkeypatch.setenv(name, value)
+    return pg
+
+
+def test_default_is_a_dry_run(seeded: PgSchema, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "DRY RUN" in out
+    assert "Add --execute to delete" in out
+    assert seeded.count() == 10
+
+
+def test_execute_deletes_and_json_is_the_only_stdout(
+    seeded: PgSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--execute", "--json"]) == EXIT_OK
+    out = capsys.readouterr().out
+    report = json.loads(out)  # nothing but JSON on stdout
+    assert report["status"] == "completed"
+    assert report["deleted"] == 4
+    assert report["dry_run"] is False
+    assert set(report["age_distribution"]) == {"<1d", "1-7d", "7-14d", "14-30d", ">30d"}
+    assert seeded.count() == 6
+
+
+def test_retention_days_flag(seeded: PgSchema, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--execute", "--json", "--retention-days", "50"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["deleted"] == 0
+    assert seeded.count() == 10
+
+
+def test_guard_abort_exits_3_then_force(
+    seeded: PgSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLEANUP_GUARD_MIN_KEYS", "1")
+    monkeypatch.setenv("CLEANUP_MAX_DELETE_FRACTION", "0.3")
+    assert main(["--execute"]) == EXIT_ABORTED
+    assert "--force" in capsys.readouterr().out
+    assert seeded.count() == 10
+    assert main(["--execute", "--force"]) == EXIT_OK
+    assert seeded.count() == 6
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--retention-days", "0"], {}, "retention_days"),
+        (["--retention-days", "abc"], {}, "invalid int value"),
+        (["--execute", "--dryrun"], {}, "unrecognized arguments: --dryrun"),
+        (["--execute"], {"CLEANUP_BATCH_SIZE": "lots"}, "CLEANUP_BATCH_SIZE"),
+        (["--execute"], {"CLEANUP_TABLE": "whatsapp_keys; DROP TABLE x"}, "CLEANUP_TABLE"),
+        (["--execute"], {"CLEANUP_TABLE": "missing_table"}, "missing_table does not exist"),
+        (["--execute", "--demo-rows", "5"], {}, "--demo-rows"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_deletes_nothing(
+    seeded: PgSchema,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: dict[str, str],
+    needle: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    assert code == EXIT_BAD_INPUT
+    assert needle in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "Traceback" not in captured.err
+    assert captured.out == ""
+    assert seeded.count() == 10
+
+
+def test_unreachable_database_exits_1_without_traceback_or_password(
+    seeded: PgSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLEANUP_CONNECT_TIMEOUT_S", "2")
+    code = main(["--database-url", "postgresql://u:pa55-canary@127.0.0.1:1/x", "--execute"])
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILURE
+    assert "could not connect" in err
+    assert "pa55-canary" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_database_url_is_bad_input(
+    seeded: PgSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DATABASE_URL")
+    assert main([]) == EXIT_BAD_INPUT
+    assert "DATABASE_URL is not set" in capsys.readouterr().err
+
+
+def test_skipped_run_exits_0(seeded: PgSchema, capsys: pytest.CaptureFixture[str]) -> None:
+    from handler.db import LOCK_CLASS  # noqa: PLC0415
+
+    with seeded.connect() as holder:
+        oid = holder.execute("SELECT 'whatsapp_keys'::regclass::oid").fetchone()
+        assert oid is not None
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_CLASS + oid[0],))
+        assert main(["--execute", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["status"] == "skipped"
+    assert seeded.count() == 10
+
+
+def test_console_script_runs_the_demo_as_json() -> None:
+    """The README's first command, end to end: embedded PostgreSQL, seed, live run, JSON."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "handler.cli",
+            "--demo",
+            "--demo-rows",
+            "3000",
+            "--execute",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("CLEANUP_", "DATABASE_"))},
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "completed"
+    assert report["before"]["keys"] == 3000
+    assert 0 < report["deleted"] < 3000
+    assert report["after"]["keys"] == 3000 - report["deleted"]
+    assert report["by_type"]["app-state-sync-key"]["deleted"] == 0
