@@ -1,0 +1,255 @@
+"""Lambda entry point: event -> flags -> settings -> engine -> logs, metrics, notifications.
+
+Two event shapes:
+
+- the EventBridge scheduled event (`"source": "aws.events"`, `"detail-type": "Scheduled
+  Event"`): a live run, unless CLEANUP_DRY_RUN=true. Flags may sit in its `detail`.
+- anything else is a flags object (console test event, CLI invoke, `sam local invoke -e`):
+  a dry run unless it says `"dry_run": false`. `{}` is a dry run.
+
+Flags are strict: an unknown key, a wrong type or a retention out of range fails the
+invocation with a ConfigError that names the field, before anything touches the database.
+
+`python -m handler.app --event events/dry-run.json` runs this same handler locally, with a
+stand-in context, no Docker needed (see docs/lambda.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from handler import notify
+from handler.cleanup import Progress, run_cleanup
+from handler.observability import logger, publish_failure, publish_report, report_fields
+from handler.report import Report, render_text
+from handler.secrets import with_database_url
+from handler.settings import ConfigError, Flags, Settings
+
+SCHEDULED_SOURCE = "aws.events"
+SCHEDULED_DETAIL_TYPE = "Scheduled Event"
+# Notifications must end before Lambda's hard timeout; this much is left for the metrics
+# flush and the return. The engine's own margin (CLEANUP_DEADLINE_MARGIN_MS) is far larger.
+NOTIFY_RESERVE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """What an event asks for, once validated against the settings."""
+
+    flags: Flags
+    scheduled: bool
+    event_id: str | None
+
+    @property
+    def mode(self) -> str:
+        return "dry_run" if self.flags.dry_run else "live"
+
+
+def is_scheduled_event(event: object) -> bool:
+    return (
+        isinstance(event, Mapping)
+        and event.get("source") == SCHEDULED_SOURCE
+        and event.get("detail-type") == SCHEDULED_DETAIL_TYPE
+    )
+
+
+def parse_event(event: object, settings: Settings) -> Request:
+    """Validate an invocation event into flags. Raises ConfigError naming the bad field."""
+    if is_scheduled_event(event):
+        assert isinstance(event, Mapping)  # noqa: S101 - narrowed by is_scheduled_event
+        detail = event.get("detail", {})
+        try:
+            flags = Flags.parse(detail)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in the scheduled event's detail)") from None
+        # The schedule exists to delete: live unless the detail or CLEANUP_DRY_RUN says dry.
+        asked_dry = isinstance(detail, Mapping) and detail.get("dry_run") is True
+        flags = flags.model_copy(update={"dry_run": asked_dry or settings.dry_run_scheduled})
+        event_id = event.get("id")
+        request = Request(flags, True, event_id if isinstance(event_id, str) else None)
+    elif isinstance(event, Mapping) and {"source", "detail-type"} <= event.keys():
+        raise ConfigError(
+            "invalid event: an EventBridge event that is not a scheduled event; send a "
+            'scheduled event or a flags object such as {"dry_run": true}'
+        )
+    else:
+        request = Request(Flags.parse(event), False, None)
+    days = request.flags.retention_days
+    if days is not None and days < settings.min_retention_days:
+        raise ConfigError(
+            f"invalid flags: retention_days: {days} is below "
+            f"CLEANUP_MIN_RETENTION_DAYS ({settings.min_retention_days})"
+        )
+    return request
+
+
+def _log_progress(progress: Progress) -> None:
+    logger.debug(
+        "batch progress",
+        batches=progress.batches,
+        deleted=progress.deleted,
+        pages_done=progress.pages_done,
+        pages_total=progress.pages_total,
+    )
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Run the cleanup once; return the report as JSON-ready dict, or raise."""
+    lambda_end = time.monotonic() + context.get_remaining_time_in_millis() / 1000
+    notify_deadline = lambda_end - NOTIFY_RESERVE_S
+    scheduled_id = event.get("id") if is_scheduled_event(event) else None
+    logger.set_correlation_id(
+        scheduled_id if isinstance(scheduled_id, str) else context.aws_request_id
+    )
+    mode = "unknown"
+    settings: Settings | None = None
+    try:
+        settings = Settings.from_env()
+        request = parse_event(event, settings)
+        mode = request.mode
+        flags = request.flags
+        logger.info(
+            "run requested",
+            trigger="schedule" if request.scheduled else "manual",
+            mode=mode,
+            event_id=request.event_id,
+            retention_days=flags.retention_days or settings.retention_days,
+            verbose=flags.verbose,
+            force=flags.force,
+            vacuum=flags.vacuum,
+        )
+        source = "DATABASE_URL" if settings.database_url is not None else "DATABASE_SECRET_ARN"
+        settings = with_database_url(settings)
+        logger.info("database resolved", source=source, table=settings.table)
+        # After the URL is resolved, so the notifiers know the password to redact.
+        notify.init(settings)
+        deadline = lambda_end - settings.deadline_margin_ms / 1000
+        logger.info(
+            "cleanup started",
+            budget_ms=round((deadline - time.monotonic()) * 1000),
+            margin_ms=settings.deadline_margin_ms,
+        )
+        with notify.cron_monitor(settings):
+            report = run_cleanup(
+                settings,
+                flags,
+                deadline=deadline,
+                progress=_log_progress,
+                event_id=request.event_id,
+            )
+    except Exception as exc:
+        # Count and report the failure, then let it fail: Lambda records the error and its
+        # async retry and on-failure destination take over.
+        logger.error("run failed", mode=mode, error_type=type(exc).__name__, error=str(exc))
+        publish_failure(mode)
+        if settings is not None:
+            notify.on_failure(exc, settings, deadline=notify_deadline)
+        raise
+    logger.info("run finished", **report_fields(report))
+    publish_report(report)
+    notify.after_run(report, settings, deadline=notify_deadline)
+    return report.model_dump(mode="json")
+
+
+# --- Docker-free local invoke ---------------------------------------------------------------
+
+
+@dataclass
+class LocalContext:
+    """The parts of Lambda's context object the handler and Powertools read."""
+
+    timeout_s: float = 900.0
+    function_name: str = "keys-cleanup-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "local"
+    log_stream_name: str = "local"
+    _started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._started + self.timeout_s - time.monotonic()) * 1000))
+
+
+def _load_event(path: str) -> Any:
+    if path == "-":
+        return json.load(sys.stdin)
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to stderr for a while.
+
+    In Lambda, log lines and EMF blobs all go to the function's log. Here they would mix with
+    the report on stdout, and the loggers hold on to the original stream object, so the
+    descriptor itself is redirected.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m handler.app --event FILE`: the Lambda handler, run here with a fake context.
+
+    stdout gets the returned report only (JSON, or text with --text); logs and EMF metric
+    lines go to stderr. Exit codes as the CLI: 0 ok, 1 failure, 2 bad input, 3 aborted.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m handler.app",
+        description="Invoke the Lambda handler locally with an event file, without Docker.",
+    )
+    parser.add_argument(
+        "--event", "-e", default=None, help="event JSON file, or - for stdin (default: {})"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds the fake context grants (900)"
+    )
+    parser.add_argument("--text", action="store_true", help="print the report as text")
+    args = parser.parse_args(argv)
+    event = {} if args.event is None else _load_event(args.event)
+
+    try:
+        with _stdout_to_stderr():
+            result = lambda_handler(
+                event, cast(LambdaContext, LocalContext(timeout_s=args.timeout))
+            )
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except Exception as exc:
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
+        return 1
+    if args.text:
+        sys.stdout.write(render_text(Report.model_validate(result)) + "\n")
+    else:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 3 if result.get("status") == "aborted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

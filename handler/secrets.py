@@ -1,0 +1,103 @@
+"""Database credentials: DATABASE_URL as given, or an RDS-style Secrets Manager secret.
+
+The secret is read through Powertools Parameters, whose provider caches it in the process, so
+warm invocations skip the Secrets Manager call. Nothing here logs or echoes a value: errors
+name the setting or the secret's field, never its content.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+from aws_lambda_powertools.utilities import parameters
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from handler.settings import ConfigError, Settings, format_validation_error
+
+# Five minutes: a warm container reuses the value (one run a day rarely finds one warm, but
+# Lambda's retry and hand-triggered runs do), and a rotated password is picked up soon after.
+SECRET_MAX_AGE_S = 300
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
+class SecretError(RuntimeError):
+    """The secret could not be read. The message names the setting, never a value."""
+
+
+class RdsSecret(BaseModel):
+    """The fields of an RDS-style secret that make a connection; the rest is ignored.
+
+    `sslmode` is not part of the RDS format. It defaults to `require` because RDS always offers
+    TLS and the connection leaves the function; a secret may set it for other servers.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(5432, ge=1, le=65535)
+    username: str = Field(min_length=1)
+    password: SecretStr
+    dbname: str = Field("postgres", min_length=1)
+    sslmode: SslMode = "require"
+
+
+def conninfo_from_secret(secret: Mapping[str, Any]) -> SecretStr:
+    """A libpq connection URI from an RDS-style secret, every part percent-encoded.
+
+    Encoding each component (not formatting the raw strings) keeps a password holding `@`,
+    `/`, `:`, `#`, `?`, `%`, spaces or quotes from changing where or how libpq connects.
+    """
+    try:
+        fields = RdsSecret.model_validate(dict(secret))
+    except ValidationError as exc:
+        raise ConfigError(
+            "DATABASE_SECRET_ARN: invalid secret: "
+            + format_validation_error(exc, prefix="field ")
+            + ". An RDS-style secret holds host, port, username, password and dbname."
+        ) from None
+    bare = fields.host.strip("[]")
+    # An IPv6 literal goes in brackets, as the URI syntax wants; a name is percent-encoded.
+    host = f"[{bare}]" if ":" in bare else quote(bare, safe="")
+    user = quote(fields.username, safe="")
+    password = quote(fields.password.get_secret_value(), safe="")
+    dbname = quote(fields.dbname, safe="")
+    query = urlencode({"sslmode": fields.sslmode})
+    return SecretStr(f"postgresql://{user}:{password}@{host}:{fields.port}/{dbname}?{query}")
+
+
+def read_secret(arn: str) -> Mapping[str, Any]:
+    """The secret's JSON object, cached for SECRET_MAX_AGE_S across warm invocations."""
+    try:
+        raw = parameters.get_secret(arn, max_age=SECRET_MAX_AGE_S)
+    except parameters.exceptions.GetParameterError as exc:
+        # Powertools' message is the AWS error (code and text), which holds no secret value.
+        raise SecretError(f"DATABASE_SECRET_ARN: could not read the secret: {exc}") from exc
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ConfigError("DATABASE_SECRET_ARN: the secret is not JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError("DATABASE_SECRET_ARN: the secret is not a JSON object")
+    return data
+
+
+def database_url(settings: Settings) -> SecretStr:
+    """DATABASE_URL when set (it wins, for local runs), else the URL built from the secret."""
+    if settings.database_url is not None:
+        return settings.database_url
+    if settings.database_secret_arn:
+        return conninfo_from_secret(read_secret(settings.database_secret_arn))
+    raise ConfigError("no database: set DATABASE_URL or DATABASE_SECRET_ARN")
+
+
+def with_database_url(settings: Settings) -> Settings:
+    """`settings` with `database_url` resolved, the form the engine and notifiers take."""
+    url = database_url(settings)
+    if url is settings.database_url:
+        return settings
+    return settings.model_copy(update={"database_url": url})
