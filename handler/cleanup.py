@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -74,7 +74,9 @@ class _Run:
         flags: Flags,
         deadline: float | None,
         progress: ProgressFn | None,
+        event_id: str | None,
     ) -> None:
+        self.event_id = event_id
         self.settings = settings
         self.flags = flags
         self.deadline = deadline
@@ -86,6 +88,7 @@ class _Run:
         s = self.settings
         overrides = dict(s.type_retention_days) if s.key_type_column else {}
         return {
+            "event_id": self.event_id,
             "dry_run": self.flags.dry_run,
             "table": target.qualified if target else s.table,
             "timestamp_column": s.timestamp_column,
@@ -119,10 +122,50 @@ class _Run:
                 **self._base(target),
             )
         try:
-            return self._locked(conn, target)
+            history = s.history_enabled and not self.flags.dry_run
+            if history and self.event_id is not None:
+                done_at = self._completed_before(conn, target)
+                if done_at is not None:
+                    return Report(
+                        status="skipped",
+                        duplicate=True,
+                        reason=(
+                            f"event {self.event_id} already completed at "
+                            f"{done_at.isoformat(timespec='seconds')}; not run again"
+                        ),
+                        duration_ms=self._duration_ms(),
+                        **self._base(target),
+                    )
+            report = self._locked(conn, target)
+            return self._record(conn, report) if history else report
         finally:
             if not conn.closed and not conn.broken:
                 db.unlock(conn, target)
+
+    def _completed_before(self, conn: db.Conn, target: db.Target) -> datetime | None:
+        schema, name = self.settings.history_table_parts
+        if self.event_id is None or not db.history_exists(conn, schema, name):
+            return None
+        return db.completed_run_for_event(conn, schema, name, self.event_id, target.qualified)
+
+    def _record(self, conn: db.Conn, report: Report) -> Report:
+        """Add the run to the history table, creating it when the role may.
+
+        History is a side channel: failing to write it is a note on the report, never a failed
+        run (the rows are already deleted).
+        """
+        schema, name = self.settings.history_table_parts
+        try:
+            if not db.history_exists(conn, schema, name):
+                db.create_history(conn, schema, name)
+            db.insert_history(conn, schema, name, history_row(report))
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            note = f"run history not recorded ({type(exc).__name__}; see keys-cleanup init-db)"
+            reason = f"{report.reason}; {note}" if report.reason else note
+            return report.model_copy(update={"reason": reason})
+        return report
 
     def _policy(self, conn: db.Conn) -> tuple[db.Policy, datetime]:
         s = self.settings
@@ -341,6 +384,23 @@ class _Run:
         )
 
 
+def history_row(report: Report) -> db.HistoryRow:
+    return db.HistoryRow(
+        event_id=report.event_id,
+        target_table=report.table,
+        started_at=report.started_at or datetime.now(UTC),
+        status=report.status,
+        keys_before=report.before.keys if report.before else None,
+        keys_after=report.after.keys if report.after else None,
+        total_bytes_before=report.before.total_bytes if report.before else None,
+        total_bytes_after=report.after.total_bytes if report.after else None,
+        eligible=report.eligible,
+        deleted=report.deleted,
+        duration_ms=report.duration_ms,
+        report_json=report.model_dump_json(),
+    )
+
+
 def _type_name(key_type: str | None) -> str:
     return "(null)" if key_type is None else key_type
 
@@ -376,7 +436,7 @@ def run_cleanup(
             f"CLEANUP_MIN_RETENTION_DAYS ({settings.min_retention_days})"
         )
     dsn = settings.database_url.get_secret_value()
-    run = _Run(settings, flags, deadline, progress)
+    run = _Run(settings, flags, deadline, progress, event_id)
     try:
         conn = db.connect(dsn, connect_timeout_s=settings.connect_timeout_s)
     except db.DatabaseError as exc:
@@ -387,4 +447,4 @@ def run_cleanup(
     except psycopg.Error as exc:
         detail = db.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "", dsn)
         raise CleanupError(f"database error ({type(exc).__name__}): {detail}") from None
-    return report.model_copy(update={"event_id": event_id}) if event_id else report
+    return report

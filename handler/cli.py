@@ -1,5 +1,10 @@
 """`keys-cleanup`: argv -> flags -> run -> print. A dry run unless --execute.
 
+`keys-cleanup init-db` creates the run-history table; `keys-cleanup history` prints the trend.
+
+Subcommands: `keys-cleanup init-db` creates the run-history table; `keys-cleanup history` prints
+the trend per day.
+
 Exit codes: 0 completed, partial or skipped; 1 unexpected failure; 2 bad input or
 configuration; 3 aborted by the safety guard.
 """
@@ -8,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TextIO
 
+import psycopg
 from pydantic import SecretStr
 
-from handler import __version__
+from handler import __version__, db
 from handler.cleanup import CleanupError, Progress, run_cleanup
-from handler.report import Report, render_text
+from handler.report import Report, human_bytes, render_text
 from handler.settings import ConfigError, Flags, Settings
 
 EXIT_OK = 0
@@ -38,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Measure the WhatsApp (Baileys) key table and delete keys nobody has touched for "
             "N days. A dry run unless --execute."
         ),
-        epilog="Exit codes: 0 completed/partial/skipped, 1 failure, 2 bad input, 3 aborted.",
+        epilog=(
+            "Other commands: `keys-cleanup init-db` (create the run-history table), "
+            "`keys-cleanup history` (the trend per day). "
+            "Exit codes: 0 completed/partial/skipped, 1 failure, 2 bad input, 3 aborted."
+        ),
     )
     parser.add_argument("--execute", action="store_true", help="really delete (default: dry run)")
     parser.add_argument("--verbose", "-v", action="store_true", help="list the affected keys")
@@ -139,11 +151,116 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return _exit_code(report)
 
 
+def build_admin_parser(command: str) -> argparse.ArgumentParser:
+    descriptions = {
+        "init-db": "Create the run-history table (CLEANUP_HISTORY_TABLE); safe to repeat.",
+        "history": "Print the trend of live runs per day: keys, size, deleted, duration.",
+    }
+    parser = _Parser(prog=f"keys-cleanup {command}", description=descriptions[command])
+    parser.add_argument(
+        "--database-url", metavar="URL", help="PostgreSQL URL (default: DATABASE_URL)"
+    )
+    if command == "history":
+        parser.add_argument("--days", type=int, default=30, help="how far back (default 30)")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    return parser
+
+
+def _admin_connection(args: argparse.Namespace) -> tuple[Settings, db.Conn]:
+    settings = Settings.from_env()
+    url = args.database_url or (
+        settings.database_url.get_secret_value() if settings.database_url else None
+    )
+    if url is None:
+        raise ConfigError("DATABASE_URL is not set (or pass --database-url)")
+    try:
+        return settings, db.connect(url, connect_timeout_s=settings.connect_timeout_s)
+    except db.DatabaseError as exc:
+        raise CleanupError(str(exc)) from None
+
+
+def init_db(args: argparse.Namespace, stdout: TextIO) -> int:
+    settings, conn = _admin_connection(args)
+    schema, name = settings.history_table_parts
+    with conn:
+        existed = db.history_exists(conn, schema, name)
+        db.create_history(conn, schema, name)
+    state = "already existed" if existed else "created"
+    stdout.write(f"run-history table {settings.history_table}: {state}\n")
+    return EXIT_OK
+
+
+def history(args: argparse.Namespace, stdout: TextIO) -> int:
+    if args.days < 1:
+        raise ConfigError("--days takes a positive number")
+    settings, conn = _admin_connection(args)
+    schema, name = settings.history_table_parts
+    with conn:
+        if not db.history_exists(conn, schema, name):
+            raise ConfigError(
+                f"no run-history table {settings.history_table} yet: run `keys-cleanup init-db` "
+                "or one live run"
+            )
+        trend = db.history_trend(conn, schema, name, args.days)
+    if args.json:
+        rows = [
+            {
+                "day": t.day.date().isoformat(),
+                "runs": t.runs,
+                "statuses": t.statuses.split(","),
+                "keys": t.keys,
+                "total_bytes": t.total_bytes,
+                "deleted": t.deleted,
+                "duration_ms": t.duration_ms,
+            }
+            for t in trend
+        ]
+        stdout.write(json.dumps(rows, indent=2) + "\n")
+        return EXIT_OK
+    stdout.write(render_trend(trend) + "\n")
+    return EXIT_OK
+
+
+def render_trend(trend: list[db.DayTrend]) -> str:
+    if not trend:
+        return "no live runs recorded in that period"
+    header = (
+        f"{'day (UTC)':<10}  {'runs':>4}  {'status':<18} {'keys':>12}  {'size':>10}  "
+        f"{'deleted':>10}  {'duration':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for t in trend:
+        keys = "-" if t.keys is None else f"{t.keys:,}"
+        size = "-" if t.total_bytes is None else human_bytes(t.total_bytes)
+        lines.append(
+            f"{t.day.date().isoformat():<10}  {t.runs:>4}  {t.statuses:<18} {keys:>12}  "
+            f"{size:>10}  {t.deleted:>10,}  {t.duration_ms / 1000:>8.1f}s"
+        )
+    return "\n".join(lines)
+
+
+ADMIN_COMMANDS = {"init-db": init_db, "history": history}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    action: Callable[[], int]
+    if argv and argv[0] in ADMIN_COMMANDS:
+        args = build_admin_parser(argv[0]).parse_args(argv[1:])
+        action = functools.partial(ADMIN_COMMANDS[argv[0]], args, stdout)
+    else:
+        args = build_parser().parse_args(argv)
+        action = functools.partial(run, args, stdout, stderr)
     try:
-        return run(args, stdout, stderr)
+        return action()
+    except psycopg.Error as exc:  # init-db and history talk to the database directly
+        if args.debug:
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        stderr.write(f"keys-cleanup: error: database error ({type(exc).__name__}): {detail}\n")
+        return EXIT_FAILURE
     except ConfigError as exc:
         stderr.write(f"keys-cleanup: error: {exc}\n")
         return EXIT_BAD_INPUT

@@ -462,3 +462,138 @@ def vacuum_analyze(conn: Conn, target: Target) -> list[str]:
     finally:
         conn.remove_notice_handler(collect)
     return notices
+
+
+# ---------------------------------------------------------------------------------------------
+# Run history: one row per live run, for duplicate deliveries and the size trend.
+
+
+def history_ident(schema: str | None, name: str) -> sql.Composable:
+    return sql.Identifier(schema, name) if schema else sql.Identifier(name)
+
+
+def history_exists(conn: Conn, schema: str | None, name: str) -> bool:
+    ident = history_ident(schema, name).as_string(conn)
+    return _one(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident,)))[0] is True
+
+
+def create_history(conn: Conn, schema: str | None, name: str) -> None:
+    table = history_ident(schema, name)
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {table} (
+              id                 bigserial PRIMARY KEY,
+              event_id           text,
+              target_table       text NOT NULL,
+              started_at         timestamptz NOT NULL,
+              finished_at        timestamptz NOT NULL DEFAULT now(),
+              status             text NOT NULL,
+              keys_before        bigint,
+              keys_after         bigint,
+              total_bytes_before bigint,
+              total_bytes_after  bigint,
+              eligible           bigint NOT NULL,
+              deleted            bigint NOT NULL,
+              duration_ms        bigint NOT NULL,
+              report             jsonb NOT NULL
+            )
+            """
+        ).format(table=table)
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {index} ON {table} (event_id) WHERE event_id IS NOT NULL"
+        ).format(index=sql.Identifier(f"{name}_event_idx"), table=table)
+    )
+
+
+def completed_run_for_event(
+    conn: Conn, schema: str | None, name: str, event_id: str, target_table: str
+) -> datetime | None:
+    row = conn.execute(
+        sql.SQL(
+            "SELECT max(finished_at) FROM {} WHERE event_id = %s AND target_table = %s "
+            "AND status = 'completed'"
+        ).format(history_ident(schema, name)),
+        (event_id, target_table),
+    ).fetchone()
+    return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    event_id: str | None
+    target_table: str
+    started_at: datetime
+    status: str
+    keys_before: int | None
+    keys_after: int | None
+    total_bytes_before: int | None
+    total_bytes_after: int | None
+    eligible: int
+    deleted: int
+    duration_ms: int
+    report_json: str
+
+
+def insert_history(conn: Conn, schema: str | None, name: str, row: HistoryRow) -> None:
+    conn.execute(
+        sql.SQL(
+            """
+            INSERT INTO {} (event_id, target_table, started_at, status, keys_before, keys_after,
+                            total_bytes_before, total_bytes_after, eligible, deleted, duration_ms,
+                            report)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)
+            """
+        ).format(history_ident(schema, name)),
+        (
+            row.event_id,
+            row.target_table,
+            row.started_at,
+            row.status,
+            row.keys_before,
+            row.keys_after,
+            row.total_bytes_before,
+            row.total_bytes_after,
+            row.eligible,
+            row.deleted,
+            row.duration_ms,
+            row.report_json,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class DayTrend:
+    day: datetime
+    runs: int
+    statuses: str
+    keys: int | None
+    total_bytes: int | None
+    deleted: int
+    duration_ms: int
+
+
+def history_trend(conn: Conn, schema: str | None, name: str, days: int) -> list[DayTrend]:
+    """Per day, newest first: runs, the last run's keys and size after, deleted and time."""
+    rows = conn.execute(
+        sql.SQL(
+            """
+            SELECT date_trunc('day', started_at, 'UTC') AS day,
+                   count(*),
+                   string_agg(DISTINCT status, ',' ORDER BY status),
+                   (array_agg(coalesce(keys_after, keys_before) ORDER BY started_at DESC))[1],
+                   (array_agg(coalesce(total_bytes_after, total_bytes_before)
+                              ORDER BY started_at DESC))[1],
+                   sum(deleted),
+                   sum(duration_ms)
+            FROM {}
+            WHERE started_at >= now() - make_interval(days => %s)
+            GROUP BY 1
+            ORDER BY 1 DESC
+            """
+        ).format(history_ident(schema, name)),
+        (days,),
+    ).fetchall()
+    return [DayTrend(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in rows]

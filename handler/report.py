@@ -88,6 +88,7 @@ class Report(_Model):
     keys_omitted: int = 0
     reason: str | None = None
     event_id: str | None = None
+    duplicate: bool = False  # this event already completed: acknowledged, not run, not notified
 
     @property
     def mode(self) -> str:

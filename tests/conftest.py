@@ -91,7 +91,7 @@ class PgSchema:
                 ],
             )
 
-    def keys(self, table: str = "whatsapp_keys") -> set[tuple[str, str, str]]:
+    def key_set(self, table: str = "whatsapp_keys") -> set[tuple[str, str, str]]:
         with self.connect() as conn:
             return {
                 (r[0], r[1], r[2])

@@ -53,7 +53,7 @@ def table(pg: PgSchema) -> list[KeyRow]:
 def test_live_run_deletes_exactly_old_unprotected_keys(pg: PgSchema, table: list[KeyRow]) -> None:
     report = run_cleanup(pg.settings(CLEANUP_GUARD_MIN_KEYS="100000"), LIVE)
 
-    assert pg.keys() == expected_survivors(table, 30)
+    assert pg.key_set() == expected_survivors(table, 30)
     assert report.status == "completed"
     assert report.deleted == len(table) - len(expected_survivors(table, 30))
     assert report.deleted == report.eligible
@@ -74,7 +74,7 @@ def test_protected_counts_old_keys_of_protected_types(pg: PgSchema, table: list[
 
 def test_empty_protected_list_deletes_everything_older(pg: PgSchema, table: list[KeyRow]) -> None:
     run_cleanup(pg.settings(CLEANUP_PROTECTED_KEY_TYPES="", CLEANUP_GUARD_MIN_KEYS="100000"), LIVE)
-    assert pg.keys() == expected_survivors(table, 30, protected=())
+    assert pg.key_set() == expected_survivors(table, 30, protected=())
 
 
 def test_per_type_retention_override(pg: PgSchema, table: list[KeyRow]) -> None:
@@ -83,7 +83,7 @@ def test_per_type_retention_override(pg: PgSchema, table: list[KeyRow]) -> None:
     )
     report = run_cleanup(settings, LIVE)
     overrides = {"pre-key": 45, "session": 10}
-    assert pg.keys() == expected_survivors(table, 30, overrides=overrides)
+    assert pg.key_set() == expected_survivors(table, 30, overrides=overrides)
     assert report.by_type["pre-key"].retention_days == 45
     assert report.retention_overrides == overrides
 
@@ -139,7 +139,7 @@ def test_null_timestamps_are_never_deleted(pg: PgSchema) -> None:
             "VALUES ('c', 'session', 'no-ts', '{}', NULL)"
         )
     report = run_cleanup(pg.settings(), LIVE)
-    assert pg.keys() == {("c", "session", "no-ts")}
+    assert pg.key_set() == {("c", "session", "no-ts")}
     assert report.no_timestamp == 1
 
 
@@ -160,7 +160,7 @@ def test_verbose_lists_keys_but_never_values(pg: PgSchema) -> None:
         assert list(report.keys[0].key) == ["company_id", "key_type", "key_id"]
         assert canary not in report.model_dump_json()
         assert canary not in render_text(report)
-    assert pg.keys() == {("c", "session", "fresh")}
+    assert pg.key_set() == {("c", "session", "fresh")}
 
 
 def test_dry_run_listing_is_oldest_first(pg: PgSchema) -> None:
@@ -230,7 +230,7 @@ def test_deadline_gives_partial_and_next_run_finishes(pg: PgSchema, table: list[
     rest = run_cleanup(settings, LIVE)
     assert rest.status == "completed"
     assert partial.deleted + rest.deleted == partial.eligible
-    assert pg.keys() == expected_survivors(table, 30)
+    assert pg.key_set() == expected_survivors(table, 30)
 
 
 def test_key_refreshed_during_the_run_survives(pg: PgSchema, table: list[KeyRow]) -> None:
@@ -258,7 +258,7 @@ def test_key_refreshed_during_the_run_survives(pg: PgSchema, table: list[KeyRow]
     report = run_cleanup(settings, LIVE, progress=refresh)
     assert refreshed
     assert report.deleted == report.eligible - 1
-    assert pg.keys() == expected_survivors(table, 30) | {tuple(last)}
+    assert pg.key_set() == expected_survivors(table, 30) | {tuple(last)}
 
 
 def test_row_locked_by_another_transaction_is_skipped(pg: PgSchema, table: list[KeyRow]) -> None:
@@ -273,7 +273,7 @@ def test_row_locked_by_another_transaction_is_skipped(pg: PgSchema, table: list[
         assert report.status == "completed"
         assert report.batch_retries >= 1
         assert report.deleted == report.eligible - 1
-    assert pg.keys() == expected_survivors(table, 30) | {old.ident}
+    assert pg.key_set() == expected_survivors(table, 30) | {old.ident}
 
 
 def test_table_locked_exclusively_ends_partial_without_hanging(
@@ -492,5 +492,5 @@ def test_property_exactly_expected_rows_survive(
     )
     report = run_cleanup(settings_, Flags(dry_run=False, force=True))
     survivors = expected_survivors(keys, retention, protected=tuple(protected))
-    assert pg.keys() == survivors
+    assert pg.key_set() == survivors
     assert report.deleted == len(keys) - len(survivors)
