@@ -21,17 +21,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from aws_lambda_powertools import Logger
-
 from handler.notify import html, secrets, sentry, telegram
+from handler.observability import logger
 from handler.report import Report
 from handler.settings import Settings
 
-__all__ = ["after_run", "cron_monitor", "init", "on_failure"]
-
-# The service name comes from POWERTOOLS_SERVICE_NAME; a Logger with the same service as
-# handler.observability's shares its configuration.
-logger = Logger()
+__all__ = ["after_run", "cron_monitor", "init", "logger", "on_failure"]
 
 
 def init(settings: Settings) -> None:
@@ -41,8 +36,11 @@ def init(settings: Settings) -> None:
     and logs an error: the cleanup itself must still run, and the Crons monitor reports the
     missing check-in.
     """
+    # Known secrets are redacted from every alert and error text, with or without Sentry.
     if settings.telegram_bot_token is not None:
         secrets.register(settings.telegram_bot_token.get_secret_value())
+    if settings.database_url is not None:
+        secrets.register_url(settings.database_url.get_secret_value())
     if sentry.enabled() or not (settings.sentry_dsn or settings.sentry_dsn_parameter):
         return
     try:

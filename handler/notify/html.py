@@ -257,7 +257,7 @@ def render_guard_abort(report: Report, settings: Settings, *, now: datetime | No
         [
             "If this deletion is expected, override the guard for one run:",
             '• Lambda event: <code>{"dry_run": false, "force": true}</code>',
-            "• CLI: add <code>--force</code> to the live <code>keys-cleanup</code> command",
+            "• CLI: <code>keys-cleanup --execute --force</code>",
         ]
     )
     return _assemble(["\n".join(lines), _age_block(report), override, _footer(report, now)])

@@ -38,8 +38,6 @@ def _scrub(event: Any, _hint: Any) -> Any:
 def init(settings: Settings, dsn: str) -> None:
     """Initialise the SDK for this process. The caller resolves the DSN and checks idempotence."""
     secrets.register_url(dsn, with_user=True)  # a DSN's user part is its key
-    if settings.database_url is not None:
-        secrets.register_url(settings.database_url.get_secret_value())
     sentry_sdk.init(
         dsn=dsn,
         environment=settings.sentry_environment,

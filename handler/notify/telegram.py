@@ -7,6 +7,7 @@ one becomes a `TelegramError` whose text is redacted and whose chain is cut (`fr
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,26 @@ DEFAULT_BUDGET_S = 30.0
 MIN_REQUEST_S = 0.2
 # Longer than this and a 429 is not waited out: the run's result matters more.
 MAX_RETRY_AFTER_S = 60.0
+
+
+class _RedactUrls(logging.Filter):
+    """urllib3 logs request paths at DEBUG ("POST /bot<token>/sendMessage"): redact them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
+
+
+# A filter on a logger applies only to records that logger creates, hence one per module.
+for _name in (
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.poolmanager",
+    "urllib3.response",
+    "urllib3.util.retry",
+):
+    logging.getLogger(_name).addFilter(_RedactUrls())
 
 
 class TelegramError(Exception):
