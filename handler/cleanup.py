@@ -18,8 +18,8 @@ from handler import db
 from handler.report import BUCKET_LABELS, KeyEntry, Report, Status, TableStats, TypeStats
 from handler.settings import ConfigError, Flags, Settings
 
-# Waiting for a row another session holds is what stalls live writers, so the plain batch
-# waits at most this long before the batch is redone with SKIP LOCKED.
+# Waiting for a row another session holds is what stalls live writers (they queue behind the
+# rows this batch already deleted), so a batch waits at most this long before its range is split.
 ROW_WAIT_MS = 100
 # Below this many milliseconds left, no new batch starts.
 MIN_BATCH_BUDGET_MS = 20
@@ -255,90 +255,25 @@ class _Run:
         fields: dict[str, object],
     ) -> Report:
         s, flags = self.settings, self.flags
-        pages_total = before_sizes.pages
-        # Rows the application writes later land in new pages or are fresh; every row that was
-        # old when we measured lies in the first `pages_total` pages.
-        density = eligible / pages_total if pages_total else 0.0
-        span = max(1, min(MAX_PAGES_PER_BATCH, round(s.batch_size / density))) if density else 1
-        deleted_by_type: dict[str, int] = {}
-        listing: db.Listing = []
-        list_budget = s.verbose_limit if flags.verbose else 0
-        reclaimable = 0
-        batches = retries = 0
-        max_batch_ms = 0.0
-        page = 0
-        status: Status = "completed"
-        reason: str | None = None
-        attempts = 0
-        skip_locked = False
-        while page < pages_total and eligible:
-            budget_ms = _remaining_ms(self.deadline)
-            if budget_ms < max(MIN_BATCH_BUDGET_MS, max_batch_ms * 2):
-                status = "partial"
-                reason = "stopped at the deadline; the next run continues where the data stands"
-                break
-            end = min(pages_total, page + span)
-            started = time.monotonic()
-            try:
-                with conn.transaction():
-                    # Losing the last batches to a crash only means the next run redoes them,
-                    # so there's no need to wait for each commit's WAL flush.
-                    conn.execute("SET LOCAL synchronous_commit = off")
-                    db.set_timeouts(
-                        conn,
-                        statement_ms=int(min(s.batch_timeout_ms, budget_ms)),
-                        lock_ms=s.lock_timeout_ms
-                        if skip_locked
-                        else min(s.lock_timeout_ms, ROW_WAIT_MS),
-                        local=True,
-                    )
-                    result = db.delete_range(
-                        conn,
-                        target,
-                        policy,
-                        first_page=page,
-                        end_page=end,
-                        skip_locked=skip_locked,
-                        list_limit=list_budget,
-                        now=now,
-                    )
-            except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled) as exc:
-                retries += 1
-                if isinstance(exc, pg_errors.LockNotAvailable) and not skip_locked:
-                    skip_locked = True  # a row is held by the application: skip it, don't wait
-                    continue
-                attempts += 1
-                if attempts >= s.batch_attempts:
-                    status = "partial"
-                    what = "lock" if isinstance(exc, pg_errors.LockNotAvailable) else "statement"
-                    reason = (
-                        f"stopped after {attempts} batches in a row hit the {what} timeout "
-                        f"at page {page:,} of {pages_total:,}; the table may be locked by "
-                        "another session. The next run continues where the data stands"
-                    )
-                    break
-                if isinstance(exc, pg_errors.QueryCanceled):
-                    span = max(1, span // 2)  # too slow: smaller batches
-                time.sleep(min(0.05 * 2**attempts, max(0.0, budget_ms / 4000)))
-                continue
-            elapsed_ms = (time.monotonic() - started) * 1000
-            max_batch_ms = max(max_batch_ms, elapsed_ms)
-            batches += 1
-            attempts = 0
-            skip_locked = False
-            page = end
-            for key_type, n in result.by_type.items():
-                name = _type_name(key_type)
-                deleted_by_type[name] = deleted_by_type.get(name, 0) + n
-            reclaimable += result.bytes
-            if list_budget:
-                listing.extend(result.listed[:list_budget])
-                list_budget = max(0, list_budget - len(result.listed))
-            if self.progress is not None:
-                self.progress(Progress(page, pages_total, sum(deleted_by_type.values()), batches))
-
+        loop = _DeleteLoop(
+            conn,
+            target,
+            policy,
+            now,
+            settings=s,
+            deadline=self.deadline,
+            pages_total=before_sizes.pages,
+            eligible=eligible,
+            list_limit=s.verbose_limit if flags.verbose else 0,
+            progress=self.progress,
+        )
+        loop.run()
+        status: Status = loop.status
+        reason = loop.reason
+        deleted_by_type = loop.deleted_by_type
+        listing = loop.listing
         deleted = sum(deleted_by_type.values())
-        notes: list[str] = []
+        notes: list[str] = list(loop.notes)
         vacuumed = False
         if flags.vacuum and status == "completed":
             remaining = _remaining_ms(self.deadline)
@@ -372,16 +307,178 @@ class _Run:
             after=after,
             by_type=final_by_type,
             released_bytes=(before.total_bytes - after.total_bytes) if after else 0,
-            reclaimable_bytes=reclaimable,
+            reclaimable_bytes=loop.reclaimable,
             vacuumed=vacuumed,
-            batches=batches,
-            batch_retries=retries,
-            max_batch_ms=round(max_batch_ms),
+            batches=loop.batches,
+            batch_retries=loop.retries,
+            skipped_pages=loop.skipped_pages,
+            max_batch_ms=round(loop.max_batch_ms),
             keys=[_entry(target, item) for item in listing],
             keys_omitted=max(0, deleted - len(listing)) if flags.verbose else 0,
             duration_ms=self._duration_ms(),
             **fields,
         )
+
+
+class _DeleteLoop:
+    """Delete eligible rows page range by page range, each range one short transaction.
+
+    A range whose DELETE waits too long for a row the application holds is split in two and
+    retried; a single page that still conflicts is skipped, and its keys are left for the next
+    run. (Skipping by row would need SELECT ... FOR UPDATE SKIP LOCKED, which needs the UPDATE
+    privilege; this way SELECT and DELETE are enough.) A table lock that cannot be had within
+    the lock timeout, or a batch over its statement timeout, is retried a bounded number of
+    times, then the run ends as `partial`.
+    """
+
+    def __init__(
+        self,
+        conn: db.Conn,
+        target: db.Target,
+        policy: db.Policy,
+        now: datetime,
+        *,
+        settings: Settings,
+        deadline: float | None,
+        pages_total: int,
+        eligible: int,
+        list_limit: int,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.conn, self.target, self.policy, self.now = conn, target, policy, now
+        self.settings = settings
+        self.deadline = deadline
+        self.pages_total = pages_total
+        self.eligible = eligible
+        self.list_budget = list_limit
+        self.progress = progress
+        # Every row that was old when we measured lies in the first `pages_total` pages: rows
+        # written later are fresh, wherever they land.
+        density = eligible / pages_total if pages_total else 0.0
+        self.span = (
+            max(1, min(MAX_PAGES_PER_BATCH, round(settings.batch_size / density))) if density else 1
+        )
+        self.status: Status = "completed"
+        self.reason: str | None = None
+        self.notes: list[str] = []
+        self.deleted_by_type: dict[str, int] = {}
+        self.listing: db.Listing = []
+        self.reclaimable = 0
+        self.batches = 0
+        self.retries = 0
+        self.skipped_pages = 0
+        self.max_batch_ms = 0.0
+        self.pages_done = 0
+
+    def run(self) -> None:
+        next_page = 0
+        pending: list[tuple[int, int]] = []  # split ranges, processed first (LIFO)
+        attempts = 0
+        while self.eligible and (pending or next_page < self.pages_total):
+            budget_ms = _remaining_ms(self.deadline)
+            if budget_ms < max(MIN_BATCH_BUDGET_MS, self.max_batch_ms * 2):
+                self._stop("stopped at the deadline; the next run continues where the data stands")
+                return
+            if pending:
+                lo, hi = pending.pop()
+            else:
+                lo, hi = next_page, min(self.pages_total, next_page + self.span)
+                next_page = hi
+            try:
+                self._batch(lo, hi, budget_ms)
+            except _RowLockWait:
+                self.retries += 1
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    pending += [(mid, hi), (lo, mid)]
+                else:
+                    self.skipped_pages += 1
+                    self.pages_done += 1
+                continue
+            except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled) as exc:
+                self.retries += 1
+                attempts += 1
+                if attempts >= self.settings.batch_attempts:
+                    what = "lock" if isinstance(exc, pg_errors.LockNotAvailable) else "statement"
+                    self._stop(
+                        f"stopped after {attempts} batches in a row hit the {what} timeout at "
+                        f"page {lo:,} of {self.pages_total:,} (is the table locked by another "
+                        "session?); the next run continues where the data stands"
+                    )
+                    return
+                if isinstance(exc, pg_errors.QueryCanceled) and hi - lo > 1:
+                    self.span = max(1, self.span // 2)  # too slow: smaller batches from now on
+                    mid = (lo + hi) // 2
+                    pending += [(mid, hi), (lo, mid)]
+                else:
+                    pending.append((lo, hi))
+                time.sleep(min(0.05 * 2**attempts, max(0.0, budget_ms / 4000)))
+                continue
+            attempts = 0
+        if self.skipped_pages:
+            self.notes.append(
+                f"{self.skipped_pages} page(s) skipped: the application held rows there; their "
+                "keys are left for the next run"
+            )
+
+    def _stop(self, reason: str) -> None:
+        self.status = "partial"
+        self.reason = reason
+
+    def _batch(self, lo: int, hi: int, budget_ms: float) -> None:
+        s, conn = self.settings, self.conn
+        started = time.monotonic()
+        with conn.transaction():
+            # Losing the last batches to a crash only means the next run redoes them, so
+            # there is no need to wait for each commit's WAL flush.
+            conn.execute("SET LOCAL synchronous_commit = off")
+            statement_ms = int(min(s.batch_timeout_ms, budget_ms))
+            db.set_timeouts(conn, statement_ms=statement_ms, lock_ms=s.lock_timeout_ms, local=True)
+            # The table lock first, with the full lock timeout: a conflict here is a table
+            # lock (DDL, VACUUM FULL), worth waiting for and retrying as a whole.
+            db.lock_for_delete(conn, self.target)
+            # Then rows: never wait long for one the application holds.
+            db.set_timeouts(
+                conn,
+                statement_ms=statement_ms,
+                lock_ms=min(s.lock_timeout_ms, ROW_WAIT_MS),
+                local=True,
+            )
+            try:
+                result = db.delete_range(
+                    conn,
+                    self.target,
+                    self.policy,
+                    first_page=lo,
+                    end_page=hi,
+                    list_limit=self.list_budget,
+                    now=self.now,
+                )
+            except pg_errors.LockNotAvailable as exc:
+                raise _RowLockWait from exc
+        self.max_batch_ms = max(self.max_batch_ms, (time.monotonic() - started) * 1000)
+        self.batches += 1
+        self.pages_done += hi - lo
+        for key_type, n in result.by_type.items():
+            name = _type_name(key_type)
+            self.deleted_by_type[name] = self.deleted_by_type.get(name, 0) + n
+        self.reclaimable += result.bytes
+        if self.list_budget:
+            self.listing.extend(result.listed[: self.list_budget])
+            self.list_budget = max(0, self.list_budget - len(result.listed))
+        if self.progress is not None:
+            self.progress(
+                Progress(
+                    self.pages_done,
+                    self.pages_total,
+                    sum(self.deleted_by_type.values()),
+                    self.batches,
+                )
+            )
+
+
+class _RowLockWait(Exception):
+    """A batch's DELETE waited too long for a row another transaction holds."""
 
 
 def history_row(report: Report) -> db.HistoryRow:

@@ -392,7 +392,6 @@ def delete_range(
     *,
     first_page: int,
     end_page: int,
-    skip_locked: bool,
     list_limit: int,
     now: datetime,
 ) -> BatchResult:
@@ -400,20 +399,15 @@ def delete_range(
 
     Walking the heap by TID range makes the whole run one sequential pass, however many batches.
     The eligibility predicate is evaluated by the DELETE itself, so a key refreshed since it was
-    counted is not deleted. With `skip_locked`, rows another transaction holds are locked first
-    with SKIP LOCKED and left alone; without it the statement waits (bounded by lock_timeout).
-    RETURNING gives exact per-type counts and the bytes of the rows deleted.
+    counted is not deleted. A row another transaction holds makes the statement wait, bounded
+    by lock_timeout (the caller then splits the range). RETURNING gives exact per-type counts
+    and the bytes of the rows deleted.
     """
     eligible = eligible_predicate(target, policy)
     kt = _key_type(target)
-    in_range = sql.SQL("ctid >= %(lo)s::tid AND ctid < %(hi)s::tid")
-    if skip_locked:
-        where = sql.SQL(
-            "ctid = ANY (ARRAY(SELECT ctid FROM {table} WHERE {in_range} AND {eligible}"
-            " FOR UPDATE SKIP LOCKED)) AND {eligible}"
-        ).format(table=target.ident, in_range=in_range, eligible=eligible)
-    else:
-        where = sql.SQL("{in_range} AND {eligible}").format(in_range=in_range, eligible=eligible)
+    where = sql.SQL("ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND {eligible}").format(
+        eligible=eligible
+    )
     item: sql.Composable
     listing: sql.Composable
     if list_limit > 0:
@@ -446,6 +440,11 @@ def delete_range(
         total_bytes += int(nbytes or 0)
         listed.extend((entry[0], entry[1], entry[2]) for entry in items or ())
     return BatchResult(by_type, total_bytes, listed)
+
+
+def lock_for_delete(conn: Conn, target: Target) -> None:
+    """Take the lock a DELETE takes anyway, so that waiting for it is told apart from rows."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target.ident))
 
 
 def vacuum_analyze(conn: Conn, target: Target) -> list[str]:

@@ -82,6 +82,7 @@ class Report(_Model):
     vacuumed: bool = False
     batches: int = 0
     batch_retries: int = 0
+    skipped_pages: int = 0  # pages left alone because the application held rows there
     max_batch_ms: int = 0
     duration_ms: int = 0
     keys: list[KeyEntry] = Field(default_factory=list)

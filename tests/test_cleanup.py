@@ -263,17 +263,37 @@ def test_key_refreshed_during_the_run_survives(pg: PgSchema, table: list[KeyRow]
 
 def test_row_locked_by_another_transaction_is_skipped(pg: PgSchema, table: list[KeyRow]) -> None:
     old = next(r for r in table if r.age >= 30 and r.key_type == "session")
+    settings = pg.settings(CLEANUP_GUARD_MIN_KEYS="100000")
     with pg.connect() as app, app.transaction():
-        app.execute(
-            "SELECT 1 FROM whatsapp_keys WHERE company_id = %s AND key_type = %s "
-            "AND key_id = %s FOR UPDATE",
+        page = app.execute(
+            "SELECT (ctid::text::point)[0]::int FROM whatsapp_keys WHERE company_id = %s "
+            "AND key_type = %s AND key_id = %s FOR UPDATE",
             old.ident,
-        )
-        report = run_cleanup(pg.settings(CLEANUP_GUARD_MIN_KEYS="100000"), LIVE)
+        ).fetchone()
+        assert page is not None
+        page_mates = {
+            (r[0], r[1], r[2])
+            for r in app.execute(
+                "SELECT company_id, key_type, key_id FROM whatsapp_keys "
+                "WHERE (ctid::text::point)[0]::int = %s",
+                page,
+            )
+        }
+        report = run_cleanup(settings, LIVE)
         assert report.status == "completed"
+        assert report.skipped_pages == 1
         assert report.batch_retries >= 1
-        assert report.deleted == report.eligible - 1
-    assert pg.key_set() == expected_survivors(table, 30) | {old.ident}
+        assert report.reason is not None
+        assert "left for the next run" in report.reason
+        # The held row and the eligible keys on its page wait; everything else went.
+        assert old.ident in pg.key_set()
+        assert pg.key_set() == expected_survivors(table, 30) | (
+            page_mates & {r.ident for r in table}
+        )
+        assert report.deleted == report.eligible - len(page_mates - expected_survivors(table, 30))
+    # Once the application lets go, the next run finishes the job.
+    run_cleanup(settings, LIVE)
+    assert pg.key_set() == expected_survivors(table, 30)
 
 
 def test_table_locked_exclusively_ends_partial_without_hanging(
