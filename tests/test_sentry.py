@@ -70,11 +70,13 @@ def test_run_message_is_info_with_tags_and_figures(sentry: SentryEndpoint) -> No
     assert figures["deleted"] == 41_230
     assert figures["eligible"] == 41_230
     assert figures["protected"] == 1_312
-    assert figures["keys_before"] == 120_000
-    assert figures["keys_after"] == 78_770
+    assert figures["before"]["keys"] == 120_000
+    assert figures["after"]["keys"] == 78_770
     assert figures["reclaimable_bytes"] == 12_910_592
     assert figures["age_distribution"][">30d"] == 41_230
-    assert figures["by_type"]["pre-key"] == {"keys": 71_500, "eligible": 33_900, "deleted": 33_900}
+    assert figures["by_type"]["pre-key"]["deleted"] == 33_900
+    assert figures["listed_keys"] == 0
+    assert "keys" not in figures  # the listing itself never goes to Sentry
 
 
 def test_run_message_is_warning_one_above_threshold(sentry: SentryEndpoint) -> None:
@@ -84,8 +86,8 @@ def test_run_message_is_warning_one_above_threshold(sentry: SentryEndpoint) -> N
     assert only_event(sentry)["level"] == "warning"
 
 
-@pytest.mark.parametrize("status", ["partial", "aborted"])
-def test_partial_or_aborted_run_is_a_warning(sentry: SentryEndpoint, status: str) -> None:
+@pytest.mark.parametrize("status", ["partial", "aborted", "skipped"])
+def test_partial_aborted_or_skipped_run_is_a_warning(sentry: SentryEndpoint, status: str) -> None:
     report = make_report(status=status, deleted=10)
     notify.after_run(report, sentry_settings(sentry), deadline=time.monotonic() + 10)
 
@@ -112,8 +114,8 @@ def test_key_listing_never_reaches_sentry(sentry: SentryEndpoint) -> None:
     assert "s.whatsapp.net" not in sentry.payloads()
 
 
-def test_skipped_run_sends_no_message(sentry: SentryEndpoint) -> None:
-    report = make_report(status="skipped", before=None, after=None, reason="lock held")
+def test_duplicate_event_sends_no_message(sentry: SentryEndpoint) -> None:
+    report = make_report(status="skipped", duplicate=True, before=None, after=None, deleted=0)
     notify.after_run(report, sentry_settings(sentry), deadline=None)
 
     assert sentry.events() == []

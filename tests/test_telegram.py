@@ -208,10 +208,20 @@ def test_dry_run_is_sent_when_enabled(bot: FakeBot) -> None:
     assert "Would delete: 41,230 eligible · protected 1,312 · deleted 0 (dry run)" in shown
 
 
-def test_skipped_run_sends_nothing(bot: FakeBot) -> None:
-    send(bot, make_report(status="skipped", before=None, after=None, reason="lock held"))
+def test_duplicate_event_sends_nothing(bot: FakeBot) -> None:
+    send(bot, make_report(status="skipped", duplicate=True, before=None, after=None, deleted=0))
 
     assert bot.requests == []
+
+
+def test_run_skipped_for_the_lock_says_why(bot: FakeBot) -> None:
+    reason = "another cleanup run holds the lock on this table; nothing was touched"
+    send(bot, make_report(status="skipped", before=None, after=None, deleted=0, reason=reason))
+
+    _, shown = telegram_structure(bot.texts[0])
+    assert "LIVE · skipped" in shown
+    assert f"Reason: {reason}" in shown
+    assert "Deleted" not in shown
 
 
 def test_nothing_is_sent_without_a_chat_id(bot: FakeBot) -> None:

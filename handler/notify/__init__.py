@@ -105,9 +105,10 @@ def on_failure(exc: BaseException, settings: Settings, *, deadline: float | None
 
 
 def _after_run(report: Report, settings: Settings, deadline: float | None) -> None:
-    if report.status == "skipped":
-        # Another run holds the lock, or this event was already handled: that run notifies.
-        logger.info("notifications skipped", status=report.status, reason=report.reason)
+    if report.duplicate:
+        # This event already completed and was notified then; at-least-once delivery
+        # must not double the messages.
+        logger.info("notifications skipped", reason="duplicate event")
         return
     init(settings)
     if sentry.enabled():

@@ -199,6 +199,9 @@ def render_summary(report: Report, *, now: datetime | None = None, limit: int = 
         *_sizes(report),
     ]
     head = "\n".join(header_lines)
+    if report.status == "skipped":
+        # Nothing was measured or touched: the reason is the message.
+        return _assemble([head, _footer(report, now)])
     body = "\n".join(figures)
     age = _age_block(report)
     footer = _footer(report, now)

@@ -77,46 +77,18 @@ def tags(report: Report | None, status: str) -> dict[str, str]:
 
 
 def level_for(report: Report, settings: Settings) -> str:
-    if report.deleted > settings.warning_threshold or report.status in {"partial", "aborted"}:
+    # A run skipped for the lock did not happen: as worth a look as a partial one.
+    if report.deleted > settings.warning_threshold or report.status != "completed":
         return "warning"
     return "info"
 
 
 def figures(report: Report) -> dict[str, Any]:
-    """The report's numbers for the event context: no key listing, no key identifiers."""
-    before, after = report.before, report.after
-    return {
-        "status": report.status,
-        "mode": report.mode,
-        "table": report.table,
-        "retention_days": report.retention_days,
-        "retention_overrides": dict(report.retention_overrides),
-        "protected_types": list(report.protected_types),
-        "cutoff": report.cutoff.isoformat() if report.cutoff else None,
-        "eligible": report.eligible,
-        "protected": report.protected,
-        "deleted": report.deleted,
-        "keys_before": before.keys if before else None,
-        "keys_after": after.keys if after else None,
-        "total_bytes_before": before.total_bytes if before else None,
-        "total_bytes_after": after.total_bytes if after else None,
-        "released_bytes": report.released_bytes,
-        "reclaimable_bytes": report.reclaimable_bytes,
-        "vacuumed": report.vacuumed,
-        "age_distribution": dict(report.age_distribution),
-        "no_timestamp": report.no_timestamp,
-        "by_type": {
-            name: {"keys": t.keys, "eligible": t.eligible, "deleted": t.deleted}
-            for name, t in report.by_type.items()
-        },
-        "batches": report.batches,
-        "batch_retries": report.batch_retries,
-        "max_batch_ms": report.max_batch_ms,
-        "duration_ms": report.duration_ms,
-        "listed_keys": len(report.keys) + report.keys_omitted,  # a count; the list stays out
-        "reason": report.reason,
-        "event_id": report.event_id,
-    }
+    """The report's figures for the event context: everything but the key listing."""
+    data = report.model_dump(mode="json", exclude={"keys"})
+    data["mode"] = report.mode
+    data["listed_keys"] = len(report.keys) + report.keys_omitted  # a count; the list stays out
+    return data
 
 
 def capture_report(report: Report, settings: Settings) -> str | None:
