@@ -11,8 +11,9 @@ from typing import Any
 from psycopg import sql
 
 from bench import coldstart, explain, measure
-from bench.data import REFERENCE_TABLE, RETENTION_DAYS, Template, fresh_copy
+from bench.data import RETENTION_DAYS, Template, fresh_copy
 from bench.variants import run_ours
+from handler.schema import REFERENCE_TABLE
 
 Log = Callable[[str], None]
 
@@ -94,9 +95,9 @@ def collect(
         if t["status"] != "FAIL":
             continue
         tid = t["id"]
-        if tid in ("throughput-noindex", "writer-p99-noindex"):
+        if tid in ("throughput-run-noindex", "throughput-delete-noindex", "writer-p99-noindex"):
             t["evidence"] = single(n, False) + ours(n, False)
-        elif tid in ("throughput-index", "writer-p99-index"):
+        elif tid in ("throughput-run-index", "throughput-delete-index", "writer-p99-index"):
             t["evidence"] = single(n, True) + ours(n, True)
         elif tid == "max-txn":
             t["evidence"] = ours(n, False)

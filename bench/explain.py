@@ -22,9 +22,17 @@ _ENTRY_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", re.MULTILINE)
 _DURATION = re.compile(r"duration: ([0-9.]+) ms\s+plan:")
 
 
-def explain(url: str, statement: sql.Composable, *, rollback: bool = True) -> str:
+def explain(
+    url: str,
+    statement: sql.Composable,
+    *,
+    rollback: bool = True,
+    setup: Callable[[psycopg.Connection[tuple[object, ...]]], None] | None = None,
+) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of one statement; writes are rolled back."""
     with psycopg.connect(url) as conn:
+        if setup is not None:
+            setup(conn)
         rows = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS) {}").format(statement)).fetchall()
         if rollback:
             conn.rollback()

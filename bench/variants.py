@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from bench.data import REFERENCE_TABLE, RETENTION_DAYS
+from bench.data import RETENTION_DAYS
 from bench.writer import APPLICATION_NAME as WRITER_APP
+from handler.cleanup import Progress, run_cleanup
+from handler.schema import REFERENCE_TABLE
+from handler.settings import Flags, Settings
 
 SAMPLER_APP = "bench-sampler"
 
@@ -27,6 +30,8 @@ class Outcome:
     transactions: int
     max_txn_ms: float
     delete_s: float | None = None  # delete loop alone, when it can be told apart
+    # monotonic (start, end) of the engine's phases: measure, delete, after
+    phases: dict[str, tuple[float, float]] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -116,10 +121,6 @@ class TxnSampler:
 
 def run_ours(url: str, batch_size: int | None) -> Outcome:
     """The engine in live mode: forced past the guard, no protected types, default tuning."""
-    from handler.cleanup import run_cleanup
-
-    from handler.settings import Flags, Settings
-
     env = {
         "DATABASE_URL": url,
         "CLEANUP_TABLE": REFERENCE_TABLE,
@@ -130,15 +131,36 @@ def run_ours(url: str, batch_size: int | None) -> Outcome:
     if batch_size is not None:
         env["CLEANUP_BATCH_SIZE"] = str(batch_size)
     settings = Settings.from_env(env)
+    ticks: list[float] = []
+
+    def progress(_: Progress) -> None:
+        ticks.append(time.monotonic())
+
     started = time.monotonic()
-    report = run_cleanup(settings, Flags(dry_run=False, force=True))
+    report = run_cleanup(settings, Flags(dry_run=False, force=True), progress=progress)
     wall = time.monotonic() - started
     if report.status != "completed":
         raise RuntimeError(f"engine run ended {report.status}: {report.reason}")
+    ended = started + wall
+    delete_s = None
+    phases: dict[str, tuple[float, float]] = {}
+    if len(ticks) >= 2:
+        # Progress fires after each batch; the first batch's own time is taken as the mean.
+        delete_s = (ticks[-1] - ticks[0]) * len(ticks) / (len(ticks) - 1)
+        phases = {
+            "measure": (started, ticks[-1] - delete_s),
+            "delete": (ticks[-1] - delete_s, ticks[-1]),
+            "after": (ticks[-1], ended),
+        }
     return Outcome(
         deleted=report.deleted,
         wall_s=wall,
         transactions=report.batches,
         max_txn_ms=float(report.max_batch_ms),
-        extra={"engine_duration_ms": report.duration_ms, "batch_retries": report.batch_retries},
+        delete_s=delete_s,
+        extra={
+            "engine_duration_ms": report.duration_ms,
+            "batch_retries": report.batch_retries,
+        },
+        phases=phases,
     )

@@ -65,12 +65,14 @@ def run_writer(cfg: WriterConfig, stop: Event, ready: Event) -> None:
     results: list[tuple[float, float, str, str]] = []
     lock = threading.Lock()
     statement = upsert_statement()
+    connected = threading.Barrier(cfg.connections + 1, timeout=60)
 
     def worker() -> None:
         local = random.Random(rng.random())
         with psycopg.connect(cfg.url, autocommit=True, application_name=APPLICATION_NAME) as conn:
             conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(cfg.lock_timeout_ms)))
             conn.execute("SELECT 1")
+            connected.wait()
             while True:
                 job = jobs.get()
                 if job is None:
@@ -88,7 +90,7 @@ def run_writer(cfg: WriterConfig, stop: Event, ready: Event) -> None:
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(cfg.connections)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)  # connections up before the first scheduled write
+    connected.wait()  # every connection up before the first scheduled write
     ready.set()
     start = time.monotonic()
     i = 0
