@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,6 +33,7 @@ from pytest_httpserver import HTTPServer
 from handler import notify
 from handler.notify import telegram
 from handler.notify.html import MAX_MESSAGE, render_summary, telegram_len
+from handler.notify.html import main as preview
 from handler.report import KeyEntry, TypeStats
 from handler.settings import Settings
 
@@ -353,3 +355,19 @@ def test_no_request_is_started_without_time_left(bot: FakeBot) -> None:
             deadline=time.monotonic() + 0.05,
         )
     assert bot.requests == []
+
+
+def test_preview_prints_the_summary_as_displayed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "report.json"
+    path.write_text(make_report().model_dump_json())
+
+    assert preview([str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("✅ WhatsApp keys cleanup · LIVE · completed\n")
+    assert "   <1d  2,950" in shown
+    assert "<b>" not in shown
+
+    assert preview([str(path), "--html"]) == 0
+    assert capsys.readouterr().out == render_summary(make_report()) + "\n"

@@ -9,7 +9,10 @@ size of the key listing: the listing and the per-type table are cut line by line
 
 from __future__ import annotations
 
+import argparse
 import html
+import re
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -279,8 +282,34 @@ def render_failure(exc: BaseException, settings: Settings, *, now: datetime | No
                 ]
             ),
             f"<code>{esc(type(exc).__name__)}</code>: {esc(message)}",
-            "Nothing after the failure ran; committed batches stay deleted. See the logs and "
-            "Sentry for the traceback.",
+            "Batches committed before the failure stay deleted; the next run picks up the "
+            "rest. The traceback is in the logs and in Sentry.",
             f"🕒 {esc(_utc(now))}",
         ]
     )
+
+
+def to_plain_text(message: str) -> str:
+    """The message as a Telegram client displays it: tags dropped, entities decoded."""
+    return html.unescape(re.sub(r"</?[a-z][^>]*>", "", message))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Preview the Telegram summary of a report: `keys-cleanup --json ... | python -m
+    handler.notify [--html]`. Prints the text as displayed, or the HTML sent."""
+    parser = argparse.ArgumentParser(
+        prog="python -m handler.notify",
+        description="Render a report (JSON, as `keys-cleanup --json` prints it) as the "
+        "Telegram summary.",
+    )
+    parser.add_argument("report", nargs="?", help="report JSON file (default: stdin)")
+    parser.add_argument("--html", action="store_true", help="print the HTML that is sent")
+    args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report, encoding="utf-8") as source:
+            raw = source.read()
+    else:
+        raw = sys.stdin.read()
+    message = render_summary(Report.model_validate_json(raw))
+    sys.stdout.write((message if args.html else to_plain_text(message)) + "\n")
+    return 0
