@@ -21,8 +21,13 @@ UV ?= uv
 # still tag manylinux_2_17 / manylinux2014, and pip does not expand a manylinux_2_28 --platform
 # to older glibc tags by itself, so all three are listed. Lambda's Amazon Linux 2023 has glibc
 # 2.34, which satisfies each of them.
-LAMBDA_PLATFORMS := manylinux_2_28_aarch64 manylinux_2_17_aarch64 manylinux2014_aarch64
+LAMBDA_ARCH ?= aarch64
+LAMBDA_PLATFORMS ?= manylinux_2_28_$(LAMBDA_ARCH) manylinux_2_17_$(LAMBDA_ARCH) \
+	manylinux2014_$(LAMBDA_ARCH)
 LAMBDA_PYTHON_VERSION := 3.13
+# Extra `uv export` flags. ci/sam-check.sh builds the same package for this machine with
+# `--extra aws` (boto3), standing in for the boto3 that the Lambda runtime provides.
+UV_EXPORT_FLAGS ?=
 
 REQUIREMENTS = $(ARTIFACTS_DIR)/.requirements.txt
 
@@ -32,7 +37,7 @@ requirements:
 	@test -n "$(PYTHON)" || { echo "no Python with pip on PATH; set PYTHON=..." >&2; exit 1; }
 	mkdir -p "$(ARTIFACTS_DIR)"
 	$(UV) export --frozen --no-dev --no-emit-project --format requirements-txt \
-		--output-file "$(REQUIREMENTS)" --quiet
+		$(UV_EXPORT_FLAGS) --output-file "$(REQUIREMENTS)" --quiet
 
 # The runtime code only: the handler package without caches. Tests, bench, events, docs and
 # the dev dependencies never reach the artifact. pip's console scripts (bin/) are useless there.
