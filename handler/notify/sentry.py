@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import sentry_sdk
 from sentry_sdk.crons import capture_checkin
@@ -23,6 +23,11 @@ from sentry_sdk.integrations.logging import LoggingIntegration
 from handler.notify import secrets
 from handler.report import Report
 from handler.settings import Settings
+
+if TYPE_CHECKING:
+    from sentry_sdk._types import MonitorConfig
+
+Level = Literal["info", "warning"]
 
 MESSAGE = "WhatsApp session keys cleanup completed"
 COMPONENT = "cleanup"
@@ -76,7 +81,7 @@ def tags(report: Report | None, status: str) -> dict[str, str]:
     return result
 
 
-def level_for(report: Report, settings: Settings) -> str:
+def level_for(report: Report, settings: Settings) -> Level:
     # A run skipped for the lock did not happen: as worth a look as a partial one.
     if report.deleted > settings.warning_threshold or report.status != "completed":
         return "warning"
@@ -94,7 +99,7 @@ def figures(report: Report) -> dict[str, Any]:
 def capture_report(report: Report, settings: Settings) -> str | None:
     return sentry_sdk.capture_message(
         MESSAGE,
-        level=level_for(report, settings),  # type: ignore[arg-type]
+        level=level_for(report, settings),
         tags=tags(report, report.status),
         contexts={"cleanup": figures(report)},
     )
@@ -118,7 +123,7 @@ def capture_notification_failure(channel: str, kind: str, problem: str) -> str |
     )
 
 
-def monitor_config(settings: Settings) -> dict[str, Any]:
+def monitor_config(settings: Settings) -> MonitorConfig:
     return {
         "schedule": {"type": "crontab", "value": settings.sentry_schedule},
         "timezone": "UTC",
@@ -142,7 +147,7 @@ def checkin(
         check_in_id=check_in_id,
         status=status,
         duration=duration_s,
-        monitor_config=monitor_config(settings),  # type: ignore[arg-type]
+        monitor_config=monitor_config(settings),
     )
 
 
