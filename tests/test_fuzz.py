@@ -1,0 +1,157 @@
+"""Fuzzed invocation events: every event is either a valid run or the one validation error,
+and nothing is deleted unless the event is a valid live request."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pytest
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from handler.app import LocalContext, Request, lambda_handler, parse_event
+from handler.settings import ConfigError, Settings
+from tests.conftest import KeyRow, PgSchema
+
+FLAG_NAMES = ["dry_run", "verbose", "retention_days", "force", "vacuum"]
+NEAR_MISSES = ["dryrun", "dry-run", "Dry_run", "DRY_RUN", "retention", "retentionDays", "forced"]
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.sampled_from(["true", "false", "0", "1", "30", "", "null", "yes"])
+)
+junk = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+flag_objects = st.dictionaries(
+    st.sampled_from(FLAG_NAMES + NEAR_MISSES) | st.text(max_size=10), junk, max_size=6
+)
+valid_flag_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "dry_run": st.booleans(),
+        "verbose": st.booleans(),
+        "retention_days": st.integers(min_value=-5, max_value=4000),
+        "force": st.booleans(),
+        "vacuum": st.booleans(),
+    },
+)
+
+
+def deeply_nested(depth: int) -> Any:
+    value: Any = {"dry_run": False}
+    for _ in range(depth):
+        value = {"detail": value}
+    return value
+
+
+scheduled = st.builds(
+    lambda detail, extra: {
+        "version": "0",
+        "id": "fuzz-event",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "detail": detail,
+        **extra,
+    },
+    detail=flag_objects | valid_flag_values | junk,
+    extra=st.dictionaries(st.sampled_from(["time", "region", "resources"]), junk, max_size=2),
+)
+events = (
+    flag_objects
+    | valid_flag_values
+    | junk
+    | scheduled
+    | st.builds(deeply_nested, st.integers(min_value=1, max_value=200))
+    | st.builds(lambda n: {"dry_run": True, "padding": "x" * n}, st.integers(0, 300_000))
+    | st.builds(lambda n: {"dry_run": False, "verbose": [0] * n}, st.integers(0, 50_000))
+)
+
+SETTINGS = Settings.from_env(
+    {"DATABASE_URL": "postgresql://unused", "CLEANUP_MIN_RETENTION_DAYS": "7"}
+)
+
+
+def is_valid_live_request(event: object) -> bool:
+    """The independent oracle: what must be true of an event for it to delete."""
+    if not isinstance(event, Mapping):
+        return False
+    if event.get("source") == "aws.events" and event.get("detail-type") == "Scheduled Event":
+        flags = event.get("detail", {})
+        live_by_default = True
+    else:
+        flags = event
+        live_by_default = False
+    if not isinstance(flags, Mapping) or not set(flags) <= set(FLAG_NAMES):
+        return False
+    for name in ("dry_run", "verbose", "force", "vacuum"):
+        if name in flags and type(flags[name]) is not bool:
+            return False
+    days = flags.get("retention_days")
+    if days is not None and (type(days) is not int or not 7 <= days <= 3650):
+        return False
+    if "dry_run" in flags:
+        return flags["dry_run"] is False
+    return live_by_default
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event=events)
+def test_every_event_is_a_valid_run_or_the_validation_error(event: object) -> None:
+    outcome = _parse(event)  # any exception but ConfigError fails the test here
+    if isinstance(outcome, ConfigError):
+        assert str(outcome).startswith(("invalid flags", "invalid event"))
+        assert not is_valid_live_request(event)
+    else:
+        assert (not outcome.flags.dry_run) == is_valid_live_request(event)
+
+
+def _parse(event: object) -> Request | ConfigError:
+    try:
+        return parse_event(event, SETTINGS)
+    except ConfigError as exc:
+        return exc
+
+
+@pytest.fixture
+def handler_env(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
+    pg.create_reference_table()
+    pg.insert_keys([KeyRow("c", "session", f"k{i}", 40 if i % 4 == 0 else 3) for i in range(40)])
+    for name in list(os.environ):
+        if name.startswith(("CLEANUP_", "DATABASE_", "SENTRY_", "TELEGRAM_")):
+            monkeypatch.delenv(name)
+    env = pg.env(CLEANUP_MIN_RETENTION_DAYS="7", CLEANUP_HISTORY="false")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return pg
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(event=events)
+def test_fuzzed_events_delete_only_when_valid_and_live(handler_env: PgSchema, event: Any) -> None:
+    before = handler_env.count()
+    try:
+        result = lambda_handler(event, cast(LambdaContext, LocalContext(timeout_s=120)))
+    except ConfigError:
+        assert handler_env.count() == before
+        return
+    if not is_valid_live_request(event) or result["status"] != "completed":
+        assert result["deleted"] == 0
+        assert handler_env.count() == before
+    else:
+        assert handler_env.count() == before - result["deleted"]
