@@ -37,11 +37,17 @@ from handler.notify import html
 REGION = "eu-west-1"
 
 
-@pytest.fixture
-def sentry(httpserver: HTTPServer) -> Iterator[SentryEndpoint]:
-    endpoint = SentryEndpoint(httpserver).install()
-    yield endpoint
+@pytest.fixture(autouse=True)
+def _isolated_sentry() -> Iterator[None]:
+    """No Sentry client enters or leaves a test (another module's test may have left one)."""
     reset_sentry()
+    yield
+    reset_sentry()
+
+
+@pytest.fixture
+def sentry(httpserver: HTTPServer) -> SentryEndpoint:
+    return SentryEndpoint(httpserver).install()
 
 
 @pytest.fixture

@@ -31,11 +31,17 @@ from handler import notify
 from handler.settings import Settings
 
 
-@pytest.fixture
-def sentry(httpserver: HTTPServer) -> Iterator[SentryEndpoint]:
-    endpoint = SentryEndpoint(httpserver).install()
-    yield endpoint
+@pytest.fixture(autouse=True)
+def _isolated_sentry() -> Iterator[None]:
+    """No Sentry client enters or leaves a test (another module's test may have left one)."""
     reset_sentry()
+    yield
+    reset_sentry()
+
+
+@pytest.fixture
+def sentry(httpserver: HTTPServer) -> SentryEndpoint:
+    return SentryEndpoint(httpserver).install()
 
 
 def sentry_settings(endpoint: SentryEndpoint, **values: Any) -> Settings:
