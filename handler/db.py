@@ -39,6 +39,7 @@ class Target:
     timestamp_column: str
     key_type_column: str | None
     primary_key: tuple[str, ...]
+    columns: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -171,7 +172,9 @@ def resolve_target(
             (oid,),
         ).fetchall()
     )
-    return Target(oid, nspname, relname, timestamp_column, key_type_column, primary_key)
+    return Target(
+        oid, nspname, relname, timestamp_column, key_type_column, primary_key, tuple(columns)
+    )
 
 
 def try_lock(conn: Conn, target: Target) -> bool:
@@ -420,12 +423,19 @@ def delete_range(
         """
         WITH deleted AS (
           DELETE FROM {table} AS t WHERE {where}
-          RETURNING {kt} AS key_type, pg_column_size(t.*) AS bytes, {item} AS item
+          RETURNING {kt} AS key_type, {row_bytes} AS bytes, {item} AS item
         )
         SELECT key_type, count(*), sum(bytes), {listing}
         FROM deleted GROUP BY key_type
         """
-    ).format(table=target.ident, where=where, kt=kt, item=item, listing=listing)
+    ).format(
+        table=target.ident,
+        where=where,
+        kt=kt,
+        row_bytes=_row_bytes(target),
+        item=item,
+        listing=listing,
+    )
     params = policy.params() | {
         "lo": f"({first_page},0)",
         "hi": f"({end_page},0)",
@@ -440,6 +450,27 @@ def delete_range(
         total_bytes += int(nbytes or 0)
         listed.extend((entry[0], entry[1], entry[2]) for entry in items or ())
     return BatchResult(by_type, total_bytes, listed)
+
+
+# Heap tuple header (23 bytes, aligned to 24) plus its 4-byte line pointer.
+TUPLE_OVERHEAD_BYTES = 28
+
+
+def _row_bytes(target: Target) -> sql.Composable:
+    """Stored size of a row: the header plus each column's stored size.
+
+    pg_column_size() of a column reports its stored (compressed or TOASTed) size without
+    reading the value; pg_column_size(t.*) would detoast every large session record.
+    """
+    return sql.SQL("({overhead} + {columns})").format(
+        overhead=sql.Literal(TUPLE_OVERHEAD_BYTES),
+        columns=sql.SQL(" + ").join(
+            sql.SQL("coalesce(pg_column_size({}), 0)").format(sql.Identifier(c))
+            for c in target.columns
+        )
+        if target.columns
+        else sql.Literal(0),
+    )
 
 
 def lock_for_delete(conn: Conn, target: Target) -> None:

@@ -514,3 +514,18 @@ def test_property_exactly_expected_rows_survive(
     survivors = expected_survivors(keys, retention, protected=tuple(protected))
     assert pg.key_set() == survivors
     assert report.deleted == len(keys) - len(survivors)
+
+
+def test_reclaimable_counts_toasted_values_at_their_stored_size(pg: PgSchema) -> None:
+    pg.create_reference_table()
+    with pg.connect() as conn:
+        # 64 KiB of incompressible text per row: stored out of line, in the TOAST table.
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, updated_at) "
+            "SELECT 'c', 'session', 'big' || g, jsonb_build_object('k', "
+            "(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 2048))), "
+            "now() - interval '40 days' FROM generate_series(1, 3) g"
+        )
+    report = run_cleanup(pg.settings(), LIVE)
+    assert report.deleted == 3
+    assert 3 * 64 * 1024 <= report.reclaimable_bytes < 3 * 80 * 1024
