@@ -11,9 +11,11 @@
 ARTIFACTS_DIR ?= .aws-sam/manual-build
 # Any Python that has pip; it does not need to be 3.13 or arm64. The first on PATH may lack
 # pip (under `uvx ... sam build` it is SAM's own virtualenv), so look for one that has it.
-PYTHON ?= $(shell IFS=:; for d in $$PATH; do for n in python3.13 python3; do \
+ifndef PYTHON
+PYTHON := $(shell IFS=:; for d in $$PATH; do for n in python3.13 python3; do \
 	if [ -x "$$d/$$n" ] && "$$d/$$n" -m pip --version >/dev/null 2>&1; then \
 	echo "$$d/$$n"; exit 0; fi; done; done)
+endif
 UV ?= uv
 
 # psycopg-binary 3.3 publishes its arm64 wheels tagged manylinux_2_28 only; with an older tag

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -56,7 +56,7 @@ class Request:
         return "dry_run" if self.flags.dry_run else "live"
 
 
-def is_scheduled_event(event: object) -> bool:
+def is_scheduled_event(event: object) -> TypeGuard[Mapping[str, Any]]:
     return (
         isinstance(event, Mapping)
         and event.get("source") == SCHEDULED_SOURCE
@@ -67,7 +67,6 @@ def is_scheduled_event(event: object) -> bool:
 def parse_event(event: object, settings: Settings) -> Request:
     """Validate an invocation event into flags. Raises ConfigError naming the bad field."""
     if is_scheduled_event(event):
-        assert isinstance(event, Mapping)  # noqa: S101 - narrowed by is_scheduled_event
         detail = event.get("detail", {})
         try:
             flags = Flags.parse(detail)
