@@ -454,7 +454,9 @@ class _DeleteLoop:
                     list_limit=self.list_budget,
                     now=self.now,
                 )
-            except pg_errors.LockNotAvailable as exc:
+            except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as exc:
+                # A deadlock with an application transaction is a row conflict too: PostgreSQL
+                # rolled this batch back, so split the range as for a long wait.
                 raise _RowLockWait from exc
         self.max_batch_ms = max(self.max_batch_ms, (time.monotonic() - started) * 1000)
         self.batches += 1

@@ -323,3 +323,69 @@ def test_cleanup_error_has_no_driver_cause(pg: PgSchema, table: list[KeyRow]) ->
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
     assert isinstance(info.value.__context__, psycopg.Error)  # kept for --debug only
+
+
+def test_deadlock_with_the_application_skips_the_page_instead_of_failing(
+    pg: PgSchema,
+) -> None:
+    """Our batch holds key A and waits for key B; the application holds B and asks for A."""
+    pg.create_reference_table()
+    keys = [KeyRow("c", "session", f"k{i}", 40) for i in range(4)]  # all on page 0
+    pg.insert_keys(keys)
+    a, b = keys[0], keys[3]
+    role = f"{pg.schema}_dl"
+    with pg.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("GRANT ALL ON SCHEMA {} TO {}").format(
+                sql.Identifier(pg.schema), sql.Identifier(role)
+            )
+        )
+        conn.execute(sql.SQL("GRANT ALL ON whatsapp_keys TO {}").format(sql.Identifier(role)))
+        # Our session looks for deadlocks after 10 ms, before its 100 ms row wait runs out,
+        # so it is the one PostgreSQL picks to abort.
+        conn.execute(
+            sql.SQL("ALTER ROLE {} SET deadlock_timeout = '10ms'").format(sql.Identifier(role))
+        )
+    settings = pg.settings(
+        DATABASE_URL=pg.dsn + f" user={role}", CLEANUP_HISTORY="false", CLEANUP_GUARD_MIN_KEYS="9"
+    )
+    where = "company_id = %s AND key_type = %s AND key_id = %s"
+    app = pg.connect()
+    app.execute("BEGIN")
+    app.execute(f"SELECT 1 FROM whatsapp_keys WHERE {where} FOR UPDATE", b.ident)
+    outcome: list[object] = []
+
+    def job() -> None:
+        try:
+            outcome.append(run_cleanup(settings, LIVE))
+        except Exception as exc:  # the test asserts on it below
+            outcome.append(exc)
+
+    runner = threading.Thread(target=job)
+    runner.start()
+    try:
+        with pg.connect() as watch:  # wait until the job's DELETE is blocked on key B
+            for _ in range(200):
+                waiting = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = %s "
+                    "AND wait_event_type = 'Lock' AND query ILIKE '%%DELETE%%'",
+                    (role,),
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                time.sleep(0.005)
+        # Now the application wants key A, which the job's DELETE holds: a deadlock.
+        app.execute(f"UPDATE whatsapp_keys SET value = value WHERE {where}", a.ident)
+    finally:
+        app.execute("COMMIT")
+        app.close()
+        runner.join(30)
+        with pg.connect() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    (report,) = outcome
+    assert not isinstance(report, BaseException), report
+    assert report.status == "completed"
+    assert report.skipped_pages == 1
+    assert {a.ident, b.ident} <= pg.key_set()  # A was refreshed by the app, B was held
