@@ -88,18 +88,32 @@ def capture_plans(
     return plans, None
 
 
-def pick_plans(plans: list[tuple[float, str]], slowest: int = 2) -> list[str]:
-    """The first plan, the slowest few and the last: enough to show a trend or an outlier."""
+def engine_evidence(plans: list[tuple[float, str]], slow_ms: float = 10.0) -> list[str]:
+    """The engine's statements, condensed: the delete batches as a distribution plus the
+    slowest and a median batch in full, and every other statement that took `slow_ms` or more.
+    """
     if not plans:
         return []
-    chosen: dict[int, str] = {0: "first", len(plans) - 1: "last"}
-    ranked = sorted(range(len(plans)), key=lambda i: plans[i][0], reverse=True)
-    for i in ranked[:slowest]:
-        chosen.setdefault(i, "slowest")
+    batches = [(ms, text) for ms, text in plans if "Delete on" in text]
+    others = [(ms, text) for ms, text in plans if "Delete on" not in text]
     out = []
-    for i in sorted(chosen):
+    if batches:
+        ordered = sorted(ms for ms, _ in batches)
+        n = len(ordered)
+        # The batch timeline in 20 slices shows whether batches slow down as the run goes on.
+        step = max(1, n // 20)
+        timeline = [
+            round(sum(ms for ms, _ in batches[i : i + step]) / len(batches[i : i + step]))
+            for i in range(0, n, step)
+        ]
         out.append(
-            f"-- statement {i + 1} of {len(plans)} ({chosen[i]}, {plans[i][0]:.1f} ms)\n"
-            + plans[i][1]
+            f"-- {n} delete batches: {sum(ordered):.0f} ms in total, median "
+            f"{ordered[n // 2]:.1f} ms, p90 {ordered[min(n - 1, n * 9 // 10)]:.1f} ms, max "
+            f"{ordered[-1]:.1f} ms; mean ms per 1/20th of the run: {timeline}"
         )
+        slowest = max(batches, key=lambda p: p[0])
+        median_batch = sorted(batches, key=lambda p: p[0])[n // 2]
+        out.append(f"-- slowest batch ({slowest[0]:.1f} ms)\n{slowest[1]}")
+        out.append(f"-- a median batch ({median_batch[0]:.1f} ms)\n{median_batch[1]}")
+    out.extend(f"-- other statement ({ms:.1f} ms)\n{text}" for ms, text in others if ms >= slow_ms)
     return out

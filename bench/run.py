@@ -14,6 +14,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -155,6 +156,50 @@ def machine_info(base_url: str) -> dict[str, Any]:
     return info
 
 
+def git_state() -> dict[str, str]:
+    """The commit measured, and whether the engine's files differed from it."""
+
+    def git(*cmd: str) -> str:
+        out = subprocess.run(
+            ["git", *cmd],
+            cwd=RESULTS_DIR.parent.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return out.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "handler_dirty": git("status", "--porcelain", "--", "handler") or "clean",
+    }
+
+
+def server_counters(base_url: str) -> dict[str, Any]:
+    """Server-wide WAL position and checkpoint counters (other sessions' work included)."""
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_current_wal_lsn()::text, checkpoints_timed + checkpoints_req,"
+            " buffers_backend FROM pg_stat_bgwriter"
+        ).fetchone()
+    if row is None:
+        return {}
+    return {"lsn": str(row[0]), "checkpoints": int(str(row[1])), "backend_writes": int(str(row[2]))}
+
+
+def counters_delta(base_url: str, before: dict[str, Any]) -> dict[str, Any]:
+    after = server_counters(base_url)
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (after["lsn"], before["lsn"])
+        ).fetchone()
+    return {
+        "wal_mib": round(float(str(row[0] if row else 0)) / 2**20, 1),
+        "checkpoints": after["checkpoints"] - before["checkpoints"],
+        "backend_buffer_writes": after["backend_writes"] - before["backend_writes"],
+    }
+
+
 def count_old(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -212,10 +257,12 @@ def run_case(
                 raise RuntimeError("writer did not start")
             t_idle = time.monotonic()
             time.sleep(args.idle_seconds)
+            counters = server_counters(args.database_url)
             t0 = time.monotonic()
             with TxnSampler(args.database_url, name) as sampler:
                 outcome = fn(url)
             t1 = time.monotonic()
+            server = counters_delta(args.database_url, counters)
         finally:
             stop.set()
             writer.join(120)
@@ -246,6 +293,7 @@ def run_case(
         "delete_rows_per_s": round(outcome.deleted / (outcome.delete_s or outcome.wall_s)),
         "phase_s": {k: round(b - a, 3) for k, (a, b) in outcome.phases.items()},
         "remaining_old": remaining,
+        "server": server,
         "writer_idle": latency_summary(idle),
         "writer_during": latency_summary(during),
         "writer_by_phase": by_phase,
@@ -256,7 +304,8 @@ def run_case(
         f"{outcome.wall_s:7.2f}s {result['rows_per_s']} rows/s, {outcome.transactions} txns, "
         f"max txn {outcome.max_txn_ms:.0f} ms; writer p99 "
         f"{result['writer_idle']['p99_ms']} -> {result['writer_during']['p99_ms']} ms, "
-        f"errors {result['writer_during']['errors']}"
+        f"errors {result['writer_during']['errors']}; WAL {server['wal_mib']} MiB, "
+        f"{server['checkpoints']} checkpoints"
     )
     return result
 
@@ -287,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine_info(args.database_url),
+        "git": git_state(),
         "settings": {
             "rows": args.rows,
             "sizes": sizes,
@@ -341,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarise(runs)
             targets = evaluate_targets(args.rows, sizes, runs, extra)
             if not args.no_evidence and not args.smoke:
-                collect_evidence(args, prefix, templates, targets, log)
+                extra["evidence"] = collect_evidence(args, prefix, templates, targets, log)
     except BaseException:
         # Keep what was measured: a crash an hour in should not cost the finished runs.
         crash = args.out / f"{'smoke' if args.smoke else 'bench'}-{args.rows}.partial.json"
