@@ -7,8 +7,9 @@ what to run and when; this module only knows how.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -193,15 +194,24 @@ def _one(cur: psycopg.Cursor[TupleRow]) -> TupleRow:
     return row
 
 
-def db_now(conn: Conn) -> datetime:
-    value: datetime = _one(conn.execute("SELECT now()"))[0]
-    return value
+def clock(conn: Conn, days: Sequence[int]) -> tuple[datetime, dict[int, datetime]]:
+    """The database's now() and `now() - d days` for each d, from one statement.
 
-
-def cutoff_for(conn: Conn, days: int) -> datetime:
-    """`now() - days`, on the database clock."""
-    value: datetime = _one(conn.execute("SELECT now() - make_interval(days => %s)", (days,)))[0]
-    return value
+    Every cutoff and bucket edge comes from the database clock, in one snapshot of it, so a
+    30-day retention and the 30-day bucket edge are the same instant.
+    """
+    wanted = sorted(set(days))
+    row = _one(
+        conn.execute(
+            sql.SQL("SELECT now(){}").format(
+                sql.SQL("").join(
+                    sql.SQL(", now() - make_interval(days => {})").format(sql.Literal(d))
+                    for d in wanted
+                )
+            )
+        )
+    )
+    return row[0], dict(zip(wanted, row[1:], strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,68 +286,56 @@ def sizes(conn: Conn, target: Target) -> Sizes:
 class TypeCounts:
     key_type: str | None
     keys: int
-    eligible: int
-    protected: int
-    newer_than: tuple[int, int, int, int]  # rows newer than 1, 7, 14 and 30 days
     with_timestamp: int
+    newer_than: dict[datetime, int]  # edge -> rows with a timestamp at or after it
     oldest: datetime | None
     newest: datetime | None
+
+    def older_than(self, edge: datetime) -> int:
+        return self.with_timestamp - self.newer_than[edge]
 
 
 BUCKET_DAYS = (1, 7, 14, 30)
 
 
-def measure(conn: Conn, target: Target, policy: Policy, now: datetime) -> list[TypeCounts]:
-    """One pass over the table: counts, age buckets and extremes, per key type.
+def measure(conn: Conn, target: Target, edges: Sequence[datetime]) -> list[TypeCounts]:
+    """One pass over the table: per key type, the keys, and how many are newer than each edge.
 
-    Buckets are cumulative comparisons (`ts >= now - d`) so each row costs four cheap tests;
-    the caller turns them into the five disjoint buckets.
+    Each row costs one comparison per distinct edge (the bucket edges and the cutoffs); which
+    keys are eligible or protected follows per type from those counts, so no per-row policy
+    expression is evaluated here.
     """
     ts = sql.Identifier(target.timestamp_column)
-    group = _key_type(target)
+    distinct = sorted(set(edges))
     query = sql.SQL(
         """
-        SELECT {group} AS key_type,
-               count(*),
-               count(*) FILTER (WHERE {eligible}),
-               count(*) FILTER (WHERE {ts} < %(cutoff)s AND {protected}),
-               count(*) FILTER (WHERE {ts} >= %(t1)s),
-               count(*) FILTER (WHERE {ts} >= %(t7)s),
-               count(*) FILTER (WHERE {ts} >= %(t14)s),
-               count(*) FILTER (WHERE {ts} >= %(t30)s),
-               count({ts}),
-               min({ts}),
-               max({ts})
+        SELECT {group} AS key_type, count(*), count({ts}), min({ts}), max({ts}){newer}
         FROM {table}
         GROUP BY 1
         """
     ).format(
-        group=group,
-        eligible=eligible_predicate(target, policy),
-        protected=_protected(target),
+        group=_key_type(target),
         ts=ts,
         table=target.ident,
+        newer=sql.SQL("").join(
+            sql.SQL(", count(*) FILTER (WHERE {ts} >= {edge})").format(
+                ts=ts, edge=sql.Placeholder(f"e{i}")
+            )
+            for i in range(len(distinct))
+        ),
     )
-    params = policy.params()
-    for days in BUCKET_DAYS:
-        params[f"t{days}"] = now - timedelta(days=days)
+    params = {f"e{i}": edge for i, edge in enumerate(distinct)}
     return [
         TypeCounts(
             key_type=r[0],
             keys=r[1],
-            eligible=r[2],
-            protected=r[3],
-            newer_than=(r[4], r[5], r[6], r[7]),
-            with_timestamp=r[8],
-            oldest=r[9],
-            newest=r[10],
+            with_timestamp=r[2],
+            oldest=r[3],
+            newest=r[4],
+            newer_than=dict(zip(distinct, r[5:], strict=True)),
         )
         for r in conn.execute(query, params).fetchall()
     ]
-
-
-def count_keys(conn: Conn, target: Target) -> int:
-    return int(_one(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target.ident)))[0])
 
 
 def _listing_columns(target: Target, now_param: str = "now") -> sql.Composable:

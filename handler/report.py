@@ -34,6 +34,8 @@ class TableStats(_Model):
     table_bytes: int
     index_bytes: int
     total_bytes: int
+    # False after a live run: keys = keys before - deleted, not a recount (sizes are measured).
+    keys_counted: bool = True
 
 
 class TypeStats(_Model):
@@ -144,7 +146,8 @@ def render_text(report: Report) -> str:
     size += f" (table {human_bytes(r.before.table_bytes)}, "
     size += f"indexes {human_bytes(r.before.index_bytes)})"
     if r.after is not None:
-        size += f" → {human_bytes(r.after.total_bytes)}, keys → {r.after.keys:,}"
+        approx = "" if r.after.keys_counted else "≈"
+        size += f" → {human_bytes(r.after.total_bytes)}, keys → {approx}{r.after.keys:,}"
     lines.append(size)
     lines.append(
         f"space: released {human_bytes(r.released_bytes)} (measured), "

@@ -90,7 +90,10 @@ def _counts(report: Report) -> str:
 
 
 def _keys(stats: TableStats | None) -> str:
-    return "not measured" if stats is None else f"{stats.keys:,}"
+    if stats is None:
+        return "not measured"
+    # After a live run the key count is before - deleted, not a recount: say so.
+    return f"{stats.keys:,}" if stats.keys_counted else f"≈{stats.keys:,}"
 
 
 def _size(stats: TableStats | None) -> str:
