@@ -41,6 +41,9 @@ SCHEDULED_DETAIL_TYPE = "Scheduled Event"
 # Notifications must end before Lambda's hard timeout; this much is left for the metrics
 # flush and the return. The engine's own margin (CLEANUP_DEADLINE_MARGIN_MS) is far larger.
 NOTIFY_RESERVE_S = 2.0
+# However small CLEANUP_DEADLINE_MARGIN_MS is, the engine stops at least this long before the
+# notifications' own deadline, so a run that goes to its deadline is still reported.
+NOTIFY_MIN_BUDGET_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.info("database resolved", source=source, table=settings.table)
         # After the URL is resolved, so the notifiers know the password to redact.
         notify.init(settings)
-        deadline = lambda_end - settings.deadline_margin_ms / 1000
+        deadline = min(
+            lambda_end - settings.deadline_margin_ms / 1000,
+            notify_deadline - NOTIFY_MIN_BUDGET_S,
+        )
         logger.info(
             "cleanup started",
             budget_ms=round((deadline - time.monotonic()) * 1000),

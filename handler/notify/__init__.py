@@ -74,10 +74,11 @@ def cron_monitor(settings: Settings) -> Iterator[None]:
         yield
     except BaseException:
         _checkin(settings, "error", check_in_id, time.monotonic() - started)
-        _flush(None)
         raise
+    # No flush here: the check-in is queued, and after_run / on_failure flush once, after
+    # Telegram, within the notifications' deadline. Flushing now would let a hung Sentry
+    # spend the time the Telegram message needs.
     _checkin(settings, "ok", check_in_id, time.monotonic() - started)
-    _flush(None)
 
 
 def after_run(report: Report, settings: Settings, *, deadline: float | None) -> None:
