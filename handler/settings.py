@@ -123,7 +123,7 @@ class Settings(BaseModel):
     dry_run_scheduled: bool = Field(False, alias="CLEANUP_DRY_RUN")
 
     # Execution
-    batch_size: int = Field(5000, ge=1, le=1_000_000, alias="CLEANUP_BATCH_SIZE")
+    batch_size: int = Field(2500, ge=1, le=1_000_000, alias="CLEANUP_BATCH_SIZE")
     lock_timeout_ms: int = Field(2000, ge=1, le=600_000, alias="CLEANUP_LOCK_TIMEOUT_MS")
     batch_timeout_ms: int = Field(5000, ge=10, le=600_000, alias="CLEANUP_BATCH_TIMEOUT_MS")
     statement_timeout_ms: int = Field(
