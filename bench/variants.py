@@ -119,8 +119,8 @@ class TxnSampler:
         self._thread.join()
 
 
-def run_ours(url: str, batch_size: int | None) -> Outcome:
-    """The engine in live mode: forced past the guard, no protected types, default tuning."""
+def engine_settings(url: str, batch_size: int | None) -> Settings:
+    """Settings for the engine on one copy: default tuning, no protected types."""
     env = {
         "DATABASE_URL": url,
         "CLEANUP_TABLE": REFERENCE_TABLE,
@@ -130,7 +130,12 @@ def run_ours(url: str, batch_size: int | None) -> Outcome:
     }
     if batch_size is not None:
         env["CLEANUP_BATCH_SIZE"] = str(batch_size)
-    settings = Settings.from_env(env)
+    return Settings.from_env(env)
+
+
+def run_ours(url: str, batch_size: int | None) -> Outcome:
+    """The engine in live mode, forced past the guard (half the table is eligible)."""
+    settings = engine_settings(url, batch_size)
     ticks: list[float] = []
 
     def progress(_: Progress) -> None:
