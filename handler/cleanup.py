@@ -273,15 +273,23 @@ class _Run:
             pages_total=before_sizes.pages,
             eligible=eligible,
             list_limit=s.verbose_limit if flags.verbose else 0,
+            # The verbose listing needs RETURNING anyway; the counts per type then come free.
+            count_by_type=flags.verbose and target.key_type_column is not None,
             progress=self.progress,
         )
         loop.run()
         status: Status = loop.status
         reason = loop.reason
-        deleted_by_type = loop.deleted_by_type
         listing = loop.listing
-        deleted = sum(deleted_by_type.values())
+        deleted = loop.deleted
         notes: list[str] = list(loop.notes)
+        deleted_by_type = self._deleted_by_type(loop, by_type, eligible)
+        if by_type and deleted_by_type is None:
+            notes.append(
+                f"per-type split of the deleted keys not counted: {eligible - deleted:,} "
+                "eligible keys were refreshed or removed by the application during the run, "
+                "or left for the next run (run with --verbose to count each type)"
+            )
         vacuumed = False
         if flags.vacuum and status == "completed":
             remaining = _remaining_ms(self.deadline)
@@ -310,7 +318,9 @@ class _Run:
         except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
             notes.append("after-run measurement timed out; sizes after the run are unknown")
         final_by_type = {
-            k: v.model_copy(update={"deleted": deleted_by_type.get(k, 0)})
+            k: v.model_copy(
+                update={"deleted": None if deleted_by_type is None else deleted_by_type.get(k, 0)}
+            )
             for k, v in by_type.items()
         }
         return Report(
@@ -320,7 +330,9 @@ class _Run:
             after=after,
             by_type=final_by_type,
             released_bytes=(before.total_bytes - after.total_bytes) if after else 0,
-            reclaimable_bytes=loop.reclaimable,
+            # An estimate: the deleted keys at the table's average stored size per key (heap
+            # and TOAST, as pg_table_size counts them).
+            reclaimable_bytes=before.table_bytes * deleted // before.keys if before.keys else 0,
             vacuumed=vacuumed,
             batches=loop.batches,
             batch_retries=loop.retries,
@@ -331,6 +343,23 @@ class _Run:
             duration_ms=self._duration_ms(),
             **fields,
         )
+
+    @staticmethod
+    def _deleted_by_type(
+        loop: _DeleteLoop, by_type: dict[str, TypeStats], eligible: int
+    ) -> dict[str, int] | None:
+        """Deleted keys per type, or None where they were not counted and cannot be known.
+
+        Counted by RETURNING when the loop asked for it. Otherwise they follow exactly from the
+        measurement when every eligible key was deleted: timestamps only move forward (Baileys'
+        trigger sets updated_at = NOW()), so no key outside the measured eligible set can have
+        been deleted, and equal totals mean equal sets, type by type.
+        """
+        if loop.deleted_by_type is not None:
+            return loop.deleted_by_type
+        if loop.deleted == eligible:
+            return {name: stats.eligible for name, stats in by_type.items()}
+        return None
 
 
 class _DeleteLoop:
@@ -356,9 +385,11 @@ class _DeleteLoop:
         pages_total: int,
         eligible: int,
         list_limit: int,
+        count_by_type: bool,
         progress: ProgressFn | None,
     ) -> None:
         self.conn, self.target, self.policy, self.now = conn, target, policy, now
+        self.count_by_type = count_by_type
         self.settings = settings
         self.deadline = deadline
         self.pages_total = pages_total
@@ -374,9 +405,9 @@ class _DeleteLoop:
         self.status: Status = "completed"
         self.reason: str | None = None
         self.notes: list[str] = []
-        self.deleted_by_type: dict[str, int] = {}
+        self.deleted = 0
+        self.deleted_by_type: dict[str, int] | None = {} if count_by_type else None
         self.listing: db.Listing = []
-        self.reclaimable = 0
         self.batches = 0
         self.retries = 0
         self.skipped_pages = 0
@@ -464,6 +495,7 @@ class _DeleteLoop:
                     self.policy,
                     first_page=lo,
                     end_page=hi,
+                    count_by_type=self.count_by_type,
                     list_limit=self.list_budget,
                     now=self.now,
                 )
@@ -474,22 +506,16 @@ class _DeleteLoop:
         self.max_batch_ms = max(self.max_batch_ms, (time.monotonic() - started) * 1000)
         self.batches += 1
         self.pages_done += hi - lo
-        for key_type, n in result.by_type.items():
-            name = _type_name(key_type)
-            self.deleted_by_type[name] = self.deleted_by_type.get(name, 0) + n
-        self.reclaimable += result.bytes
+        self.deleted += result.deleted
+        if self.deleted_by_type is not None and result.by_type is not None:
+            for key_type, n in result.by_type.items():
+                name = _type_name(key_type)
+                self.deleted_by_type[name] = self.deleted_by_type.get(name, 0) + n
         if self.list_budget:
             self.listing.extend(result.listed[: self.list_budget])
             self.list_budget = max(0, self.list_budget - len(result.listed))
         if self.progress is not None:
-            self.progress(
-                Progress(
-                    self.pages_done,
-                    self.pages_total,
-                    sum(self.deleted_by_type.values()),
-                    self.batches,
-                )
-            )
+            self.progress(Progress(self.pages_done, self.pages_total, self.deleted, self.batches))
 
 
 class _RowLockWait(Exception):

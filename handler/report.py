@@ -44,7 +44,7 @@ class TypeStats(_Model):
     keys: int
     eligible: int = 0
     protected: int = 0
-    deleted: int = 0
+    deleted: int | None = 0  # None: not counted per type in this run (see Report.reason)
     retention_days: int | None = None  # None: protected, never aged out
 
 
@@ -107,6 +107,10 @@ def human_bytes(n: int) -> str:
             return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _count(n: int | None) -> str:
+    return "?" if n is None else f"{n:,}"
 
 
 def _bar(count: int, largest: int, width: int = 30) -> str:
@@ -179,7 +183,7 @@ def render_text(report: Report) -> str:
             retention = "protected" if t.retention_days is None else f"{t.retention_days}d"
             lines.append(
                 f"  {name:<{name_width}} {t.keys:>10,} {t.eligible:>10,} "
-                f"{t.protected:>10,} {t.deleted:>10,}  {retention}"
+                f"{t.protected:>10,} {_count(t.deleted):>10}  {retention}"
             )
 
     if r.keys:

@@ -137,8 +137,9 @@ def _type_rows(report: Report) -> tuple[str, list[str]]:
     rows = []
     for name, stats in sorted(report.by_type.items(), key=lambda kv: (-kv[1].keys, kv[0])):
         amount = stats.eligible if report.dry_run else stats.deleted
+        shown = "?" if amount is None else f"{amount:,}"  # not counted per type this run
         retention = "protected" if stats.retention_days is None else f"{stats.retention_days}d"
-        rows.append(esc(f"{names[name]:<{name_w}} {stats.keys:>9,} {amount:>9,}  {retention}"))
+        rows.append(esc(f"{names[name]:<{name_w}} {stats.keys:>9,} {shown:>9}  {retention}"))
     return header, rows
 
 
