@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from handler.db import LOCK_CLASS
 from handler.schema import reference_schema
 from handler.settings import Settings
 
@@ -101,6 +102,17 @@ class PgSchema:
                     )
                 )
             }
+
+    def cleanup_backend(self) -> int:
+        """The job's own session: the one holding its advisory lock on this schema's table."""
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                "AND objid = 'whatsapp_keys'::regclass::oid AND objsubid = 1",
+                (LOCK_CLASS >> 32,),
+            ).fetchone()
+        assert row is not None, "the cleanup holds no lock: it is not running"
+        return int(row[0])
 
     def count(self, table: str = "whatsapp_keys") -> int:
         with self.connect() as conn:

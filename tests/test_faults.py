@@ -54,7 +54,6 @@ from test_app import SETTING_VARS, set_lambda_env
 from handler import app, observability
 from handler.app import LocalContext
 from handler.cleanup import CleanupError, Progress
-from handler.db import LOCK_CLASS
 from handler.notify.sentry import MESSAGE as SENTRY_RUN_MESSAGE
 
 # 610 keys of ~300 bytes, ~25 to a page: with CLEANUP_BATCH_SIZE=10 every batch is one page,
@@ -234,18 +233,6 @@ LIVE: dict[str, Any] = {"dry_run": False}
 # --- database helpers --------------------------------------------------------------------------
 
 
-def cleanup_backend(pg: PgSchema) -> int:
-    """The job's own session: the one holding its advisory lock on this schema's table."""
-    with pg.connect() as conn:
-        row = conn.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-            "AND objid = 'whatsapp_keys'::regclass::oid AND objsubid = 1",
-            (LOCK_CLASS >> 32,),
-        ).fetchone()
-    assert row is not None, "the cleanup holds no lock: it is not running"
-    return int(row[0])
-
-
 def terminate(pg: PgSchema, pid: int) -> None:
     with pg.connect() as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
@@ -322,7 +309,7 @@ def test_connection_killed_between_batches_alerts_and_the_next_run_finishes(
         log_progress(progress)
         committed.append(progress.deleted)
         if progress.batches == 2:
-            terminate(notified, cleanup_backend(notified))
+            terminate(notified, notified.cleanup_backend())
 
     monkeypatch.setattr(app, "_log_progress", kill_after_second_batch)
     with pytest.raises(CleanupError, match=r"^database error \(\w+\): "):
@@ -358,7 +345,7 @@ def test_connection_killed_inside_a_batch_rolls_it_back_and_the_next_run_finishe
             # once the next batch has deleted its rows and sleeps in the trigger.
             killer = threading.Thread(
                 target=kill_when_in_trigger,
-                args=(notified, cleanup_backend(notified), killed),
+                args=(notified, notified.cleanup_backend(), killed),
                 daemon=True,
             )
             killer.start()
@@ -628,7 +615,7 @@ def test_no_canary_leaves_through_any_channel(
 
     def kill_after_first_batch(progress: Progress) -> None:
         log_progress(progress)
-        terminate(pg, cleanup_backend(pg))
+        terminate(pg, pg.cleanup_backend())
 
     with capture_logs() as lines:
         monkeypatch.setattr(app, "_log_progress", kill_after_first_batch)

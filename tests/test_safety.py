@@ -16,7 +16,6 @@ import pytest
 from psycopg import sql
 
 from handler.cleanup import CleanupError, Progress, run_cleanup
-from handler.db import LOCK_CLASS
 from handler.settings import ConfigError, Flags, Settings
 from tests.conftest import KeyRow, PgSchema
 
@@ -38,18 +37,6 @@ def table(pg: PgSchema) -> list[KeyRow]:
 
 def survivors(keys: list[KeyRow]) -> set[tuple[str, str, str]]:
     return {k.ident for k in keys if k.age < 30}
-
-
-def backend_pid(pg: PgSchema) -> int:
-    """The cleanup's own session: the one holding its advisory lock on this schema's table."""
-    with pg.connect() as conn:
-        row = conn.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
-            "AND objid = 'whatsapp_keys'::regclass::oid AND objsubid = 1",
-            (LOCK_CLASS >> 32,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def slow_deletes(pg: PgSchema, seconds: float) -> None:
@@ -80,7 +67,7 @@ def test_connection_killed_between_batches_keeps_committed_batches(
         committed.append(p.deleted)
         if p.batches == 2:
             with pg.connect() as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid(pg),))
+                admin.execute("SELECT pg_terminate_backend(%s)", (pg.cleanup_backend(),))
 
     with pytest.raises(CleanupError, match="database error"):
         run_cleanup(settings, LIVE, progress=kill_after_second_batch)
@@ -107,7 +94,7 @@ def test_connection_killed_inside_a_batch_rolls_the_batch_back(
             def killer() -> None:
                 time.sleep(0.25)  # the next DELETE is sleeping in its trigger by now
                 with pg.connect() as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid(pg),))
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pg.cleanup_backend(),))
                 killed.set()
 
             threading.Thread(target=killer, daemon=True).start()
@@ -316,7 +303,7 @@ def test_cleanup_error_has_no_driver_cause(pg: PgSchema, table: list[KeyRow]) ->
 
     def kill(_: Progress) -> None:
         with pg.connect() as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid(pg),))
+            admin.execute("SELECT pg_terminate_backend(%s)", (pg.cleanup_backend(),))
 
     with pytest.raises(CleanupError) as info:
         run_cleanup(settings, LIVE, progress=kill)
