@@ -462,6 +462,27 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"{secs('delete')} | {secs('after')} | {cell('measure')} | {cell('delete')} | "
                 f"{cell('after')} |"
             )
+    waits: dict[tuple[int, str, bool], dict[str, int]] = {}
+    for r in result["runs"]:
+        acc = waits.setdefault(_key(r), {})
+        for name, n in (r.get("slow_txn_waits") or {}).items():
+            acc[name] = acc.get(name, 0) + int(n)
+    if any(waits.values()):
+        lines += [
+            "",
+            "## What long write transactions waited on",
+            "",
+            "Samples (every 20 ms, all runs summed) of the deleting session while its write "
+            "transaction was older than 100 ms: `cpu` = running, else pg_stat_activity's "
+            "wait_event_type:wait_event.",
+            "",
+            "| rows | variant | ts index | samples |",
+            "|---:|---|---|---|",
+        ]
+        for (size, variant, index), acc in sorted(waits.items()):
+            if acc:
+                top = ", ".join(f"{k} {v}" for k, v in sorted(acc.items(), key=lambda kv: -kv[1]))
+                lines.append(f"| {size:,} | {variant} | {'yes' if index else 'no'} | {top} |")
     m = result.get("measure")
     if m:
         lines += ["", "## Measurement phase", ""]

@@ -288,6 +288,7 @@ def run_case(
         "max_txn_ms": round(outcome.max_txn_ms, 1),
         "sampled_max_write_txn_ms": round(sampler.max_write_ms, 1),
         "sampled_max_any_txn_ms": round(sampler.max_any_ms, 1),
+        "slow_txn_waits": dict(sorted(sampler.slow_waits.items(), key=lambda kv: -kv[1])),
         # single and limit-batches are all delete; ours' loop comes from its progress ticks.
         "delete_s": round(outcome.delete_s or outcome.wall_s, 3),
         "delete_rows_per_s": round(outcome.deleted / (outcome.delete_s or outcome.wall_s)),

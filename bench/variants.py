@@ -21,6 +21,7 @@ from handler.schema import REFERENCE_TABLE
 from handler.settings import Flags, Settings
 
 SAMPLER_APP = "bench-sampler"
+SLOW_TXN_MS = 100
 
 
 @dataclass
@@ -90,6 +91,9 @@ class TxnSampler:
         self.interval_s = interval_s
         self.max_write_ms = 0.0
         self.max_any_ms = 0.0
+        # What the deleting session waits on while its write transaction is older than
+        # SLOW_TXN_MS: (wait_event_type:wait_event or "cpu") -> samples.
+        self.slow_waits: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -97,15 +101,22 @@ class TxnSampler:
         query = (
             "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start))"
             "   FILTER (WHERE backend_xid IS NOT NULL), 0),"
-            " coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0)"
+            " coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0),"
+            " array_agg(coalesce(wait_event_type || ':' || wait_event, 'cpu')) FILTER ("
+            "   WHERE backend_xid IS NOT NULL AND state = 'active'"
+            "   AND clock_timestamp() - xact_start > make_interval(secs => %s))"
             " FROM pg_stat_activity"
             " WHERE datname = %s AND application_name NOT IN (%s, %s)"
             "   AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
         )
         with psycopg.connect(self.admin_url, autocommit=True, application_name=SAMPLER_APP) as conn:
             while not self._stop.is_set():
-                row = conn.execute(query, (self.dbname, WRITER_APP, SAMPLER_APP)).fetchone()
+                row = conn.execute(
+                    query, (SLOW_TXN_MS / 1000, self.dbname, WRITER_APP, SAMPLER_APP)
+                ).fetchone()
                 if row is not None:
+                    for wait in row[2] or ():
+                        self.slow_waits[str(wait)] = self.slow_waits.get(str(wait), 0) + 1
                     self.max_write_ms = max(self.max_write_ms, float(str(row[0])) * 1000)
                     self.max_any_ms = max(self.max_any_ms, float(str(row[1])) * 1000)
                 self._stop.wait(self.interval_s)
