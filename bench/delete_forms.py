@@ -65,7 +65,16 @@ def _single(conn: Conn, _span: int) -> tuple[int, float]:
     return 1, 0.0  # one transaction: the caller takes the wall time
 
 
-def _batched(statements: list[sql.Composed]) -> Callable[[Conn, int], tuple[int, float]]:
+SLOW_BATCH_MS = 100.0
+slow_batches: dict[str, int] = {}
+
+
+def _batched(
+    name: str, statements: list[sql.Composed], pause: float = 0.0
+) -> Callable[[Conn, int], tuple[int, float]]:
+    """Batches over the heap in TID order; `pause` sleeps that multiple of each batch's time
+    after it (0.5: the loop runs two thirds of the time), to see what pacing buys."""
+
     def run(conn: Conn, span: int) -> tuple[int, float]:
         row = conn.execute(
             "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int,"
@@ -85,8 +94,13 @@ def _batched(statements: list[sql.Composed]) -> Callable[[Conn, int], tuple[int,
                     cur = conn.execute(statement, params)
                     if cur.description is not None:
                         cur.fetchall()
-            longest = max(longest, time.monotonic() - started)
+            took = time.monotonic() - started
+            longest = max(longest, took)
             batches += 1
+            if took * 1000 > SLOW_BATCH_MS:
+                slow_batches[name] = slow_batches.get(name, 0) + 1
+            if pause:
+                time.sleep(took * pause)
         return batches, longest
 
     return run
@@ -98,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-rows", type=int, default=2500, help="target deleted rows per batch")
     p.add_argument("--database-url", default=DEFAULT_URL)
+    p.add_argument("--forms", default="", help="comma-separated subset (single always runs)")
+    p.add_argument("--pause", type=float, default=0.5, help="plain-paused: sleep x batch time")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
     prefix = f"bench_{os.getpid()}_forms"
@@ -105,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     # Pages per batch so that a batch deletes about --batch-rows rows, as the engine sizes it.
     span = max(1, round(args.batch_rows * (tpl.table_bytes // 8192) / max(tpl.old_rows, 1)))
     forms: dict[str, Callable[[Conn, int], tuple[int, float]]] = {"single": _single}
-    forms |= {name: _batched(stmts) for name, stmts in FORMS.items()}
+    forms |= {name: _batched(name, stmts) for name, stmts in FORMS.items()}
+    forms["plain-paused"] = _batched("plain-paused", FORMS["plain"], pause=args.pause)
+    if args.forms:
+        forms = {k: v for k, v in forms.items() if k == "single" or k in args.forms.split(",")}
     times: dict[str, list[float]] = {name: [] for name in forms}
     ratios: dict[str, list[float]] = {name: [] for name in forms}
     longest: dict[str, list[float]] = {name: [] for name in forms}
@@ -142,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 "median_s": round(statistics.median(times[name]), 3),
                 "median_ratio_to_single": round(statistics.median(ratios[name]), 3),
                 "median_longest_txn_ms": round(statistics.median(longest[name]), 1),
+                "batches_over_100ms_all_rounds": slow_batches.get(name, 0),
                 "times_s": [round(t, 3) for t in times[name]],
             }
             for name in forms
@@ -154,15 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{span} pages per batch, median of {args.rounds} rounds",
         "",
         "Each form on a fresh copy, no writer; ratio to the single DELETE of the same round. "
+        f"plain-paused sleeps {args.pause}x each batch's time after it. "
         "Command: `uv run python -m bench.delete_forms " + " ".join(sys.argv[1:]) + "`.",
         "",
-        "| form | median s | ratio to single | longest txn ms |",
-        "|---|---:|---:|---:|",
+        "| form | median s | ratio to single | longest txn ms | batches > 100 ms (all rounds) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, f in result["forms"].items():
         lines.append(
             f"| {name} | {f['median_s']:.2f} | {f['median_ratio_to_single']:.2f}x | "
-            f"{f['median_longest_txn_ms']:.0f} |"
+            f"{f['median_longest_txn_ms']:.0f} | "
+            f"{f['batches_over_100ms_all_rounds'] if name != 'single' else '-'} |"
         )
     (args.out / f"delete-forms-{args.rows}.md").write_text("\n".join(lines) + "\n")
     log(f"wrote {args.out}/delete-forms-{args.rows}.md")
