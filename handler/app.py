@@ -87,12 +87,7 @@ def parse_event(event: object, settings: Settings) -> Request:
         )
     else:
         request = Request(Flags.parse(event), False, None)
-    days = request.flags.retention_days
-    if days is not None and days < settings.min_retention_days:
-        raise ConfigError(
-            f"invalid flags: retention_days: {days} is below "
-            f"CLEANUP_MIN_RETENTION_DAYS ({settings.min_retention_days})"
-        )
+    settings.check_flags(request.flags)
     return request
 
 

@@ -568,11 +568,7 @@ def run_cleanup(
     """
     if settings.database_url is None:
         raise ConfigError("DATABASE_URL is not set (or pass --database-url)")
-    if flags.retention_days is not None and flags.retention_days < settings.min_retention_days:
-        raise ConfigError(
-            f"invalid flags: retention_days: {flags.retention_days} is below "
-            f"CLEANUP_MIN_RETENTION_DAYS ({settings.min_retention_days})"
-        )
+    settings.check_flags(flags)
     dsn = settings.database_url.get_secret_value()
     run = _Run(settings, flags, deadline, progress, event_id)
     try:

@@ -203,6 +203,15 @@ class Settings(BaseModel):
         except ValidationError as exc:
             raise ConfigError("invalid settings: " + format_validation_error(exc)) from None
 
+    def check_flags(self, flags: Flags) -> None:
+        """Refuse flags these settings forbid: a retention below CLEANUP_MIN_RETENTION_DAYS."""
+        days = flags.retention_days
+        if days is not None and days < self.min_retention_days:
+            raise ConfigError(
+                f"invalid flags: retention_days: {days} is below "
+                f"CLEANUP_MIN_RETENTION_DAYS ({self.min_retention_days})"
+            )
+
     @property
     def table_parts(self) -> tuple[str | None, str]:
         return _split_table(self.table)
