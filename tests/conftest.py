@@ -15,8 +15,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from notify_support import SentryEndpoint, reset_sentry
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from pytest_httpserver import HTTPServer
 
 from handler.db import LOCK_CLASS
 from handler.schema import reference_schema
@@ -138,6 +140,20 @@ class KeyRow:
     @property
     def ident(self) -> tuple[str, str, str]:
         return (self.company, self.key_type, self.key_id)
+
+
+@pytest.fixture
+def isolated_sentry() -> Iterator[None]:
+    """No Sentry client enters or leaves the test. Modules that use Sentry ask for it."""
+    reset_sentry()
+    yield
+    reset_sentry()
+
+
+@pytest.fixture
+def sentry(httpserver: HTTPServer) -> SentryEndpoint:
+    """A local endpoint on 127.0.0.1 that receives the Sentry SDK's envelopes."""
+    return SentryEndpoint(httpserver).install()
 
 
 @pytest.fixture

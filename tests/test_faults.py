@@ -90,12 +90,8 @@ FAILED_TAGS = {"component": "cleanup", "operation": "session_keys_cleanup", "sta
 # --- servers and environment -------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _isolated_sentry() -> Iterator[None]:
-    """No Sentry client enters or leaves a test (another module's test may have left one)."""
-    reset_sentry()
-    yield
-    reset_sentry()
+# No Sentry client enters or leaves a test here (another module's test may have left one).
+pytestmark = pytest.mark.usefixtures("isolated_sentry")
 
 
 @pytest.fixture(autouse=True)

@@ -37,17 +37,8 @@ from handler.notify import html
 REGION = "eu-west-1"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_sentry() -> Iterator[None]:
-    """No Sentry client enters or leaves a test (another module's test may have left one)."""
-    reset_sentry()
-    yield
-    reset_sentry()
-
-
-@pytest.fixture
-def sentry(httpserver: HTTPServer) -> SentryEndpoint:
-    return SentryEndpoint(httpserver).install()
+# No Sentry client enters or leaves a test here (another module's test may have left one).
+pytestmark = pytest.mark.usefixtures("isolated_sentry")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,25 +22,14 @@ from notify_support import (
     key_listing,
     make_report,
     make_settings,
-    reset_sentry,
 )
 from pytest_httpserver import HTTPServer
 
 from handler import notify
 from handler.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def _isolated_sentry() -> Iterator[None]:
-    """No Sentry client enters or leaves a test (another module's test may have left one)."""
-    reset_sentry()
-    yield
-    reset_sentry()
-
-
-@pytest.fixture
-def sentry(httpserver: HTTPServer) -> SentryEndpoint:
-    return SentryEndpoint(httpserver).install()
+# No Sentry client enters or leaves a test here (another module's test may have left one).
+pytestmark = pytest.mark.usefixtures("isolated_sentry")
 
 
 def sentry_settings(endpoint: SentryEndpoint, **values: Any) -> Settings:
