@@ -18,7 +18,7 @@ from bench.data import RETENTION_DAYS
 from bench.writer import APPLICATION_NAME as WRITER_APP
 from handler.cleanup import Progress, run_cleanup
 from handler.schema import REFERENCE_TABLE
-from handler.settings import Flags, Settings
+from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, Flags, Settings
 
 SAMPLER_APP = "bench-sampler"
 SLOW_TXN_MS = 100
@@ -136,8 +136,8 @@ def engine_settings(url: str, batch_size: int | None) -> Settings:
         "DATABASE_URL": url,
         "CLEANUP_TABLE": REFERENCE_TABLE,
         "CLEANUP_RETENTION_DAYS": str(RETENTION_DAYS),
-        # Empty: no protected types, so every variant deletes exactly the same rows.
-        "CLEANUP_PROTECTED_KEY_TYPES": "",
+        # No protected types, so every variant deletes exactly the same rows.
+        "CLEANUP_UNPROTECT_KEY_TYPES": ",".join(DEFAULT_PROTECTED_KEY_TYPES),
     }
     if batch_size is not None:
         env["CLEANUP_BATCH_SIZE"] = str(batch_size)

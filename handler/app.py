@@ -31,6 +31,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler import notify
 from handler.cleanup import Progress, run_cleanup
+from handler.cli import exit_code
 from handler.observability import logger, publish_failure, publish_report, report_fields
 from handler.report import Report, render_text
 from handler.secrets import with_database_url
@@ -112,8 +113,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     )
     mode = "unknown"
     settings: Settings | None = None
+    notify.start_invocation()
     try:
         settings = Settings.from_env()
+        for warning in settings.config_warnings:
+            logger.warning("setting ignored", detail=warning)
         request = parse_event(event, settings)
         mode = request.mode
         flags = request.flags
@@ -217,9 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m handler.app --event FILE`: the Lambda handler, run here with a fake context.
 
     stdout gets the returned report only (JSON, or text with --text); logs and EMF metric
-    lines go to stderr. Exit codes as the CLI: 0 ok, 1 failure, 2 bad input, 3 aborted.
+    lines go to stderr. Exit codes as the CLI: 0 ok, 1 failure, 2 bad input, 3 stopped by the
+    safety guard (in a dry run: a live run would be).
     """
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m handler.app",
         description="Invoke the Lambda handler locally with an event file, without Docker.",
     )
@@ -231,7 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--text", action="store_true", help="print the report as text")
     args = parser.parse_args(argv)
-    event = {} if args.event is None else _load_event(args.event)
+    try:
+        event = {} if args.event is None else _load_event(args.event)
+    except OSError as exc:
+        sys.stderr.write(f"error: --event {args.event}: {exc.strerror or type(exc).__name__}\n")
+        return 2
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+        sys.stderr.write(f"error: --event {args.event}: not valid JSON ({exc})\n")
+        return 2
 
     try:
         with _stdout_to_stderr():
@@ -248,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_text(Report.model_validate(result)) + "\n")
     else:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    return 3 if result.get("status") == "aborted" else 0
+    return exit_code(Report.model_validate(result))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from psycopg import errors as pg_errors
 
 from handler import db
 from handler.report import BUCKET_LABELS, KeyEntry, Report, Status, TableStats, TypeStats
-from handler.settings import ConfigError, Flags, Settings
+from handler.settings import ConfigError, Flags, Settings, check_database_url, closest
 
 # Waiting for a row another session holds is what stalls live writers (they queue behind the
 # rows this batch already deleted), so a batch waits at most this long before its range is split.
@@ -26,6 +26,8 @@ MIN_BATCH_BUDGET_MS = 20
 # Each batch aims at `batch_size` deleted rows; its page span is derived from the measured
 # density of eligible rows, within these bounds.
 MAX_PAGES_PER_BATCH = 100_000
+# VACUUM is skipped with less time than this left: started, it would only be cancelled.
+MIN_VACUUM_BUDGET_MS = 10_000
 
 
 class CleanupError(RuntimeError):
@@ -56,6 +58,50 @@ def _table_stats(sizes: db.Sizes, keys: int) -> TableStats:
     )
 
 
+def guard_reason(eligible: int, keys: int, settings: Settings, *, dry_run: bool) -> str | None:
+    """Why the safety guard stops (or, in a dry run, would stop) this run; None when it passes.
+
+    Below CLEANUP_GUARD_MIN_KEYS eligible keys the guard never stops a run: on a small table
+    any fraction is cheap to lose and to see.
+    """
+    fraction = eligible / keys if keys else 0.0
+    if eligible < settings.guard_min_keys or fraction <= settings.max_delete_fraction:
+        return None
+    numbers = (
+        f"{eligible:,} of {keys:,} keys ({fraction:.0%}) are eligible, above "
+        f"CLEANUP_MAX_DELETE_FRACTION={settings.max_delete_fraction:g}"
+    )
+    if dry_run:
+        return (
+            f"safety guard: a live run would stop here: {numbers}. Look at the numbers first "
+            "(is the application still updating the timestamp column?); if they are right, "
+            'run once with --execute --force (event: {"dry_run": false, "force": true}).'
+        )
+    return (
+        f"safety guard: {numbers}. Check that the application still maintains the timestamp "
+        'column; if the numbers are right, rerun once with --force (event: "force": true). '
+        "Nothing was deleted."
+    )
+
+
+def unmatched_type_notes(configured: dict[str, list[str]], existing: list[str]) -> list[str]:
+    """A note for each configured key type that names no key in the table.
+
+    Matching stays exact: the note names the closest existing type, it never applies it.
+    """
+    notes = []
+    for setting, names in configured.items():
+        for name in names:
+            if name in existing:
+                continue
+            hint = closest(name, existing)
+            notes.append(
+                f"{setting}: key type {name!r} matches no key in the table"
+                + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+    return notes
+
+
 def _age_distribution(counts: list[db.TypeCounts], edges: list[datetime]) -> dict[str, int]:
     """Cumulative "newer than 1, 7, 14, 30 days" counts -> the five disjoint buckets."""
     newer = [sum(c.newer_than[edge] for c in counts) for edge in edges]
@@ -83,6 +129,7 @@ class _Run:
         self.progress = progress
         self.retention_days = flags.retention_days or settings.retention_days
         self.started = time.monotonic()
+        self.notes: list[str] = list(settings.config_warnings)
 
     def _base(self, target: db.Target | None) -> dict[str, object]:
         s = self.settings
@@ -101,6 +148,11 @@ class _Run:
     def _duration_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
+    def _report(self, **fields: object) -> Report:
+        return Report.model_validate(
+            {**fields, "notes": list(self.notes), "duration_ms": self._duration_ms()}
+        )
+
     def execute(self, conn: db.Conn) -> Report:
         s = self.settings
         if db.server_version(conn) < db.MIN_SERVER_VERSION:
@@ -110,15 +162,17 @@ class _Run:
         db.set_timeouts(conn, statement_ms=s.statement_timeout_ms, lock_ms=s.lock_timeout_ms)
         schema, name = s.table_parts
         try:
-            target = db.resolve_target(conn, schema, name, s.timestamp_column, s.key_type_column)
+            target = db.resolve_target(
+                conn, schema, name, s.timestamp_column, s.key_type_column, s.timestamp_timezone
+            )
         except (LookupError, TypeError) as exc:
             raise ConfigError(str(exc)) from None
+        self._check_timezone(target)
 
         if not db.try_lock(conn, target):
-            return Report(
+            return self._report(
                 status="skipped",
                 reason="another cleanup run holds the lock on this table; nothing was touched",
-                duration_ms=self._duration_ms(),
                 **self._base(target),
             )
         try:
@@ -126,14 +180,13 @@ class _Run:
             if history and self.event_id is not None:
                 done_at = self._completed_before(conn, target)
                 if done_at is not None:
-                    return Report(
+                    return self._report(
                         status="skipped",
                         duplicate=True,
                         reason=(
                             f"event {self.event_id} already completed at "
                             f"{done_at.isoformat(timespec='seconds')}; not run again"
                         ),
-                        duration_ms=self._duration_ms(),
                         **self._base(target),
                     )
             report = self._locked(conn, target)
@@ -142,11 +195,48 @@ class _Run:
             if not conn.closed and not conn.broken:
                 db.unlock(conn, target)
 
+    def _check_timezone(self, target: db.Target) -> None:
+        """A `timestamp` column's zone must be known before anything is deleted by it."""
+        column = f"{target.qualified}.{target.timestamp_column}"
+        zone = self.settings.timestamp_timezone
+        if target.naive_timestamp and zone is None:
+            if not self.flags.dry_run:
+                raise ConfigError(
+                    f"column {column} is timestamp without time zone: set "
+                    "CLEANUP_TIMESTAMP_TIMEZONE to the zone the application writes it in "
+                    "(UTC if it writes UTC); a live run will not guess"
+                )
+            self.notes.append(
+                f"column {column} is timestamp without time zone and CLEANUP_TIMESTAMP_TIMEZONE "
+                "is not set: this dry run read it as UTC; a live run refuses until it is set"
+            )
+        elif not target.naive_timestamp and zone is not None:
+            self.notes.append(
+                f"CLEANUP_TIMESTAMP_TIMEZONE={zone} not used: column {column} is timestamp with "
+                "time zone"
+            )
+
     def _completed_before(self, conn: db.Conn, target: db.Target) -> datetime | None:
+        """When this event already completed, from the run history; None if not, or unknown.
+
+        History is a side channel: a role that cannot read it gets a note, and the run goes on
+        (the advisory lock still keeps two deliveries from running at once).
+        """
         schema, name = self.settings.history_table_parts
-        if self.event_id is None or not db.history_exists(conn, schema, name):
+        if self.event_id is None:
             return None
-        return db.completed_run_for_event(conn, schema, name, self.event_id, target.qualified)
+        try:
+            if not db.history_exists(conn, schema, name):
+                return None
+            return db.completed_run_for_event(conn, schema, name, self.event_id, target.qualified)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            self.notes.append(
+                f"run history not readable ({type(exc).__name__}): a repeated delivery of this "
+                "event is not recognised; see keys-cleanup init-db for the grants"
+            )
+            return None
 
     def _record(self, conn: db.Conn, report: Report) -> Report:
         """Add the run to the history table, creating it when the role may.
@@ -163,8 +253,7 @@ class _Run:
             if conn.broken:
                 raise
             note = f"run history not recorded ({type(exc).__name__}; see keys-cleanup init-db)"
-            reason = f"{report.reason}; {note}" if report.reason else note
-            return report.model_copy(update={"reason": reason})
+            return report.model_copy(update={"notes": [*report.notes, note]})
         return report
 
     def _policy(self, conn: db.Conn) -> tuple[db.Policy, datetime, dict[int, datetime]]:
@@ -207,6 +296,16 @@ class _Run:
         protected = sum(t.protected for t in by_type.values())
         if target.key_type_column is None:
             by_type = {}
+        elif keys:
+            self.notes.extend(
+                unmatched_type_notes(
+                    {
+                        "CLEANUP_PROTECTED_KEY_TYPES": list(s.extra_protected_key_types),
+                        "CLEANUP_TYPE_RETENTION_DAYS": list(s.type_retention_days),
+                    },
+                    [c.key_type for c in counts if c.key_type is not None],
+                )
+            )
         oldest = min((c.oldest for c in counts if c.oldest), default=None)
         newest = max((c.newest for c in counts if c.newest), default=None)
         fields: dict[str, object] = self._base(target) | {
@@ -216,36 +315,29 @@ class _Run:
             "protected": protected,
             "before": _table_stats(before_sizes, keys),
             "age_distribution": _age_distribution(counts, [edges[d] for d in db.BUCKET_DAYS]),
-            "no_timestamp": sum(c.keys - c.with_timestamp for c in counts),
+            "no_timestamp": sum(c.keys - c.with_timestamp - c.out_of_range for c in counts),
+            "out_of_range_timestamps": sum(c.out_of_range for c in counts),
             "oldest": oldest,
             "newest": newest,
         }
 
-        fraction = eligible / keys if keys else 0.0
-        if not flags.force and eligible >= s.guard_min_keys and fraction > s.max_delete_fraction:
-            return Report(
-                status="aborted",
-                reason=(
-                    f"safety guard: {eligible:,} of {keys:,} keys ({fraction:.0%}) are eligible, "
-                    f"above CLEANUP_MAX_DELETE_FRACTION={s.max_delete_fraction:g}. Check that "
-                    "the application still maintains the timestamp column; if the numbers are "
-                    'right, rerun with --force (event: "force": true). Nothing was deleted.'
-                ),
-                by_type=by_type,
-                duration_ms=self._duration_ms(),
-                **fields,
+        guard = None if flags.force else guard_reason(eligible, keys, s, dry_run=flags.dry_run)
+        if guard is not None and not flags.dry_run:
+            return self._report(
+                status="aborted", reason=guard, guard_triggered=True, by_type=by_type, **fields
             )
 
         if flags.dry_run:
             listing: db.Listing = []
             if flags.verbose and s.verbose_limit and eligible:
                 listing = db.list_eligible(conn, target, policy, now, s.verbose_limit)
-            return Report(
+            return self._report(
                 status="completed",
+                reason=guard,
+                guard_triggered=guard is not None,
                 by_type=by_type,
                 keys=[_entry(target, item) for item in listing],
                 keys_omitted=max(0, eligible - len(listing)) if flags.verbose else 0,
-                duration_ms=self._duration_ms(),
                 **fields,
             )
 
@@ -279,30 +371,17 @@ class _Run:
         )
         loop.run()
         status: Status = loop.status
-        reason = loop.reason
         listing = loop.listing
         deleted = loop.deleted
-        notes: list[str] = list(loop.notes)
+        self.notes.extend(loop.notes)
         deleted_by_type = self._deleted_by_type(loop, by_type, eligible)
         if by_type and deleted_by_type is None:
-            notes.append(
+            self.notes.append(
                 f"per-type split of the deleted keys not counted: {eligible - deleted:,} "
                 "eligible keys were refreshed or removed by the application during the run, "
                 "or left for the next run (run with --verbose to count each type)"
             )
-        vacuumed = False
-        if flags.vacuum and status == "completed":
-            remaining = _remaining_ms(self.deadline)
-            db.set_timeouts(
-                conn,
-                statement_ms=int(min(s.statement_timeout_ms, remaining)),
-                lock_ms=s.lock_timeout_ms,
-            )
-            skipped = [n for n in db.vacuum_analyze(conn, target) if "skipping" in n]
-            vacuumed = not skipped
-            notes.extend(skipped)
-        elif flags.vacuum:
-            notes.append("VACUUM skipped: the run did not complete")
+        vacuumed = flags.vacuum and self._vacuum(conn, target, status)
         before = fields["before"]
         if not isinstance(before, TableStats):  # pragma: no cover - set by _locked
             raise TypeError("before-run measurement missing")
@@ -316,16 +395,16 @@ class _Run:
                 update={"keys_counted": False}
             )
         except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
-            notes.append("after-run measurement timed out; sizes after the run are unknown")
+            self.notes.append("after-run measurement timed out; sizes after the run are unknown")
         final_by_type = {
             k: v.model_copy(
                 update={"deleted": None if deleted_by_type is None else deleted_by_type.get(k, 0)}
             )
             for k, v in by_type.items()
         }
-        return Report(
+        return self._report(
             status=status,
-            reason=reason if not notes else "; ".join([*([reason] if reason else []), *notes]),
+            reason=loop.reason,
             deleted=deleted,
             after=after,
             by_type=final_by_type,
@@ -340,9 +419,56 @@ class _Run:
             max_batch_ms=round(loop.max_batch_ms),
             keys=[_entry(target, item) for item in listing],
             keys_omitted=max(0, deleted - len(listing)) if flags.verbose else 0,
-            duration_ms=self._duration_ms(),
             **fields,
         )
+
+    def _vacuum(self, conn: db.Conn, target: db.Target, status: Status) -> bool:
+        """VACUUM (ANALYZE) after a completed run; True when it ran on the table.
+
+        VACUUM is a courtesy: the rows are already deleted, and autovacuum reclaims the space
+        anyway. Any trouble with it (its lock held by another VACUUM, CREATE INDEX
+        CONCURRENTLY or an anti-wraparound autovacuum; the deadline; a permission) is a note,
+        never a failed run, which would lose the history row and trigger a retry.
+        """
+        s = self.settings
+        if status != "completed":
+            self.notes.append("VACUUM skipped: the run did not complete")
+            return False
+        remaining = _remaining_ms(self.deadline)
+        if remaining < MIN_VACUUM_BUDGET_MS:
+            self.notes.append(
+                f"VACUUM skipped: {max(0, remaining) / 1000:.1f} s left before the deadline"
+            )
+            return False
+        try:
+            db.set_timeouts(
+                conn,
+                statement_ms=int(min(s.statement_timeout_ms, remaining)),
+                lock_ms=s.lock_timeout_ms,
+            )
+            skipped = [n for n in db.vacuum_analyze(conn, target) if "skipping" in n]
+        except pg_errors.LockNotAvailable:
+            self.notes.append(
+                "VACUUM not done: another session holds its lock (a VACUUM, CREATE INDEX "
+                "CONCURRENTLY or anti-wraparound autovacuum); autovacuum reclaims the space"
+            )
+            return False
+        except pg_errors.QueryCanceled:
+            self.notes.append("VACUUM not finished: it reached the deadline and was cancelled")
+            return False
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            self.notes.append(f"VACUUM failed ({type(exc).__name__}); the deletions stand")
+            return False
+        finally:
+            if not conn.broken:
+                # The session's own timeouts again, for the after-run measurement and history.
+                db.set_timeouts(
+                    conn, statement_ms=s.statement_timeout_ms, lock_ms=s.lock_timeout_ms
+                )
+        self.notes.extend(skipped)
+        return not skipped
 
     @staticmethod
     def _deleted_by_type(
@@ -570,6 +696,7 @@ def run_cleanup(
         raise ConfigError("DATABASE_URL is not set (or pass --database-url)")
     settings.check_flags(flags)
     dsn = settings.database_url.get_secret_value()
+    check_database_url(dsn)  # --database-url and model_copy bypass the settings validator
     run = _Run(settings, flags, deadline, progress, event_id)
     try:
         conn = db.connect(dsn, connect_timeout_s=settings.connect_timeout_s)

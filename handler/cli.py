@@ -6,7 +6,7 @@ Subcommands: `keys-cleanup init-db` creates the run-history table; `keys-cleanup
 the trend per day.
 
 Exit codes: 0 completed, partial or skipped; 1 unexpected failure; 2 bad input or
-configuration; 3 aborted by the safety guard.
+configuration; 3 stopped by the safety guard (a dry run: a live run would be stopped).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import psycopg
 from pydantic import SecretStr
@@ -34,6 +34,10 @@ EXIT_ABORTED = 3
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs: Any) -> None:
+        # No prefix matching: `--exec` must not pass for `--execute` in a tool that deletes.
+        super().__init__(allow_abbrev=False, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         # One line that names the problem, then the pointer to --help; exit 2 like argparse.
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
@@ -49,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Other commands: `keys-cleanup init-db` (create the run-history table), "
             "`keys-cleanup history` (the trend per day). "
-            "Exit codes: 0 completed/partial/skipped, 1 failure, 2 bad input, 3 aborted."
+            "Exit codes: 0 completed/partial/skipped, 1 failure, 2 bad input, 3 the safety "
+            "guard stopped the run (or, in a dry run, would stop a live one)."
         ),
     )
     parser.add_argument("--execute", action="store_true", help="really delete (default: dry run)")
@@ -103,8 +108,9 @@ class _ProgressLine:
             self.stream.flush()
 
 
-def _exit_code(report: Report) -> int:
-    return EXIT_ABORTED if report.status == "aborted" else EXIT_OK
+def exit_code(report: Report) -> int:
+    """3 when the safety guard stopped the run, or would stop it live (a dry run); else 0."""
+    return EXIT_ABORTED if report.stopped_by_guard else EXIT_OK
 
 
 @contextlib.contextmanager
@@ -148,7 +154,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         stdout.write(render_text(report) + "\n")
         if flags.dry_run and report.status == "completed" and report.eligible:
             stdout.write("\nThis was a dry run: nothing was deleted. Add --execute to delete.\n")
-    return _exit_code(report)
+    return exit_code(report)
 
 
 def build_admin_parser(command: str) -> argparse.ArgumentParser:

@@ -20,7 +20,15 @@ from psycopg.rows import TupleRow
 Conn = psycopg.Connection[TupleRow]
 
 MIN_SERVER_VERSION = 140000  # TID Range Scan (ctid >= x AND ctid < y) arrived in PostgreSQL 14
-TIMESTAMP_TYPES = frozenset({"timestamp with time zone", "timestamp without time zone"})
+TIMESTAMPTZ = "timestamp with time zone"
+TIMESTAMP = "timestamp without time zone"
+TIMESTAMP_TYPES = frozenset({TIMESTAMPTZ, TIMESTAMP})
+# Timestamps outside [FIRST, LAST) are "out of range": infinity, -infinity, BC dates and years
+# past 9999. Python cannot load them (min/max would fail every run), and -infinity or a BC
+# date would sort before any cutoff; such a row is counted apart and never deleted. The first
+# day of year 1 is left out too, so that a zone conversion cannot step into year 0.
+FIRST_TIMESTAMP = sql.SQL("'0001-01-02 00:00:00+00'::timestamptz")
+LAST_TIMESTAMP = sql.SQL("'9999-12-31 00:00:00+00'::timestamptz")
 # Advisory lock key: a fixed high word ("kc") so our locks don't collide with the
 # application's, and the table's OID as the low word, so each target table has its own lock.
 LOCK_CLASS = 0x6B63 << 32
@@ -40,6 +48,10 @@ class Target:
     timestamp_column: str
     key_type_column: str | None
     primary_key: tuple[str, ...]
+    # The column's type has no time zone (`timestamp`): its wall time is read in
+    # `timestamp_timezone` when that is set, else in the session's (always UTC).
+    naive_timestamp: bool = False
+    timestamp_timezone: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -83,7 +95,7 @@ def redact(message: str, dsn: str | None) -> str:
 def connect(dsn: str, *, connect_timeout_s: int) -> Conn:
     """Open an autocommit connection. Errors come back as DatabaseError without secrets."""
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             dsn,
             autocommit=True,
             connect_timeout=connect_timeout_s,
@@ -92,6 +104,10 @@ def connect(dsn: str, *, connect_timeout_s: int) -> Conn:
     except psycopg.Error as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise DatabaseError(f"could not connect to the database: {redact(detail, dsn)}") from None
+    # Reports read the same whatever the server's default zone, and `now() - interval` is
+    # exactly N x 24 hours: UTC has no daylight-saving shifts.
+    conn.execute("SET TimeZone = 'UTC'")
+    return conn
 
 
 def set_timeouts(conn: Conn, *, statement_ms: int, lock_ms: int, local: bool = False) -> None:
@@ -111,9 +127,18 @@ def server_version(conn: Conn) -> int:
 
 
 def resolve_target(
-    conn: Conn, schema: str | None, name: str, timestamp_column: str, key_type_column: str | None
+    conn: Conn,
+    schema: str | None,
+    name: str,
+    timestamp_column: str,
+    key_type_column: str | None,
+    timestamp_timezone: str | None = None,
 ) -> Target:
-    """Find the table in the catalog and check its columns; raise LookupError/TypeError."""
+    """Find the table in the catalog and check its columns; raise LookupError/TypeError.
+
+    An unqualified name resolves as PostgreSQL resolves it, pg_catalog first (it is on every
+    search path implicitly), so `pg_class` is found as the system table and refused.
+    """
     row = conn.execute(
         """
         SELECT c.oid, n.nspname, c.relname, c.relkind
@@ -121,9 +146,9 @@ def resolve_target(
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relname = %(name)s
           AND CASE WHEN %(schema)s::text IS NULL
-                   THEN n.nspname = ANY (current_schemas(false))
+                   THEN n.nspname = ANY (current_schemas(true))
                    ELSE n.nspname = %(schema)s END
-        ORDER BY array_position(current_schemas(false), n.nspname::text)
+        ORDER BY array_position(current_schemas(true), n.nspname::text)
         LIMIT 1
         """,
         {"schema": schema, "name": name},
@@ -133,7 +158,7 @@ def resolve_target(
         raise LookupError(f"table {shown} does not exist (or is not visible to this role)")
     oid, nspname, relname, relkind = row
     if nspname in {"pg_catalog", "information_schema"} or nspname.startswith("pg_"):
-        raise LookupError(f"refusing {nspname}.{relname}: it is in a system schema")
+        raise LookupError(f"refusing {nspname}.{relname}: it is a system table")
     if relkind != "r":
         raise LookupError(f"{nspname}.{relname} is not an ordinary table (relkind {relkind})")
     columns: dict[str, str] = dict(
@@ -172,7 +197,16 @@ def resolve_target(
             (oid,),
         ).fetchall()
     )
-    return Target(oid, nspname, relname, timestamp_column, key_type_column, primary_key)
+    return Target(
+        oid,
+        nspname,
+        relname,
+        timestamp_column,
+        key_type_column,
+        primary_key,
+        naive_timestamp=ts_type == TIMESTAMP,
+        timestamp_timezone=timestamp_timezone if ts_type == TIMESTAMP else None,
+    )
 
 
 def try_lock(conn: Conn, target: Target) -> bool:
@@ -202,7 +236,8 @@ def clock(conn: Conn, days: Sequence[int]) -> tuple[datetime, dict[int, datetime
         conn.execute(
             sql.SQL("SELECT now(){}").format(
                 sql.SQL("").join(
-                    sql.SQL(", now() - make_interval(days => {})").format(sql.Literal(d))
+                    # Hours, not days: a day is 24 hours here whatever the session's zone.
+                    sql.SQL(", now() - make_interval(hours => {})").format(sql.Literal(d * 24))
                     for d in wanted
                 )
             )
@@ -213,6 +248,28 @@ def clock(conn: Conn, days: Sequence[int]) -> tuple[datetime, dict[int, datetime
 
 # ---------------------------------------------------------------------------------------------
 # Predicates
+
+
+def timestamp_expr(target: Target) -> sql.Composable:
+    """The row's timestamp as an instant (timestamptz).
+
+    A `timestamp` column holds wall time in the application's zone: converting each row with
+    AT TIME ZONE is exact across daylight-saving changes, where shifting the cutoff to wall
+    time would be off by an hour for the repeated hour.
+    """
+    column = sql.Identifier(target.timestamp_column)
+    if target.naive_timestamp and target.timestamp_timezone:
+        return sql.SQL("({} AT TIME ZONE {})").format(
+            column, sql.Literal(target.timestamp_timezone)
+        )
+    return column
+
+
+def in_range(ts: sql.Composable) -> sql.Composable:
+    """TRUE for a finite timestamp Python can load: not infinity, BC, or past year 9999."""
+    return sql.SQL("({ts} >= {first} AND {ts} < {last})").format(
+        ts=ts, first=FIRST_TIMESTAMP, last=LAST_TIMESTAMP
+    )
 
 
 def _key_type(target: Target) -> sql.Composable:
@@ -246,9 +303,15 @@ def _row_cutoff(target: Target, policy: Policy) -> sql.Composable:
 
 
 def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
-    """The one definition of "may be deleted", used to count, list and delete."""
-    return sql.SQL("({ts} < {cut} AND NOT {protected})").format(
-        ts=sql.Identifier(target.timestamp_column),
+    """The one definition of "may be deleted", used to count, list and delete.
+
+    Out-of-range timestamps (-infinity, BC dates) would sort before any cutoff: the lower bound
+    keeps them, as NULL timestamps are kept.
+    """
+    ts = timestamp_expr(target)
+    return sql.SQL("({ts} >= {first} AND {ts} < {cut} AND NOT {protected})").format(
+        ts=ts,
+        first=FIRST_TIMESTAMP,
         cut=_row_cutoff(target, policy),
         protected=_protected(target),
     )
@@ -283,10 +346,11 @@ def sizes(conn: Conn, target: Target) -> Sizes:
 class TypeCounts:
     key_type: str | None
     keys: int
-    with_timestamp: int
-    newer_than: dict[datetime, int]  # edge -> rows with a timestamp at or after it
-    oldest: datetime | None
+    with_timestamp: int  # rows with an in-range timestamp
+    newer_than: dict[datetime, int]  # edge -> rows with an in-range timestamp at or after it
+    oldest: datetime | None  # the in-range extremes
     newest: datetime | None
+    out_of_range: int = 0  # infinity, -infinity, BC dates, years past 9999: never deleted
 
     def older_than(self, edge: datetime) -> int:
         return self.with_timestamp - self.newer_than[edge]
@@ -300,23 +364,29 @@ def measure(conn: Conn, target: Target, edges: Sequence[datetime]) -> list[TypeC
 
     Each row costs one comparison per distinct edge (the bucket edges and the cutoffs); which
     keys are eligible or protected follows per type from those counts, so no per-row policy
-    expression is evaluated here.
+    expression is evaluated here. Out-of-range timestamps are counted apart and left out of
+    every other figure (an infinite `newest` could not even be loaded).
     """
-    ts = sql.Identifier(target.timestamp_column)
+    ts = timestamp_expr(target)
+    ok = in_range(ts)
     distinct = sorted(set(edges))
     query = sql.SQL(
         """
-        SELECT {group} AS key_type, count(*), count({ts}), min({ts}), max({ts}){newer}
+        SELECT {group} AS key_type, count(*), count(*) FILTER (WHERE {ok}),
+               min({ts}) FILTER (WHERE {ok}), max({ts}) FILTER (WHERE {ok}),
+               count({ts}) - count(*) FILTER (WHERE {ok}){newer}
         FROM {table}
         GROUP BY 1
         """
     ).format(
         group=_key_type(target),
         ts=ts,
+        ok=ok,
         table=target.ident,
         newer=sql.SQL("").join(
-            sql.SQL(", count(*) FILTER (WHERE {ts} >= {edge})").format(
-                ts=ts, edge=sql.Placeholder(f"e{i}")
+            # An edge is finite, so `ts >= edge AND ts < LAST` is "in range and newer".
+            sql.SQL(", count(*) FILTER (WHERE {ts} >= {edge} AND {ts} < {last})").format(
+                ts=ts, edge=sql.Placeholder(f"e{i}"), last=LAST_TIMESTAMP
             )
             for i in range(len(distinct))
         ),
@@ -329,7 +399,8 @@ def measure(conn: Conn, target: Target, edges: Sequence[datetime]) -> list[TypeC
             with_timestamp=r[2],
             oldest=r[3],
             newest=r[4],
-            newer_than=dict(zip(distinct, r[5:], strict=True)),
+            out_of_range=r[5],
+            newer_than=dict(zip(distinct, r[6:], strict=True)),
         )
         for r in conn.execute(query, params).fetchall()
     ]
@@ -344,7 +415,7 @@ def _listing_columns(target: Target, now_param: str = "now") -> sql.Composable:
     )
     kt = _key_type(target)
     age = sql.SQL("extract(epoch FROM {now} - {ts}) / 86400.0").format(
-        now=sql.Placeholder(now_param), ts=sql.Identifier(target.timestamp_column)
+        now=sql.Placeholder(now_param), ts=timestamp_expr(target)
     )
     return sql.SQL("{key}, {kt}, {age}::float8").format(key=key, kt=kt, age=age)
 
@@ -366,7 +437,7 @@ def list_eligible(conn: Conn, target: Target, policy: Policy, now: datetime, lim
         cols=_listing_columns(target),
         table=target.ident,
         eligible=eligible_predicate(target, policy),
-        ts=sql.Identifier(target.timestamp_column),
+        ts=timestamp_expr(target),
     )
     params = policy.params() | {"now": now, "limit": limit}
     return [(r[0], r[1], r[2]) for r in conn.execute(query, params).fetchall()]

@@ -118,4 +118,10 @@ def report_fields(report: Report) -> dict[str, Any]:
         fields["total_bytes_after"] = report.after.total_bytes
     if report.reason:
         fields["reason"] = report.reason
+    if report.notes:
+        fields["notes"] = report.notes
+    if report.out_of_range_timestamps:
+        fields["out_of_range_timestamps"] = report.out_of_range_timestamps
+    if report.guard_triggered:
+        fields["guard_triggered"] = True
     return fields

@@ -76,6 +76,9 @@ class Report(_Model):
         default_factory=lambda: dict.fromkeys(BUCKET_LABELS, 0)
     )
     no_timestamp: int = 0  # rows whose timestamp is NULL: never eligible
+    # Rows whose timestamp is infinity, -infinity, a BC date or past year 9999: never eligible,
+    # left out of the age distribution, oldest and newest.
+    out_of_range_timestamps: int = 0
     oldest: datetime | None = None
     newest: datetime | None = None
     by_type: dict[str, TypeStats] = Field(default_factory=dict)
@@ -89,13 +92,24 @@ class Report(_Model):
     duration_ms: int = 0
     keys: list[KeyEntry] = Field(default_factory=list)
     keys_omitted: int = 0
-    reason: str | None = None
+    reason: str | None = None  # why the run ended as it did (skipped, aborted, partial)
+    # What an operator should know that did not change the outcome: a setting that matched no
+    # key, an unknown variable, VACUUM or history trouble, keys left for the next run.
+    notes: list[str] = Field(default_factory=list)
+    # The safety guard stopped this live run (status aborted), or would stop a live run with
+    # these numbers (dry run, status completed).
+    guard_triggered: bool = False
     event_id: str | None = None
     duplicate: bool = False  # this event already completed: acknowledged, not run, not notified
 
     @property
     def mode(self) -> str:
         return "dry_run" if self.dry_run else "live"
+
+    @property
+    def stopped_by_guard(self) -> bool:
+        """The guard stopped it, or would stop the live run (exit code 3 for both)."""
+        return self.status == "aborted" or self.guard_triggered
 
 
 def human_bytes(n: int) -> str:
@@ -127,6 +141,7 @@ def render_text(report: Report) -> str:
     ]
     if r.reason:
         lines.append(f"reason: {r.reason}")
+    lines.extend(f"note: {note}" for note in r.notes)
     if r.cutoff is not None:
         lines.append(
             f"retention: {r.retention_days} days, cutoff {r.cutoff.isoformat(timespec='seconds')}"
@@ -150,12 +165,20 @@ def render_text(report: Report) -> str:
     size += f" (table {human_bytes(r.before.table_bytes)}, "
     size += f"indexes {human_bytes(r.before.index_bytes)})"
     if r.after is not None:
-        approx = "" if r.after.keys_counted else "≈"
-        size += f" → {human_bytes(r.after.total_bytes)}, keys → {approx}{r.after.keys:,}"
+        size += f" → {human_bytes(r.after.total_bytes)}"
+        if r.deleted:
+            # Not a recount: keys before minus deleted (writes during the run not included).
+            size += f", keys → ≈{r.after.keys:,} (before - deleted)"
     lines.append(size)
+    if r.released_bytes < 0:
+        released = (
+            f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the run "
+            "(the application's writes)"
+        )
+    else:
+        released = f"released {human_bytes(r.released_bytes)} (measured)"
     lines.append(
-        f"space: released {human_bytes(r.released_bytes)} (measured), "
-        f"reclaimable {human_bytes(r.reclaimable_bytes)} (estimated)"
+        f"space: {released}, reclaimable {human_bytes(r.reclaimable_bytes)} (estimated)"
         + (" · vacuumed" if r.vacuumed else "")
     )
     if r.oldest is not None and r.newest is not None:
@@ -171,6 +194,10 @@ def render_text(report: Report) -> str:
         lines.append(f"  {label:>6} {count:>10,} {_bar(count, largest)}")
     if r.no_timestamp:
         lines.append(f"  no timestamp: {r.no_timestamp:,} (never deleted)")
+    if r.out_of_range_timestamps:
+        lines.append(
+            f"  infinite or out-of-range timestamp: {r.out_of_range_timestamps:,} (never deleted)"
+        )
 
     if r.by_type:
         name_width = max(9, *(len(t) for t in r.by_type))

@@ -8,11 +8,14 @@ name the setting or the secret's field, never its content.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
+from botocore.config import Config  # botocore comes with boto3, which the runtime ships
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from handler.settings import ConfigError, Settings, format_validation_error
@@ -20,6 +23,43 @@ from handler.settings import ConfigError, Settings, format_validation_error
 # Five minutes: a warm container reuses the value (one run a day rarely finds one warm, but
 # Lambda's retry and hand-triggered runs do), and a rotated password is picked up soon after.
 SECRET_MAX_AGE_S = 300
+
+# botocore's defaults (60 s connect, 60 s read, 3 attempts) let one read of an endpoint that
+# never answers take 180 s of a 15-minute run. A secret is a few hundred bytes from a regional
+# endpoint: a second to connect and a few to answer are plenty, and one retry covers a blip.
+AWS_CONFIG = Config(
+    connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"}
+)
+
+# A Secrets Manager ARN in any partition: aws, aws-cn, aws-us-gov, aws-iso, ...
+_SECRETS_MANAGER_ARN = re.compile(r"arn:aws[a-z-]*:secretsmanager:")
+
+
+def is_secrets_manager(reference: str) -> bool:
+    return _SECRETS_MANAGER_ARN.match(reference) is not None
+
+
+def _providers() -> None:
+    """Powertools' shared providers, built once with AWS_CONFIG instead of botocore's defaults.
+
+    Powertools' get_secret/get_parameter use the provider registered under these names (and its
+    cache) when one exists, so registering ours keeps the per-process cache.
+    """
+    if "secrets" not in DEFAULT_PROVIDERS:
+        DEFAULT_PROVIDERS["secrets"] = parameters.SecretsProvider(boto_config=AWS_CONFIG)
+    if "ssm" not in DEFAULT_PROVIDERS:
+        DEFAULT_PROVIDERS["ssm"] = parameters.SSMProvider(boto_config=AWS_CONFIG)
+
+
+def get_secret(arn: str, max_age: int) -> str | bytes:
+    _providers()
+    return parameters.get_secret(arn, max_age=max_age)
+
+
+def get_parameter(name: str, max_age: int) -> str | bytes:
+    _providers()
+    return parameters.get_parameter(name, decrypt=True, max_age=max_age)
+
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
@@ -72,7 +112,7 @@ def conninfo_from_secret(secret: Mapping[str, Any]) -> SecretStr:
 def read_secret(arn: str) -> Mapping[str, Any]:
     """The secret's JSON object, cached for SECRET_MAX_AGE_S across warm invocations."""
     try:
-        raw = parameters.get_secret(arn, max_age=SECRET_MAX_AGE_S)
+        raw = get_secret(arn, max_age=SECRET_MAX_AGE_S)
     except parameters.exceptions.GetParameterError as exc:
         # Powertools' message is the AWS error (code and text), which holds no secret value.
         raise SecretError(f"DATABASE_SECRET_ARN: could not read the secret: {exc}") from exc

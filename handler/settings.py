@@ -6,10 +6,13 @@ names each bad variable and never echoes its value (a value may be a secret).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -27,11 +30,16 @@ from pydantic import (
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 
+# Losing these breaks history sync and phone-number/LID mapping, and they are few. They stay
+# protected whatever CLEANUP_PROTECTED_KEY_TYPES says (a typo there must not strip protection);
+# only CLEANUP_UNPROTECT_KEY_TYPES, which accepts nothing but these names, lifts it.
 DEFAULT_PROTECTED_KEY_TYPES = ("app-state-sync-key", "app-state-sync-version", "lid-mapping")
 MAX_RETENTION_DAYS = 3650
 
 
-_EMPTY_MEANS_NONE = frozenset({"CLEANUP_KEY_TYPE_COLUMN", "CLEANUP_PROTECTED_KEY_TYPES"})
+_EMPTY_MEANS_NONE = frozenset({"CLEANUP_KEY_TYPE_COLUMN"})
+# Variables with this prefix are ours: an unknown one is most likely a misspelt setting.
+SETTINGS_PREFIX = "CLEANUP_"
 
 
 class ConfigError(ValueError):
@@ -74,6 +82,72 @@ def _table(value: str) -> str:
     return value
 
 
+def closest(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate closest to `name` when one is close enough to be a likely typo."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+    return matches[0] if matches else None
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a postgres URL whose password breaks the URL syntax, before libpq sees it.
+
+    libpq splits userinfo at the last `@` no more than a browser does: a password holding a raw
+    `@` makes the rest of the password the host name, and "could not translate host name"
+    then prints that fragment. The message names the problem and never echoes any part.
+    """
+    if not url.startswith(("postgresql://", "postgres://")):
+        return  # a key=value conninfo string: libpq parses it, quoting and all
+    rest = url.split("://", 1)[1]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if authority.count("@") > 1:
+        raise ConfigError(
+            "DATABASE_URL: the user name or password holds an unencoded '@'; percent-encode "
+            "it (@ as %40, : as %3A, / as %2F, # as %23, ? as %3F, % as %25)"
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ConfigError(
+            "DATABASE_URL is not a valid URL (a bad port, or a password holding ':', '/', '#' "
+            "or '?' unencoded); percent-encode the user name and password"
+        ) from None
+
+
+def _database_url(value: SecretStr | None) -> SecretStr | None:
+    if value is not None:
+        try:
+            check_database_url(value.get_secret_value())
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("DATABASE_URL: ")) from None
+    return value
+
+
+def _timezone(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        hint = closest(value, sorted(available_timezones()))
+        raise ValueError(
+            "must be an IANA time zone name such as UTC or Europe/Berlin"
+            + (f" (did you mean {hint}?)" if hint else "")
+        ) from None
+    return value
+
+
+def _unprotect(value: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [v for v in value if v not in DEFAULT_PROTECTED_KEY_TYPES]
+    if unknown:
+        raise ValueError(
+            "lists only built-in protected types ("
+            + ", ".join(DEFAULT_PROTECTED_KEY_TYPES)
+            + "); not "
+            + ", ".join(unknown)
+        )
+    return value
+
+
 def _csv(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -103,17 +177,26 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     # Target
-    database_url: SecretStr | None = Field(None, alias="DATABASE_URL")
+    database_url: Annotated[SecretStr | None, AfterValidator(_database_url)] = Field(
+        None, alias="DATABASE_URL"
+    )
     database_secret_arn: str | None = Field(None, alias="DATABASE_SECRET_ARN")
     table: Annotated[str, AfterValidator(_table)] = Field("whatsapp_keys", alias="CLEANUP_TABLE")
     timestamp_column: Identifier = Field("updated_at", alias="CLEANUP_TIMESTAMP_COLUMN")
     key_type_column: Identifier | None = Field("key_type", alias="CLEANUP_KEY_TYPE_COLUMN")
+    # The zone the application writes a `timestamp without time zone` column in. Without it
+    # such a column is read as UTC wall time in dry runs, and live runs refuse.
+    timestamp_timezone: Annotated[str | None, AfterValidator(_timezone)] = Field(
+        None, alias="CLEANUP_TIMESTAMP_TIMEZONE"
+    )
 
     # Policy
     retention_days: RetentionDays = Field(30, alias="CLEANUP_RETENTION_DAYS")
     min_retention_days: RetentionDays = Field(7, alias="CLEANUP_MIN_RETENTION_DAYS")
-    protected_key_types: tuple[str, ...] = Field(
-        DEFAULT_PROTECTED_KEY_TYPES, alias="CLEANUP_PROTECTED_KEY_TYPES"
+    # Extra protected types, added to the built-in ones.
+    extra_protected_key_types: tuple[str, ...] = Field((), alias="CLEANUP_PROTECTED_KEY_TYPES")
+    unprotected_key_types: Annotated[tuple[str, ...], AfterValidator(_unprotect)] = Field(
+        (), alias="CLEANUP_UNPROTECT_KEY_TYPES"
     )
     type_retention_days: dict[str, RetentionDays] = Field(
         default_factory=dict, alias="CLEANUP_TYPE_RETENTION_DAYS"
@@ -158,7 +241,12 @@ class Settings(BaseModel):
     telegram_notify_dry_run: bool = Field(False, alias="TELEGRAM_NOTIFY_DRY_RUN")
     telegram_timeout_s: float = Field(10.0, gt=0, le=60, alias="TELEGRAM_TIMEOUT_S")
 
-    _split_lists = field_validator("protected_key_types", mode="before")(_csv)
+    # Set by from_env, not by a variable: unknown CLEANUP_* names, with the closest known one.
+    config_warnings: tuple[str, ...] = ()
+
+    _split_lists = field_validator(
+        "extra_protected_key_types", "unprotected_key_types", mode="before"
+    )(_csv)
     _split_map = field_validator("type_retention_days", mode="before")(_retention_map)
 
     @field_validator("key_type_column", mode="before")
@@ -189,15 +277,23 @@ class Settings(BaseModel):
             raise ValueError("CLEANUP_KEY_TYPE_COLUMN and CLEANUP_TIMESTAMP_COLUMN are the same")
         return self
 
+    @property
+    def protected_key_types(self) -> tuple[str, ...]:
+        """Built-in protected types less the explicit opt-out, plus the configured extras."""
+        kept = [t for t in DEFAULT_PROTECTED_KEY_TYPES if t not in self.unprotected_key_types]
+        extras = [t for t in self.extra_protected_key_types if t not in kept]
+        return (*kept, *extras)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Validate the process environment (or `environ`) into Settings, or raise ConfigError."""
         env = os.environ if environ is None else environ
         names = {field.alias for field in cls.model_fields.values() if field.alias}
-        values = {name: env[name] for name in names if name in env}
+        values: dict[str, Any] = {name: env[name] for name in names if name in env}
         # An empty value means "not set", except where empty has a meaning of its own:
-        # no key-type column, or no protected key types.
+        # no key-type column.
         values = {k: v for k, v in values.items() if v.strip() != "" or k in _EMPTY_MEANS_NONE}
+        values["config_warnings"] = tuple(unknown_variables(env, names))
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
@@ -219,6 +315,18 @@ class Settings(BaseModel):
     @property
     def history_table_parts(self) -> tuple[str | None, str]:
         return _split_table(self.history_table)
+
+
+def unknown_variables(env: Mapping[str, str], known: set[str]) -> list[str]:
+    """A warning for each CLEANUP_* variable that is no setting, naming the closest one."""
+    warnings = []
+    ours = sorted(n for n in known if n.startswith(SETTINGS_PREFIX))
+    for name in sorted(n for n in env if n.startswith(SETTINGS_PREFIX) and n not in known):
+        hint = closest(name, ours)
+        warnings.append(
+            f"unknown setting {name} ignored" + (f" (did you mean {hint}?)" if hint else "")
+        )
+    return warnings
 
 
 class Flags(BaseModel):

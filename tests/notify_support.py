@@ -265,6 +265,7 @@ def reset_sentry() -> None:
     ):
         scope.clear()
     sentry_sdk.get_global_scope().set_client(None)
+    handler.notify.start_invocation()  # and the "DSN unreadable" memo of the last invocation
 
 
 # --- Log capture ------------------------------------------------------------------------------

@@ -26,7 +26,18 @@ from handler.observability import logger
 from handler.report import Report
 from handler.settings import Settings
 
-__all__ = ["after_run", "cron_monitor", "init", "logger", "on_failure"]
+__all__ = ["after_run", "cron_monitor", "init", "logger", "on_failure", "start_invocation"]
+
+# A Sentry DSN parameter that could not be read is not read again in the same invocation:
+# init() is called at each step (init, check-in, summary), and each read of an unreachable
+# endpoint costs its timeouts again.
+_dsn_unreadable = False
+
+
+def start_invocation() -> None:
+    """Forget what the last invocation learnt about the DSN (a parameter may be fixed since)."""
+    global _dsn_unreadable  # noqa: PLW0603 - per-process state, like the SDK's own client
+    _dsn_unreadable = False
 
 
 def init(settings: Settings) -> None:
@@ -41,11 +52,15 @@ def init(settings: Settings) -> None:
         secrets.register(settings.telegram_bot_token.get_secret_value())
     if settings.database_url is not None:
         secrets.register_url(settings.database_url.get_secret_value())
+    global _dsn_unreadable  # noqa: PLW0603 - see start_invocation
     if sentry.enabled() or not (settings.sentry_dsn or settings.sentry_dsn_parameter):
+        return
+    if _dsn_unreadable:
         return
     try:
         dsn = secrets.resolve(settings.sentry_dsn, settings.sentry_dsn_parameter)
     except Exception as exc:  # a side channel: its failure must not stop the run
+        _dsn_unreadable = True
         logger.error("sentry disabled", reason="dsn unreadable", error_type=type(exc).__name__)
         return
     if not dsn:

@@ -199,6 +199,7 @@ def render_summary(report: Report, *, now: datetime | None = None, limit: int = 
     ]
     if report.reason:
         header_lines.append(f"Reason: {esc(_clip(report.reason, _MAX_REASON))}")
+    header_lines.extend(f"Note: {esc(_clip(note, _MAX_REASON))}" for note in report.notes)
     figures = [
         _counts(report),
         f"<b>Duration:</b> {esc(_duration(report.duration_ms))} · {report.batches:,} batches"
@@ -302,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Preview the Telegram summary of a report: `keys-cleanup --json ... | python -m
     handler.notify [--html]`. Prints the text as displayed, or the HTML sent."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m handler.notify",
         description="Render a report (JSON, as `keys-cleanup --json` prints it) as the "
         "Telegram summary.",

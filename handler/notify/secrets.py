@@ -13,8 +13,9 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from aws_lambda_powertools.utilities import parameters
 from pydantic import SecretStr
+
+from handler.secrets import get_parameter, get_secret, is_secrets_manager
 
 REDACTED = "[redacted]"
 
@@ -84,22 +85,19 @@ def redact_obj(obj: Any) -> Any:
     return obj
 
 
-def is_secrets_manager(reference: str) -> bool:
-    return reference.startswith("arn:aws:secretsmanager:")
-
-
 def resolve(value: SecretStr | None, parameter: str | None) -> str | None:
     """The secret from its parameter when one is named, else from the environment.
 
-    A reference starting `arn:aws:secretsmanager:` is a Secrets Manager secret (its plain
-    SecretString); anything else is an SSM parameter name or ARN, read with decryption.
+    A Secrets Manager ARN (`arn:aws:secretsmanager:`, or `arn:aws-cn:`, `arn:aws-us-gov:` ...)
+    is read from Secrets Manager (its plain SecretString); anything else is an SSM parameter
+    name or ARN, read with decryption. Both with short timeouts (handler.secrets.AWS_CONFIG).
     Raises whatever Powertools raises when the parameter cannot be read.
     """
     if parameter:
         if is_secrets_manager(parameter):
-            raw = parameters.get_secret(parameter, max_age=PARAMETER_MAX_AGE_S)
+            raw = get_secret(parameter, max_age=PARAMETER_MAX_AGE_S)
         else:
-            raw = parameters.get_parameter(parameter, decrypt=True, max_age=PARAMETER_MAX_AGE_S)
+            raw = get_parameter(parameter, max_age=PARAMETER_MAX_AGE_S)
         secret = (raw.decode() if isinstance(raw, bytes) else str(raw)).strip()
     elif value is not None:
         secret = value.get_secret_value().strip()

@@ -83,7 +83,11 @@ def tags(report: Report | None, status: str) -> dict[str, str]:
 
 def level_for(report: Report, settings: Settings) -> Level:
     # A run skipped for the lock did not happen: as worth a look as a partial one.
-    if report.deleted > settings.warning_threshold or report.status != "completed":
+    if (
+        report.deleted > settings.warning_threshold
+        or report.status != "completed"
+        or report.guard_triggered
+    ):
         return "warning"
     return "info"
 
