@@ -207,7 +207,7 @@ def test_hostile_key_types_are_parameters_not_sql(canary: PgSchema) -> None:
 def test_system_catalog_table_is_refused_even_unqualified(canary: PgSchema) -> None:
     # pg_class lives in pg_catalog, which is always on the search path implicitly: it is
     # refused as the system table it is, not reported as missing.
-    with pytest.raises(ConfigError, match="refusing pg_catalog.pg_class: it is a system table"):
+    with pytest.raises(ConfigError, match=r"refusing pg_catalog\.pg_class: it is a system table"):
         run_cleanup(canary.settings(CLEANUP_TABLE="pg_class", CLEANUP_KEY_TYPE_COLUMN=""), LIVE)
 
 
