@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import psycopg
 from psycopg import errors as pg_errors
 
-from handler import db
-from handler.report import BUCKET_LABELS, KeyEntry, Report, Status, TableStats, TypeStats
+from handler import db, rules
+from handler.report import (
+    BUCKET_LABELS,
+    KeyEntry,
+    OrphanRule,
+    Report,
+    Status,
+    TableStats,
+    TypeStats,
+)
 from handler.settings import ConfigError, Flags, Settings, check_database_url, closest
 
 # Waiting for a row another session holds is what stalls live writers (they queue behind the
@@ -28,6 +36,15 @@ MIN_BATCH_BUDGET_MS = 20
 MAX_PAGES_PER_BATCH = 100_000
 # VACUUM is skipped with less time than this left: started, it would only be cancelled.
 MIN_VACUUM_BUDGET_MS = 10_000
+
+
+# How an unreadable auth table is described in the refusal note.
+_AUTH_PROBLEMS: dict[type[Exception], str] = {
+    pg_errors.UndefinedTable: "no such table",
+    pg_errors.InsufficientPrivilege: "permission denied: grant SELECT on it to the job's role",
+    pg_errors.UndefinedColumn: "it has no tenant column (CLEANUP_TENANT_COLUMN)",
+    pg_errors.UndefinedFunction: "its tenant column cannot be compared with the key table's",
+}
 
 
 class CleanupError(RuntimeError):
@@ -130,6 +147,8 @@ class _Run:
         self.retention_days = flags.retention_days or settings.retention_days
         self.started = time.monotonic()
         self.notes: list[str] = list(settings.config_warnings)
+        self.orphan_rule: OrphanRule = "off"
+        self.orphaned: list[db.TenantCounts] = []
 
     def _base(self, target: db.Target | None) -> dict[str, object]:
         s = self.settings
@@ -163,10 +182,18 @@ class _Run:
         schema, name = s.table_parts
         try:
             target = db.resolve_target(
-                conn, schema, name, s.timestamp_column, s.key_type_column, s.timestamp_timezone
+                conn,
+                schema,
+                name,
+                s.timestamp_column,
+                s.key_type_column,
+                s.timestamp_timezone,
+                expires_column=s.expires_column,
+                tenant_column=s.tenant_column,
             )
         except (LookupError, TypeError) as exc:
             raise ConfigError(str(exc)) from None
+        self._check_rule_columns(target)
         self._check_timezone(target)
 
         if not db.try_lock(conn, target):
@@ -194,6 +221,23 @@ class _Run:
         finally:
             if not conn.closed and not conn.broken:
                 db.unlock(conn, target)
+
+    def _check_rule_columns(self, target: db.Target) -> None:
+        s = self.settings
+        if s.auth_table is not None and target.tenant_column is None:
+            raise ConfigError(
+                f"column {s.tenant_column} does not exist in {target.qualified}: the orphan rule "
+                "(CLEANUP_AUTH_TABLE) needs CLEANUP_TENANT_COLUMN in both tables"
+            )
+        if (
+            "expires_column" in s.model_fields_set
+            and s.expires_column
+            and not target.expires_column
+        ):
+            self.notes.append(
+                f"CLEANUP_EXPIRES_COLUMN={s.expires_column}: no such column in "
+                f"{target.qualified}; the TTL rule is off"
+            )
 
     def _check_timezone(self, target: db.Target) -> None:
         """A `timestamp` column's zone must be known before anything is deleted by it."""
@@ -256,44 +300,133 @@ class _Run:
             return report.model_copy(update={"notes": [*report.notes, note]})
         return report
 
-    def _policy(self, conn: db.Conn) -> tuple[db.Policy, datetime, dict[int, datetime]]:
-        """The cutoffs and bucket edges, all from one reading of the database clock."""
+    def _policy(
+        self, conn: db.Conn, target: db.Target
+    ) -> tuple[db.Policy, datetime, dict[int, datetime]]:
+        """The cutoffs, bucket edges and the TTL's "now", all from one reading of the database
+        clock; and the orphan rule when its auth table is usable."""
         s = self.settings
         overrides = dict(s.type_retention_days) if s.key_type_column else {}
-        now, edges = db.clock(conn, [self.retention_days, *db.BUCKET_DAYS, *overrides.values()])
+        days = [self.retention_days, *db.BUCKET_DAYS, *overrides.values(), s.orphan_grace_days]
+        now, edges = db.clock(conn, days)
         policy = db.Policy(
             cutoff=edges[self.retention_days],
             protected=tuple(s.protected_key_types) if s.key_type_column else (),
             type_cutoffs={t: edges[d] for t, d in overrides.items()},
+            expires_now=now if target.expires_column else None,
+            orphans=self._orphan_rule(conn, target, edges[s.orphan_grace_days]),
         )
         return policy, now, edges
 
+    def _retention_for(self, key_type: str | None, policy: db.Policy) -> int | None:
+        """A type's retention in days; None for a protected type. A NULL type: the default."""
+        if key_type is not None and key_type in policy.protected:
+            return None
+        if key_type is not None and key_type in policy.type_cutoffs:
+            return self.settings.type_retention_days[key_type]
+        return self.retention_days
+
+    def _orphan_rule(self, conn: db.Conn, target: db.Target, cutoff: datetime) -> db.Orphans | None:
+        """The orphan rule, or None when it is off or its auth table is refused (with a note).
+
+        An auth table that cannot be read is a note, never a failed run: the age and TTL rules
+        do not need it.
+        """
+        s = self.settings
+        parts = s.auth_table_parts
+        if parts is None or s.auth_table is None:
+            return None
+        orphans = db.Orphans(parts[0], parts[1], cutoff)
+        problem, has_tenants = None, False
+        try:
+            has_tenants = db.auth_has_tenants(conn, target, orphans)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            problem = _AUTH_PROBLEMS.get(type(exc), type(exc).__name__)
+        refusal = rules.orphan_refusal(
+            auth_table=s.auth_table,
+            problem=problem,
+            has_tenants=has_tenants,
+            orphaned_tenants=0,
+            tenants=0,
+            max_fraction=s.max_orphan_tenant_fraction,
+        )
+        if refusal is not None:
+            self.notes.append(refusal)
+            self.orphan_rule = "refused"
+            return None
+        return orphans
+
+    def _check_orphan_share(self, policy: db.Policy, tenants: list[db.TenantCounts]) -> db.Policy:
+        """The policy without the orphan rule when it would orphan too many tenants."""
+        self.orphaned = rules.orphaned_tenants(tenants)
+        if policy.orphans is None or self.settings.auth_table is None:
+            return policy
+        refusal = rules.orphan_refusal(
+            auth_table=self.settings.auth_table,
+            problem=None,
+            has_tenants=True,
+            orphaned_tenants=len(self.orphaned),
+            tenants=sum(1 for t in tenants if t.tenant is not None),
+            max_fraction=self.settings.max_orphan_tenant_fraction,
+        )
+        if refusal is not None:
+            would = sum(t.orphaned for t in self.orphaned)
+            self.notes.append(f"{refusal} It would have taken {would:,} keys.")
+            self.orphan_rule = "refused"
+            return replace(policy, orphans=None)
+        self.orphan_rule = "applied"
+        return policy
+
+    def _rule_fields(
+        self,
+        target: db.Target,
+        measured: db.Measurement,
+        total: rules.Totals,
+        bucket_edges: list[datetime],
+    ) -> dict[str, object]:
+        """The report's TTL, orphan and tenant figures."""
+        s, applied = self.settings, self.orphan_rule == "applied"
+        ids = [t.tenant for t in self.orphaned if t.tenant is not None]
+        return {
+            "expires_column": target.expires_column,
+            "expired": total.expired,
+            "expired_by_age": rules.expired_by_age(measured.types, bucket_edges),
+            "auth_table": s.auth_table,
+            "orphan_rule": self.orphan_rule,
+            "orphan_grace_days": s.orphan_grace_days if s.auth_table else None,
+            "orphaned": total.orphaned,
+            "orphaned_tenants": len(ids),
+            "orphaned_tenant_ids": ids[: rules.MAX_ORPHANED_TENANT_IDS]
+            if self.flags.verbose
+            else [],
+            "top_tenants": rules.top_tenants(measured.tenants, s.top_tenants, orphans=applied),
+        }
+
     def _locked(self, conn: db.Conn, target: db.Target) -> Report:
         s, flags = self.settings, self.flags
-        policy, now, edges = self._policy(conn)
+        policy, now, edges = self._policy(conn, target)
         before_sizes = db.sizes(conn, target)
-        counts = db.measure(conn, target, list(edges.values()))
-        by_type: dict[str, TypeStats] = {}
-        for c in counts:
-            name = _type_name(c.key_type)
-            is_protected = c.key_type is not None and c.key_type in policy.protected
-            # As in the DELETE's predicate: a NULL key type takes the default retention.
-            type_cutoff = policy.type_cutoffs.get(c.key_type) if c.key_type is not None else None
-            override = type_cutoff is not None
-            cutoff = type_cutoff or policy.cutoff
-            by_type[name] = TypeStats(
-                keys=c.keys,
-                eligible=0 if is_protected else c.older_than(cutoff),
-                protected=c.older_than(policy.cutoff) if is_protected else 0,
-                retention_days=None
-                if is_protected
-                else s.type_retention_days[name]
-                if override
-                else self.retention_days,
+        measured = db.measure(
+            conn,
+            target,
+            list(edges.values()),
+            policy,
+            by_tenant=s.top_tenants > 0 or policy.orphans is not None,
+        )
+        counts = measured.types
+        policy = self._check_orphan_share(policy, measured.tenants)
+        orphans = db.applies_orphans(target, policy)
+        by_type = {
+            _type_name(c.key_type): rules.type_stats(
+                c, self._retention_for(c.key_type, policy), orphans=orphans
             )
+            for c in counts
+        }
         keys = sum(c.keys for c in counts)
-        eligible = sum(t.eligible for t in by_type.values())
-        protected = sum(t.protected for t in by_type.values())
+        total = rules.totals(counts, orphans=orphans)
+        eligible, protected = total.eligible, total.protected
         if target.key_type_column is None:
             by_type = {}
         elif keys:
@@ -319,6 +452,7 @@ class _Run:
             "out_of_range_timestamps": sum(c.out_of_range for c in counts),
             "oldest": oldest,
             "newest": newest,
+            **self._rule_fields(target, measured, total, [edges[d] for d in db.BUCKET_DAYS]),
         }
 
         guard = None if flags.force else guard_reason(eligible, keys, s, dry_run=flags.dry_run)

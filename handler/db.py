@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,11 @@ class Target:
     # `timestamp_timezone` when that is set, else in the session's (always UTC).
     naive_timestamp: bool = False
     timestamp_timezone: str | None = None
+    # The TTL column, when the table has the configured one (a timestamp, checked).
+    expires_column: str | None = None
+    naive_expires: bool = False
+    # The tenant column, when the table has the configured one.
+    tenant_column: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -63,15 +68,40 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Orphans:
+    """The orphan rule: keys of a tenant with no row in the auth table, untouched since cutoff."""
+
+    schema: str | None
+    table: str
+    cutoff: datetime
+
+    @property
+    def ident(self) -> sql.Composable:
+        return history_ident(self.schema, self.table)
+
+
+@dataclass(frozen=True)
 class Policy:
-    """Which rows are eligible: older than their type's cutoff, and not of a protected type."""
+    """Which rows are eligible, by three rules (see docs/rules.md).
+
+    Age: older than their type's cutoff, and not of a protected type. TTL (with `expires_now`):
+    expiry before that instant, and not of a protected type. Orphans (with `orphans`): the
+    tenant has no row in the auth table and the key is untouched since the grace cutoff,
+    protected types included.
+    """
 
     cutoff: datetime
     protected: tuple[str, ...] = ()
     type_cutoffs: dict[str, datetime] = field(default_factory=dict)
+    expires_now: datetime | None = None
+    orphans: Orphans | None = None
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"cutoff": self.cutoff, "protected": list(self.protected)}
+        if self.expires_now is not None:
+            params["expires_now"] = self.expires_now
+        if self.orphans is not None:
+            params["orphan_cutoff"] = self.orphans.cutoff
         for i, (key_type, cutoff) in enumerate(sorted(self.type_cutoffs.items())):
             params[f"type_{i}"] = key_type
             params[f"type_cutoff_{i}"] = cutoff
@@ -133,6 +163,9 @@ def resolve_target(
     timestamp_column: str,
     key_type_column: str | None,
     timestamp_timezone: str | None = None,
+    *,
+    expires_column: str | None = None,
+    tenant_column: str | None = None,
 ) -> Target:
     """Find the table in the catalog and check its columns; raise LookupError/TypeError.
 
@@ -183,6 +216,13 @@ def resolve_target(
             f"column {key_type_column} does not exist in {nspname}.{relname} "
             "(set CLEANUP_KEY_TYPE_COLUMN to empty if the table has no key-type column)"
         )
+    # The TTL column is optional: used when the table has it, checked when it does.
+    expires_type = columns.get(expires_column) if expires_column else None
+    if expires_type is not None and expires_type not in TIMESTAMP_TYPES:
+        raise TypeError(
+            f"column {nspname}.{relname}.{expires_column} is {expires_type}, not a timestamp "
+            "(set CLEANUP_EXPIRES_COLUMN to the TTL column, or to empty to ignore it)"
+        )
     primary_key = tuple(
         r[0]
         for r in conn.execute(
@@ -205,7 +245,10 @@ def resolve_target(
         key_type_column,
         primary_key,
         naive_timestamp=ts_type == TIMESTAMP,
-        timestamp_timezone=timestamp_timezone if ts_type == TIMESTAMP else None,
+        timestamp_timezone=timestamp_timezone,
+        expires_column=expires_column if expires_type is not None else None,
+        naive_expires=expires_type == TIMESTAMP,
+        tenant_column=tenant_column if tenant_column in columns else None,
     )
 
 
@@ -250,19 +293,29 @@ def clock(conn: Conn, days: Sequence[int]) -> tuple[datetime, dict[int, datetime
 # Predicates
 
 
-def timestamp_expr(target: Target) -> sql.Composable:
-    """The row's timestamp as an instant (timestamptz).
+def _instant(column: str, naive: bool, zone: str | None) -> sql.Composable:
+    """A column's value as an instant (timestamptz).
 
     A `timestamp` column holds wall time in the application's zone: converting each row with
     AT TIME ZONE is exact across daylight-saving changes, where shifting the cutoff to wall
     time would be off by an hour for the repeated hour.
     """
-    column = sql.Identifier(target.timestamp_column)
-    if target.naive_timestamp and target.timestamp_timezone:
-        return sql.SQL("({} AT TIME ZONE {})").format(
-            column, sql.Literal(target.timestamp_timezone)
-        )
-    return column
+    ident = sql.Identifier(column)
+    if naive and zone:
+        return sql.SQL("({} AT TIME ZONE {})").format(ident, sql.Literal(zone))
+    return ident
+
+
+def timestamp_expr(target: Target) -> sql.Composable:
+    """The row's timestamp as an instant (timestamptz)."""
+    return _instant(target.timestamp_column, target.naive_timestamp, target.timestamp_timezone)
+
+
+def expires_expr(target: Target) -> sql.Composable:
+    """The row's expiry as an instant; only for a target with a TTL column."""
+    if target.expires_column is None:  # pragma: no cover - callers check
+        raise ValueError("the target has no TTL column")
+    return _instant(target.expires_column, target.naive_expires, target.timestamp_timezone)
 
 
 def in_range(ts: sql.Composable) -> sql.Composable:
@@ -277,6 +330,13 @@ def _key_type(target: Target) -> sql.Composable:
     if target.key_type_column is None:
         return sql.SQL("NULL::text")
     return sql.SQL("{}::text").format(sql.Identifier(target.key_type_column))
+
+
+def _tenant(target: Target) -> sql.Composable:
+    """The key's tenant column, qualified by the table (it is compared inside a subquery)."""
+    if target.tenant_column is None:  # pragma: no cover - callers check
+        raise ValueError("the target has no tenant column")
+    return sql.Identifier(target.schema, target.name, target.tenant_column)
 
 
 def _protected(target: Target) -> sql.Composable:
@@ -302,18 +362,72 @@ def _row_cutoff(target: Target, policy: Policy) -> sql.Composable:
     )
 
 
-def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
-    """The one definition of "may be deleted", used to count, list and delete.
+def applies_ttl(target: Target, policy: Policy) -> bool:
+    return policy.expires_now is not None and target.expires_column is not None
 
-    Out-of-range timestamps (-infinity, BC dates) would sort before any cutoff: the lower bound
-    keeps them, as NULL timestamps are kept.
-    """
+
+def applies_orphans(target: Target, policy: Policy) -> bool:
+    return policy.orphans is not None and target.tenant_column is not None
+
+
+def _aged(target: Target, policy: Policy) -> sql.Composable:
+    """The age rule, before protection. Out-of-range timestamps (-infinity, BC dates) would sort
+    before any cutoff: the lower bound keeps them, as NULL timestamps are kept."""
     ts = timestamp_expr(target)
-    return sql.SQL("({ts} >= {first} AND {ts} < {cut} AND NOT {protected})").format(
-        ts=ts,
-        first=FIRST_TIMESTAMP,
-        cut=_row_cutoff(target, policy),
+    return sql.SQL("({ts} >= {first} AND {ts} < {cut})").format(
+        ts=ts, first=FIRST_TIMESTAMP, cut=_row_cutoff(target, policy)
+    )
+
+
+def _expired(target: Target, policy: Policy) -> sql.Composable:
+    """The TTL rule, before protection: the expiry has passed by the run's clock.
+
+    As for timestamps, an out-of-range expiry (-infinity, a BC date) is never a reason to
+    delete: it is more likely a sentinel or an import accident than a TTL. infinity never
+    passes.
+    """
+    if not applies_ttl(target, policy):
+        return sql.SQL("false")
+    exp = expires_expr(target)
+    return sql.SQL("({exp} >= {first} AND {exp} < %(expires_now)s)").format(
+        exp=exp, first=FIRST_TIMESTAMP
+    )
+
+
+def _orphan_quiet(target: Target, policy: Policy) -> sql.Composable:
+    """The orphan rule's own conditions on the key: a tenant, untouched since the grace cutoff."""
+    ts = timestamp_expr(target)
+    return sql.SQL(
+        "({tenant} IS NOT NULL AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s)"
+    ).format(tenant=_tenant(target), ts=ts, first=FIRST_TIMESTAMP)
+
+
+def _orphaned(target: Target, policy: Policy) -> sql.Composable:
+    """The orphan rule: quiet, and its tenant has no row in the auth table at this statement.
+
+    NOT EXISTS is evaluated by each DELETE, so a tenant whose creds row appears between two
+    batches keeps its keys.
+    """
+    if not applies_orphans(target, policy) or policy.orphans is None:
+        return sql.SQL("false")
+    return sql.SQL(
+        "({quiet} AND NOT EXISTS (SELECT 1 FROM {auth} AS kc_auth WHERE kc_auth.{col} = {tenant}))"
+    ).format(
+        quiet=_orphan_quiet(target, policy),
+        auth=policy.orphans.ident,
+        col=sql.Identifier(target.tenant_column or ""),
+        tenant=_tenant(target),
+    )
+
+
+def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
+    """The one definition of "may be deleted", used to list and delete (measure() counts by
+    the same parts): aged or expired and not protected, or orphaned (protected or not)."""
+    return sql.SQL("((({aged} OR {expired}) AND NOT {protected}) OR {orphaned})").format(
+        aged=_aged(target, policy),
+        expired=_expired(target, policy),
         protected=_protected(target),
+        orphaned=_orphaned(target, policy),
     )
 
 
@@ -351,59 +465,209 @@ class TypeCounts:
     oldest: datetime | None  # the in-range extremes
     newest: datetime | None
     out_of_range: int = 0  # infinity, -infinity, BC dates, years past 9999: never deleted
+    eligible: int = 0  # by the age and TTL rules (each key once)
+    protected: int = 0  # kept by protection from the age and TTL rules
+    expired: int = 0  # unprotected keys whose expiry has passed (some are aged too)
+    # edge -> expired keys with an in-range timestamp at or after it (for the age buckets)
+    expired_newer_than: dict[datetime, int] = field(default_factory=dict)
+    expired_with_timestamp: int = 0
+    orphaned: int = 0  # keys the orphan rule takes (some are eligible by the others too)
+    orphan_extra: int = 0  # orphaned keys the age and TTL rules leave
+    protected_orphaned: int = 0  # of `protected`, the ones the orphan rule takes anyway
 
     def older_than(self, edge: datetime) -> int:
         return self.with_timestamp - self.newer_than[edge]
 
 
+@dataclass(frozen=True)
+class TenantCounts:
+    tenant: str | None
+    keys: int
+    eligible: int  # by the age and TTL rules
+    orphaned: int
+    orphan_extra: int
+    without_auth: bool  # no row in the auth table (whatever the keys' ages)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    types: list[TypeCounts]
+    tenants: list[TenantCounts]
+
+
 BUCKET_DAYS = (1, 7, 14, 30)
 
 
-def measure(conn: Conn, target: Target, edges: Sequence[datetime]) -> list[TypeCounts]:
-    """One pass over the table: per key type, the keys, and how many are newer than each edge.
+def _age_only_counts(c: TypeCounts, policy: Policy) -> TypeCounts:
+    """Eligible and protected per type from the edge counts: no per-row policy expression.
 
-    Each row costs one comparison per distinct edge (the bucket edges and the cutoffs); which
-    keys are eligible or protected follows per type from those counts, so no per-row policy
-    expression is evaluated here. Out-of-range timestamps are counted apart and left out of
+    As in the DELETE's predicate, a NULL key type takes the default retention.
+    """
+    if c.key_type is not None and c.key_type in policy.protected:
+        return replace(c, protected=c.older_than(policy.cutoff))
+    cutoff = policy.type_cutoffs.get(c.key_type, policy.cutoff) if c.key_type else policy.cutoff
+    return replace(c, eligible=c.older_than(cutoff))
+
+
+def _flag(expr: sql.Composable) -> sql.Composable:
+    return sql.SQL("coalesce({}, false)").format(expr)
+
+
+def measure(
+    conn: Conn,
+    target: Target,
+    edges: Sequence[datetime],
+    policy: Policy,
+    *,
+    by_tenant: bool = False,
+) -> Measurement:
+    """One pass over the table: per key type (and per tenant), the keys, and how many are newer
+    than each edge, eligible, expired and orphaned.
+
+    With the age rule alone, each row costs one comparison per distinct edge (the bucket edges
+    and the cutoffs), and which keys are eligible or protected follows per type from those
+    counts. The TTL and orphan rules and the tenant figures need per-row flags; the auth table
+    is then hash-joined (one scan of the key table still), and GROUPING SETS groups by key type
+    and by tenant in the same pass. Out-of-range timestamps are counted apart and left out of
     every other figure (an infinite `newest` could not even be loaded).
     """
     ts = timestamp_expr(target)
     ok = in_range(ts)
     distinct = sorted(set(edges))
-    query = sql.SQL(
-        """
-        SELECT {group} AS key_type, count(*), count(*) FILTER (WHERE {ok}),
-               min({ts}) FILTER (WHERE {ok}), max({ts}) FILTER (WHERE {ok}),
-               count({ts}) - count(*) FILTER (WHERE {ok}){newer}
-        FROM {table}
-        GROUP BY 1
-        """
-    ).format(
-        group=_key_type(target),
-        ts=ts,
-        ok=ok,
-        table=target.ident,
-        newer=sql.SQL("").join(
-            # An edge is finite, so `ts >= edge AND ts < LAST` is "in range and newer".
-            sql.SQL(", count(*) FILTER (WHERE {ts} >= {edge} AND {ts} < {last})").format(
-                ts=ts, edge=sql.Placeholder(f"e{i}"), last=LAST_TIMESTAMP
-            )
-            for i in range(len(distinct))
-        ),
-    )
-    params = {f"e{i}": edge for i, edge in enumerate(distinct)}
-    return [
-        TypeCounts(
-            key_type=r[0],
-            keys=r[1],
-            with_timestamp=r[2],
-            oldest=r[3],
-            newest=r[4],
-            out_of_range=r[5],
-            newer_than=dict(zip(distinct, r[6:], strict=True)),
+    ttl = applies_ttl(target, policy)
+    orphans = applies_orphans(target, policy) and policy.orphans is not None
+    by_tenant = by_tenant and target.tenant_column is not None
+    per_row = ttl or orphans or by_tenant
+    newer = [
+        # An edge is finite, so `ts >= edge AND ts < LAST` is "in range and newer".
+        sql.SQL("count(*) FILTER (WHERE {ts} >= {edge} AND {ts} < {last})").format(
+            ts=ts, edge=sql.Placeholder(f"e{i}"), last=LAST_TIMESTAMP
         )
-        for r in conn.execute(query, params).fetchall()
+        for i in range(len(distinct))
     ]
+    columns = [
+        sql.SQL("count(*)"),
+        sql.SQL("count(*) FILTER (WHERE {ok})").format(ok=ok),
+        sql.SQL("min({ts}) FILTER (WHERE {ok})").format(ts=ts, ok=ok),
+        sql.SQL("max({ts}) FILTER (WHERE {ok})").format(ts=ts, ok=ok),
+        sql.SQL("count({ts}) - count(*) FILTER (WHERE {ok})").format(ts=ts, ok=ok),
+        *newer,
+    ]
+    source: sql.Composable = target.ident
+    if per_row:
+        aged, expired = _flag(_aged(target, policy)), _flag(_expired(target, policy))
+        protected = _protected(target)
+        base = sql.SQL("(({} OR {}) AND NOT {})").format(aged, expired, protected)
+        kept = sql.SQL("(({} OR {}) AND {})").format(aged, expired, protected)
+        live_expired = sql.SQL("({} AND NOT {})").format(expired, protected)
+        orphan: sql.Composable = sql.SQL("false")
+        without_auth: sql.Composable = sql.SQL("false")
+        if orphans and policy.orphans is not None:
+            # The same rule as _orphaned(), by a join: a correlated NOT EXISTS in an aggregate's
+            # FILTER would run once per row.
+            without_auth = sql.SQL("(kc_auth.kc_tenant IS NULL)")
+            orphan = sql.SQL("({} AND {})").format(
+                _flag(_orphan_quiet(target, policy)), without_auth
+            )
+            source = sql.SQL(
+                "{keys} LEFT JOIN (SELECT DISTINCT {col} AS kc_tenant FROM {auth}) AS kc_auth "
+                "ON kc_auth.kc_tenant = {tenant}"
+            ).format(
+                keys=target.ident,
+                col=sql.Identifier(target.tenant_column or ""),
+                auth=policy.orphans.ident,
+                tenant=_tenant(target),
+            )
+        count = "count(*) FILTER (WHERE {})"
+        columns += [
+            sql.SQL(count).format(base),
+            sql.SQL(count).format(kept),
+            sql.SQL(count).format(live_expired),
+            sql.SQL(count).format(orphan),
+            sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(orphan, base),
+            sql.SQL("count(*) FILTER (WHERE {} AND {})").format(orphan, kept),
+            sql.SQL("coalesce(bool_and({}), false)").format(without_auth),
+            sql.SQL("count(*) FILTER (WHERE {} AND {})").format(live_expired, ok),
+            *(
+                sql.SQL("count(*) FILTER (WHERE {x} AND {ts} >= {edge} AND {ts} < {last})").format(
+                    x=live_expired, ts=ts, edge=sql.Placeholder(f"e{i}"), last=LAST_TIMESTAMP
+                )
+                for i in (range(len(distinct)) if ttl else ())
+            ),
+        ]
+    kt = _key_type(target)
+    head: sql.Composable
+    group: sql.Composable
+    if by_tenant:
+        tenant = sql.SQL("{}::text").format(_tenant(target))
+        head = sql.SQL("{kt}, {tn}, GROUPING({kt})").format(kt=kt, tn=tenant)
+        group = sql.SQL("GROUPING SETS (({kt}), ({tn}))").format(kt=kt, tn=tenant)
+    else:
+        head = sql.SQL("{kt}, NULL::text, 0").format(kt=kt)
+        group = sql.SQL("1")
+    query = sql.SQL("SELECT {head}, {columns} FROM {source} GROUP BY {group}").format(
+        head=head, columns=sql.SQL(", ").join(columns), source=source, group=group
+    )
+    params = policy.params() | {f"e{i}": edge for i, edge in enumerate(distinct)}
+    types: list[TypeCounts] = []
+    tenants: list[TenantCounts] = []
+    n = len(distinct)
+    for r in conn.execute(query, params).fetchall():
+        key_type, tenant_id, is_tenant = r[0], r[1], r[2]
+        v = r[3:]
+        extra = v[5 + n :]
+        if is_tenant:
+            tenants.append(TenantCounts(tenant_id, v[0], extra[0], extra[3], extra[4], extra[6]))
+            continue
+        c = TypeCounts(
+            key_type=key_type,
+            keys=v[0],
+            with_timestamp=v[1],
+            oldest=v[2],
+            newest=v[3],
+            out_of_range=v[4],
+            newer_than=dict(zip(distinct, v[5 : 5 + n], strict=True)),
+        )
+        if not per_row:
+            types.append(_age_only_counts(c, policy))
+            continue
+        types.append(
+            replace(
+                c,
+                eligible=extra[0],
+                protected=extra[1],
+                expired=extra[2],
+                orphaned=extra[3],
+                orphan_extra=extra[4],
+                protected_orphaned=extra[5],
+                expired_with_timestamp=extra[7],
+                expired_newer_than=dict(zip(distinct, extra[8:], strict=True)) if ttl else {},
+            )
+        )
+    return Measurement(types, tenants)
+
+
+def auth_has_tenants(conn: Conn, target: Target, orphans: Orphans) -> bool:
+    """True when the auth table holds a row with a tenant; raises psycopg.Error when it cannot be
+    read, has no tenant column, or its tenant column cannot be compared with the key table's.
+
+    The second subquery is planned, never run (LIMIT 0): planning is what checks the comparison.
+    """
+    col = sql.Identifier(target.tenant_column or "")
+    row = _one(
+        conn.execute(
+            sql.SQL(
+                """
+                SELECT EXISTS (SELECT 1 FROM {auth} WHERE {col} IS NOT NULL),
+                       (SELECT count(*) FROM (
+                          SELECT 1 FROM {keys} WHERE EXISTS (
+                            SELECT 1 FROM {auth} AS kc_auth WHERE kc_auth.{col} = {tenant})
+                          LIMIT 0) AS planned)
+                """
+            ).format(auth=orphans.ident, col=col, keys=target.ident, tenant=_tenant(target))
+        )
+    )
+    return bool(row[0])
 
 
 def _listing_columns(target: Target, now_param: str = "now") -> sql.Composable:
@@ -499,7 +763,7 @@ def delete_range(
     query = sql.SQL(
         """
         WITH deleted AS (
-          DELETE FROM {table} AS t WHERE {where}
+          DELETE FROM {table} WHERE {where}
           RETURNING {kt} AS key_type, {item} AS item
         )
         SELECT key_type, count(*), {listing}

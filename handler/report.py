@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal["completed", "partial", "skipped", "aborted"]
+# The orphan rule: not configured, applied, or refused for this run (see the notes for why).
+OrphanRule = Literal["off", "applied", "refused"]
 
 # Age buckets, in days: label -> [low, high). Order matters for rendering.
 AGE_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
@@ -46,6 +48,17 @@ class TypeStats(_Model):
     protected: int = 0
     deleted: int | None = 0  # None: not counted per type in this run (see Report.reason)
     retention_days: int | None = None  # None: protected, never aged out
+    expired: int = 0  # eligible by the TTL rule (some are old enough for the age rule too)
+    orphaned: int = 0  # eligible by the orphan rule (protected types included)
+
+
+class TenantStats(_Model):
+    """One tenant among those with the most keys. The id is an identifier: never a Sentry tag."""
+
+    tenant: str | None
+    keys: int
+    eligible: int = 0
+    orphaned: int = 0
 
 
 class KeyEntry(_Model):
@@ -82,6 +95,21 @@ class Report(_Model):
     oldest: datetime | None = None
     newest: datetime | None = None
     by_type: dict[str, TypeStats] = Field(default_factory=dict)
+    # The TTL rule: the column used (None: none), and the unprotected keys whose expiry passed,
+    # in all and per age bucket. They are part of `eligible`, each key counted once there.
+    expires_column: str | None = None
+    expired: int = 0
+    expired_by_age: dict[str, int] = Field(default_factory=dict)
+    # The orphan rule: keys of tenants without a row in `auth_table`, untouched for
+    # `orphan_grace_days`. `orphaned` is 0 unless the rule was applied; `orphaned_tenants`
+    # counts the tenants with keys and no auth row whatever the rule did (ids: verbose runs).
+    auth_table: str | None = None
+    orphan_rule: OrphanRule = "off"
+    orphan_grace_days: int | None = None
+    orphaned: int = 0
+    orphaned_tenants: int = 0
+    orphaned_tenant_ids: list[str] = Field(default_factory=list)
+    top_tenants: list[TenantStats] = Field(default_factory=list)
     released_bytes: int = 0  # measured: total_bytes before - after (about 0 without VACUUM)
     reclaimable_bytes: int = 0  # estimated: bytes of the deleted rows, now reusable
     vacuumed: bool = False

@@ -37,7 +37,7 @@ DEFAULT_PROTECTED_KEY_TYPES = ("app-state-sync-key", "app-state-sync-version", "
 MAX_RETENTION_DAYS = 3650
 
 
-_EMPTY_MEANS_NONE = frozenset({"CLEANUP_KEY_TYPE_COLUMN"})
+_EMPTY_MEANS_NONE = frozenset({"CLEANUP_KEY_TYPE_COLUMN", "CLEANUP_EXPIRES_COLUMN"})
 # Variables with this prefix are ours: an unknown one is most likely a misspelt setting.
 SETTINGS_PREFIX = "CLEANUP_"
 
@@ -80,6 +80,10 @@ def _table(value: str) -> str:
     ):
         raise ValueError(f"refusing a table in the system schema {schema}")
     return value
+
+
+def _optional_table(value: str | None) -> str | None:
+    return None if value is None else _table(value)
 
 
 def closest(name: str, candidates: Sequence[str]) -> str | None:
@@ -204,6 +208,18 @@ class Settings(BaseModel):
     max_delete_fraction: float = Field(0.5, gt=0, le=1, alias="CLEANUP_MAX_DELETE_FRACTION")
     guard_min_keys: int = Field(1000, ge=0, alias="CLEANUP_GUARD_MIN_KEYS")
     dry_run_scheduled: bool = Field(False, alias="CLEANUP_DRY_RUN")
+    # The TTL column: a key whose expiry has passed is deleted whatever its age. Used when the
+    # table has the column; empty ignores it.
+    expires_column: Identifier | None = Field("expires_at", alias="CLEANUP_EXPIRES_COLUMN")
+    # One row per connected tenant; empty (the default) turns the orphan rule off.
+    auth_table: Annotated[str | None, AfterValidator(_optional_table)] = Field(
+        None, alias="CLEANUP_AUTH_TABLE"
+    )
+    tenant_column: Identifier = Field("company_id", alias="CLEANUP_TENANT_COLUMN")
+    orphan_grace_days: RetentionDays = Field(1, alias="CLEANUP_ORPHAN_GRACE_DAYS")
+    max_orphan_tenant_fraction: float = Field(
+        0.5, gt=0, le=1, alias="CLEANUP_MAX_ORPHAN_TENANT_FRACTION"
+    )
 
     # Execution
     batch_size: int = Field(2500, ge=1, le=1_000_000, alias="CLEANUP_BATCH_SIZE")
@@ -219,6 +235,7 @@ class Settings(BaseModel):
     # Reporting
     warning_threshold: int = Field(1000, ge=0, alias="CLEANUP_WARNING_THRESHOLD")
     verbose_limit: int = Field(100, ge=0, le=100_000, alias="CLEANUP_VERBOSE_LIMIT")
+    top_tenants: int = Field(5, ge=0, le=100, alias="CLEANUP_TOP_TENANTS")
     history_enabled: bool = Field(True, alias="CLEANUP_HISTORY")
     history_table: Annotated[str, AfterValidator(_table)] = Field(
         "keys_cleanup_runs", alias="CLEANUP_HISTORY_TABLE"
@@ -249,7 +266,7 @@ class Settings(BaseModel):
     )(_csv)
     _split_map = field_validator("type_retention_days", mode="before")(_retention_map)
 
-    @field_validator("key_type_column", mode="before")
+    @field_validator("key_type_column", "expires_column", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -275,6 +292,8 @@ class Settings(BaseModel):
             )
         if self.key_type_column is not None and self.key_type_column == self.timestamp_column:
             raise ValueError("CLEANUP_KEY_TYPE_COLUMN and CLEANUP_TIMESTAMP_COLUMN are the same")
+        if self.expires_column is not None and self.expires_column == self.timestamp_column:
+            raise ValueError("CLEANUP_EXPIRES_COLUMN and CLEANUP_TIMESTAMP_COLUMN are the same")
         return self
 
     @property
@@ -315,6 +334,10 @@ class Settings(BaseModel):
     @property
     def history_table_parts(self) -> tuple[str | None, str]:
         return _split_table(self.history_table)
+
+    @property
+    def auth_table_parts(self) -> tuple[str | None, str] | None:
+        return None if self.auth_table is None else _split_table(self.auth_table)
 
 
 def unknown_variables(env: Mapping[str, str], known: set[str]) -> list[str]:

@@ -1,0 +1,116 @@
+"""The rules beyond age, as small pure functions: whether to apply the orphan rule, and how the
+measured counts of the three rules (age, TTL, orphans) add up into the report's figures.
+
+The SQL that applies them lives in db.py (`eligible_predicate`); see docs/rules.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import pairwise
+
+from handler import db
+from handler.report import BUCKET_LABELS, TenantStats, TypeStats
+
+# Tenant ids listed in a verbose report: enough to act on, short enough to read.
+MAX_ORPHANED_TENANT_IDS = 20
+
+
+def orphan_refusal(
+    *,
+    auth_table: str,
+    problem: str | None,
+    has_tenants: bool,
+    orphaned_tenants: int,
+    tenants: int,
+    max_fraction: float,
+) -> str | None:
+    """Why the orphan rule is refused for this run (a note; the other rules go on), or None.
+
+    An unreadable or empty auth table, or one that would orphan more than `max_fraction` of the
+    tenants with keys, says more about the setting (a wrong table name, a migration under way,
+    a missing grant) than about the tenants: acting on it would wipe every tenant's keys.
+    """
+    if problem is not None:
+        return f"orphan rule refused: auth table {auth_table} is not readable ({problem})"
+    if not has_tenants:
+        return f"orphan rule refused: auth table {auth_table} has no tenant rows"
+    share = orphaned_tenants / tenants if tenants else 0.0
+    if share > max_fraction:
+        return (
+            f"orphan rule refused: {orphaned_tenants:,} of {tenants:,} tenants with keys "
+            f"({share:.0%}) have no row in {auth_table}, above "
+            f"CLEANUP_MAX_ORPHAN_TENANT_FRACTION={max_fraction:g}; is it the right table?"
+        )
+    return None
+
+
+def orphaned_tenants(tenants: Sequence[db.TenantCounts]) -> list[db.TenantCounts]:
+    """Tenants with keys and no auth row, most keys first (a NULL tenant is nobody's)."""
+    found = [t for t in tenants if t.without_auth and t.tenant is not None]
+    return sorted(found, key=lambda t: (-t.keys, t.tenant or ""))
+
+
+def top_tenants(
+    tenants: Sequence[db.TenantCounts], limit: int, *, orphans: bool
+) -> list[TenantStats]:
+    """Up to `limit` tenants by key count, with their eligible and orphaned keys."""
+    ranked = sorted(tenants, key=lambda t: (-t.keys, t.tenant or ""))[:limit]
+    return [
+        TenantStats(
+            tenant=t.tenant,
+            keys=t.keys,
+            eligible=t.eligible + (t.orphan_extra if orphans else 0),
+            orphaned=t.orphaned if orphans else 0,
+        )
+        for t in ranked
+    ]
+
+
+def buckets(newer: Sequence[int], with_timestamp: int) -> dict[str, int]:
+    """Cumulative "newer than 1, 7, 14, 30 days" counts -> the five disjoint age buckets."""
+    values = [newer[0], *(b - a for a, b in pairwise(newer))]
+    values.append(with_timestamp - newer[-1])
+    return dict(zip(BUCKET_LABELS, values, strict=True))
+
+
+def expired_by_age(counts: Sequence[db.TypeCounts], edges: Sequence[datetime]) -> dict[str, int]:
+    """The expired keys per age bucket (empty without the TTL rule)."""
+    if not any(c.expired_newer_than for c in counts):
+        return {}
+    newer = [sum(c.expired_newer_than.get(edge, 0) for c in counts) for edge in edges]
+    return buckets(newer, sum(c.expired_with_timestamp for c in counts))
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The run's figures over every key type: each key counted once in `eligible`."""
+
+    eligible: int
+    protected: int
+    expired: int
+    orphaned: int
+
+
+def type_stats(c: db.TypeCounts, retention_days: int | None, *, orphans: bool) -> TypeStats:
+    """One key type's row: eligible by any applied rule, and what protection keeps."""
+    return TypeStats(
+        keys=c.keys,
+        eligible=c.eligible + (c.orphan_extra if orphans else 0),
+        protected=c.protected - (c.protected_orphaned if orphans else 0),
+        retention_days=retention_days,
+        expired=c.expired,
+        orphaned=c.orphaned if orphans else 0,
+    )
+
+
+def totals(counts: Sequence[db.TypeCounts], *, orphans: bool) -> Totals:
+    stats = [type_stats(c, None, orphans=orphans) for c in counts]
+    return Totals(
+        eligible=sum(t.eligible for t in stats),
+        protected=sum(t.protected for t in stats),
+        expired=sum(t.expired for t in stats),
+        orphaned=sum(t.orphaned for t in stats),
+    )
