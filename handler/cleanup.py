@@ -241,9 +241,12 @@ class _Run:
 
     def _check_timezone(self, target: db.Target) -> None:
         """A `timestamp` column's zone must be known before anything is deleted by it."""
-        column = f"{target.qualified}.{target.timestamp_column}"
         zone = self.settings.timestamp_timezone
-        if target.naive_timestamp and zone is None:
+        naive = target.naive_timestamp or target.naive_expires
+        column = f"{target.qualified}.{target.timestamp_column}"
+        if not target.naive_timestamp and target.naive_expires:
+            column = f"{target.qualified}.{target.expires_column}"
+        if naive and zone is None:
             if not self.flags.dry_run:
                 raise ConfigError(
                     f"column {column} is timestamp without time zone: set "
@@ -254,7 +257,7 @@ class _Run:
                 f"column {column} is timestamp without time zone and CLEANUP_TIMESTAMP_TIMEZONE "
                 "is not set: this dry run read it as UTC; a live run refuses until it is set"
             )
-        elif not target.naive_timestamp and zone is not None:
+        elif not naive and zone is not None:
             self.notes.append(
                 f"CLEANUP_TIMESTAMP_TIMEZONE={zone} not used: column {column} is timestamp with "
                 "time zone"

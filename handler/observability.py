@@ -74,6 +74,10 @@ def publish_report(report: Report) -> None:
     metrics.add_metric(name="KeysEligible", unit=count, value=report.eligible)
     metrics.add_metric(name="KeysDeleted", unit=count, value=report.deleted)
     metrics.add_metric(name="KeysProtected", unit=count, value=report.protected)
+    # Parts of KeysEligible (a key eligible by two rules counts in both, once in KeysEligible).
+    metrics.add_metric(name="KeysExpired", unit=count, value=report.expired)
+    metrics.add_metric(name="KeysOrphaned", unit=count, value=report.orphaned)
+    metrics.add_metric(name="OrphanedTenants", unit=count, value=report.orphaned_tenants)
     metrics.add_metric(name="ReclaimableBytes", unit=size, value=report.reclaimable_bytes)
     metrics.add_metric(name="ReleasedBytes", unit=size, value=report.released_bytes)
     metrics.add_metric(name="Batches", unit=count, value=report.batches)
@@ -124,4 +128,10 @@ def report_fields(report: Report) -> dict[str, Any]:
         fields["out_of_range_timestamps"] = report.out_of_range_timestamps
     if report.guard_triggered:
         fields["guard_triggered"] = True
+    if report.expires_column is not None:
+        fields["expired"] = report.expired
+    if report.orphan_rule != "off":
+        fields["orphan_rule"] = report.orphan_rule
+        fields["orphaned"] = report.orphaned
+        fields["orphaned_tenants"] = report.orphaned_tenants
     return fields

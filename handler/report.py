@@ -161,6 +161,21 @@ def _bar(count: int, largest: int, width: int = 30) -> str:
     return "█" * max(1, round(width * count / largest))
 
 
+def _rule_lines(r: Report) -> list[str]:
+    """What the TTL and orphan rules found (eligible counts each key once)."""
+    parts = []
+    if r.expires_column is not None:
+        parts.append(f"TTL expired {r.expired:,} (column {r.expires_column})")
+    if r.orphan_rule == "applied":
+        parts.append(
+            f"orphaned {r.orphaned:,} keys of {r.orphaned_tenants:,} tenants without a row in "
+            f"{r.auth_table} (grace {r.orphan_grace_days}d)"
+        )
+    elif r.orphan_rule == "refused":
+        parts.append("orphan rule refused (see notes)")
+    return [f"rules: age · {' · '.join(parts)}"] if parts else []
+
+
 def render_text(report: Report) -> str:
     """A human summary for terminals: sizes, age bars, the per-type table, the listing."""
     r = report
@@ -198,6 +213,7 @@ def render_text(report: Report) -> str:
             # Not a recount: keys before minus deleted (writes during the run not included).
             size += f", keys → ≈{r.after.keys:,} (before - deleted)"
     lines.append(size)
+    lines.extend(_rule_lines(r))
     if r.released_bytes < 0:
         released = (
             f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the run "
@@ -219,7 +235,9 @@ def render_text(report: Report) -> str:
     largest = max(r.age_distribution.values(), default=0)
     for label in BUCKET_LABELS:
         count = r.age_distribution.get(label, 0)
-        lines.append(f"  {label:>6} {count:>10,} {_bar(count, largest)}")
+        # The expired keys of each bucket: the TTL rule takes them whatever their age.
+        expired = f" expired {r.expired_by_age[label]:>8,}" if r.expired_by_age else ""
+        lines.append(f"  {label:>6} {count:>10,}{expired} {_bar(count, largest)}".rstrip())
     if r.no_timestamp:
         lines.append(f"  no timestamp: {r.no_timestamp:,} (never deleted)")
     if r.out_of_range_timestamps:
@@ -229,17 +247,42 @@ def render_text(report: Report) -> str:
 
     if r.by_type:
         name_width = max(9, *(len(t) for t in r.by_type))
+        ttl, orphans = r.expires_column is not None, r.orphan_rule == "applied"
         lines += [
             "",
             f"  {'key type':<{name_width}} {'keys':>10} {'eligible':>10} "
-            f"{'protected':>10} {'deleted':>10}  retention",
+            + (f"{'expired':>10} " if ttl else "")
+            + (f"{'orphaned':>10} " if orphans else "")
+            + f"{'protected':>10} {'deleted':>10}  retention",
         ]
         for name, t in sorted(r.by_type.items(), key=lambda kv: -kv[1].keys):
             retention = "protected" if t.retention_days is None else f"{t.retention_days}d"
             lines.append(
                 f"  {name:<{name_width}} {t.keys:>10,} {t.eligible:>10,} "
-                f"{t.protected:>10,} {_count(t.deleted):>10}  {retention}"
+                + (f"{t.expired:>10,} " if ttl else "")
+                + (f"{t.orphaned:>10,} " if orphans else "")
+                + f"{t.protected:>10,} {_count(t.deleted):>10}  {retention}"
             )
+
+    if r.top_tenants:
+        width = max(8, *(len(t.tenant or "(null)") for t in r.top_tenants))
+        lines += [
+            "",
+            f"top tenants by keys:\n  {'tenant':<{width}} {'keys':>10} {'eligible':>10} "
+            f"{'orphaned':>10}",
+        ]
+        lines.extend(
+            f"  {t.tenant or '(null)':<{width}} {t.keys:>10,} {t.eligible:>10,} {t.orphaned:>10,}"
+            for t in r.top_tenants
+        )
+    if r.orphaned_tenant_ids:
+        more = r.orphaned_tenants - len(r.orphaned_tenant_ids)
+        lines += [
+            "",
+            "orphaned tenants: "
+            + ", ".join(r.orphaned_tenant_ids)
+            + (f" … and {more:,} more" if more > 0 else ""),
+        ]
 
     if r.keys:
         title = "keys that would be deleted" if r.dry_run else "deleted keys"

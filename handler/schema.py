@@ -1,6 +1,6 @@
-"""The reference key table, as Baileys deployments create it, and a realistic seed for it.
+"""The reference key and auth tables, as Baileys deployments create them, and a realistic seed.
 
-Used by the demo, the tests and the benchmark. The job itself never creates this table.
+Used by the demo, the tests and the benchmark. The job itself never creates these tables.
 """
 
 from __future__ import annotations
@@ -50,6 +50,26 @@ CREATE TRIGGER {trg} BEFORE UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {fn}();
         fn=ident("touch"),
         trg=ident("touch_trg"),
     )
+
+
+REFERENCE_AUTH_TABLE = "whatsapp_auth"
+
+
+def reference_auth_schema(table: str = REFERENCE_AUTH_TABLE) -> sql.Composed:
+    """DDL of the reference auth table: one row per connected tenant (its Baileys creds).
+
+    A tenant that logs out or is removed loses this row; its keys stay in the key table.
+    """
+    return sql.SQL(
+        """
+CREATE TABLE {t} (
+  company_id TEXT PRIMARY KEY,
+  creds      JSONB NOT NULL,
+  created_at TIMESTAMPTZ DEFAULT NOW(),
+  updated_at TIMESTAMPTZ DEFAULT NOW()
+);
+"""
+    ).format(t=sql.Identifier(table))
 
 
 # Share of rows per key type and the range of their ages in days, shaped after real Baileys

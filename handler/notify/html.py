@@ -25,6 +25,7 @@ _MAX_REASON = 500
 _MAX_ERROR = 1500
 _MAX_TYPE_NAME = 24
 _BAR_WIDTH = 16
+_MAX_TENANTS = 5  # tenant ids are identifiers: a short list, each clipped
 
 _STATUS_ICON = {"completed": "✅", "partial": "⚠️", "aborted": "🛑", "skipped": "⏭️"}
 
@@ -87,6 +88,30 @@ def _counts(report: Report) -> str:
         f"<b>Deleted:</b> {report.deleted:,} of {report.eligible:,} eligible · "
         f"protected {report.protected:,}"
     )
+
+
+def _rules(report: Report) -> str:
+    """The TTL and orphan rules' counts, when either is in use; "" otherwise."""
+    parts = []
+    if report.expires_column is not None:
+        parts.append(f"TTL expired {report.expired:,}")
+    if report.orphan_rule == "applied":
+        parts.append(f"orphaned {report.orphaned:,} keys of {report.orphaned_tenants:,} tenants")
+    elif report.orphan_rule == "refused":
+        parts.append("orphan rule refused (see note)")
+    return f"<b>Rules:</b> {esc(' · '.join(parts))}" if parts else ""
+
+
+def _tenant_rows(report: Report) -> tuple[str, list[str]]:
+    tenants = report.top_tenants[:_MAX_TENANTS]
+    names = [_clip(t.tenant or "(null)", _MAX_TYPE_NAME) for t in tenants]
+    width = max([len("tenant"), *(len(n) for n in names)])
+    header = esc(f"{'tenant':<{width}} {'keys':>9} {'eligible':>9} {'orphaned':>9}")
+    rows = [
+        esc(f"{name:<{width}} {t.keys:>9,} {t.eligible:>9,} {t.orphaned:>9,}")
+        for name, t in zip(names, tenants, strict=True)
+    ]
+    return header, rows
 
 
 def _keys(stats: TableStats | None) -> str:
@@ -202,6 +227,7 @@ def render_summary(report: Report, *, now: datetime | None = None, limit: int = 
     header_lines.extend(f"Note: {esc(_clip(note, _MAX_REASON))}" for note in report.notes)
     figures = [
         _counts(report),
+        *filter(None, [_rules(report)]),
         f"<b>Duration:</b> {esc(_duration(report.duration_ms))} · {report.batches:,} batches"
         f" (longest {report.max_batch_ms:,} ms)",
         *_sizes(report),
@@ -224,6 +250,13 @@ def render_summary(report: Report, *, now: datetime | None = None, limit: int = 
             lambda _: "<b>By key type</b>", type_header, type_rows, len(type_rows), budget
         )
         budget -= telegram_len(types_block)
+    tenants_block = ""
+    if report.top_tenants:
+        tenant_header, tenant_rows = _tenant_rows(report)
+        tenants_block = _fit_pre(
+            lambda _: "<b>Top tenants</b>", tenant_header, tenant_rows, len(tenant_rows), budget
+        )
+        budget -= telegram_len(tenants_block)
     listing_block = ""
     total_keys = len(report.keys) + report.keys_omitted
     if total_keys:
@@ -235,7 +268,7 @@ def render_summary(report: Report, *, now: datetime | None = None, limit: int = 
             total_keys,
             budget,
         )
-    text = _assemble([head, body, age, types_block, listing_block, footer])
+    text = _assemble([head, body, age, types_block, tenants_block, listing_block, footer])
     if telegram_len(text) > limit:
         # Only reachable with a tiny `limit`: fall back to the essentials.
         text = _assemble([head, body, footer])

@@ -93,8 +93,9 @@ def level_for(report: Report, settings: Settings) -> Level:
 
 
 def figures(report: Report) -> dict[str, Any]:
-    """The report's figures for the event context: everything but the key listing."""
-    data = report.model_dump(mode="json", exclude={"keys"})
+    """The report's figures for the event context: everything but the key listing and tenant
+    ids (identifiers of the operator's customers: their counts are enough here)."""
+    data = report.model_dump(mode="json", exclude={"keys", "orphaned_tenant_ids", "top_tenants"})
     data["mode"] = report.mode
     data["listed_keys"] = len(report.keys) + report.keys_omitted  # a count; the list stays out
     return data
