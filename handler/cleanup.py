@@ -459,6 +459,12 @@ class _Run:
         }
 
         guard = None if flags.force else guard_reason(eligible, keys, s, dry_run=flags.dry_run)
+        if guard is not None and (total.expired or total.orphaned):
+            self.notes.append(
+                f"the guard counts every rule together: of the {eligible:,} eligible keys, "
+                f"{total.expired:,} are expired (TTL) and {total.orphaned:,} orphaned; a key "
+                "eligible by several rules counts once"
+            )
         if guard is not None and not flags.dry_run:
             return self._report(
                 status="aborted", reason=guard, guard_triggered=True, by_type=by_type, **fields

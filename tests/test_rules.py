@@ -6,6 +6,7 @@ rule, so a key whose expiry moves or whose tenant reconnects during the run surv
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -15,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from handler import rules
+from handler import observability, rules
 from handler.cleanup import Progress, run_cleanup
 from handler.db import TenantCounts
 from handler.notify import sentry as sentry_notify
-from handler.notify.html import render_summary, to_plain_text
+from handler.notify.html import render_guard_abort, render_summary, to_plain_text
 from handler.report import render_text
 from handler.schema import reference_auth_schema
 from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, ConfigError, Flags, Settings
@@ -484,6 +485,11 @@ def test_guard_counts_every_rule_together(keys_table: PgSchema) -> None:
     assert "70 of 100 keys (70%)" in (aborted.reason or "")
     assert keys_table.count() == 100
 
+    assert any("the guard counts every rule together" in n for n in aborted.notes)
+    assert "Rules: TTL expired 20 · orphaned 10 keys of 1 tenants" in to_plain_text(
+        render_guard_abort(aborted, settings_)
+    )
+
     # Each key is counted once: old keys that are also expired do not count twice.
     forced = run_cleanup(settings_, FORCE)
     assert forced.deleted == 70
@@ -531,6 +537,22 @@ def test_top_tenants_off_with_zero_and_without_a_tenant_column(keys_table: PgSch
     assert (
         run_cleanup(keys_table.settings(CLEANUP_TENANT_COLUMN="tenant"), Flags()).top_tenants == []
     )
+
+
+def test_rule_metrics_and_log_fields(
+    keys_table: PgSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    insert(keys_table, ORPHAN_KEYS)
+    create_auth(keys_table, "a", "b")
+    report = run_cleanup(keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth"), Flags())
+    observability.publish_report(report)
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    (main,) = [b for b in blobs if "KeysExpired" in b]
+    values = [main[name] for name in ("KeysExpired", "KeysOrphaned", "OrphanedTenants")]
+    assert [v[0] if isinstance(v, list) else v for v in values] == [1, 4, 1]
+    fields = observability.report_fields(report)
+    assert (fields["expired"], fields["orphaned"], fields["orphaned_tenants"]) == (1, 4, 1)
+    assert fields["orphan_rule"] == "applied"
 
 
 def test_tenant_ids_never_reach_sentry(keys_table: PgSchema) -> None:

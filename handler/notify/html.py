@@ -292,6 +292,7 @@ def render_guard_abort(report: Report, settings: Settings, *, now: datetime | No
         f"<b>Eligible:</b> {report.eligible:,} of "
         f"{'not measured' if total is None else f'{total:,}'} keys ({esc(share)}) · "
         f"protected {report.protected:,}",
+        *filter(None, [_rules(report)]),
         f"<b>Limit:</b> {settings.max_delete_fraction:.0%} of the table "
         f"(CLEANUP_MAX_DELETE_FRACTION={esc(settings.max_delete_fraction)}), "
         f"applied from {settings.guard_min_keys:,} keys (CLEANUP_GUARD_MIN_KEYS)",
