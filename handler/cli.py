@@ -143,6 +143,9 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             url = stack.enter_context(_demo_database(args.demo_rows, stderr))
         if url is not None:
             settings = settings.model_copy(update={"database_url": SecretStr(url)})
+        if args.demo and settings.auth_table is None:
+            # The demo seeds an auth table: show the orphan rule too.
+            settings = settings.model_copy(update={"auth_table": "whatsapp_auth"})
         progress = _ProgressLine(stderr, enabled=not args.no_progress and not flags.dry_run)
         try:
             report = run_cleanup(settings, flags, progress=progress)

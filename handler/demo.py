@@ -13,12 +13,17 @@ from contextlib import contextmanager
 
 import psycopg
 
-from handler.schema import reference_schema, seed_keys
+from handler.schema import REFERENCE_AUTH_TABLE, reference_schema, seed_keys, seed_rules
 
 DEMO_ROWS = 40_000
 # Stretches the seed's age ranges so that about 40% of the keys are past a 30-day retention:
 # enough to show a real cleanup, below the 50% safety guard.
 DEMO_AGE_SCALE = 0.6
+# The demo run sets CLEANUP_AUTH_TABLE to this table (unless set), so all three rules show:
+# one tenant logged out (5% of the keys, a quarter of the tenants, below the refusal limit),
+# 3% of the keys expired by their TTL. Age, TTL and orphans together stay below the guard.
+DEMO_AUTH_TABLE = REFERENCE_AUTH_TABLE
+DEMO_LOGGED_OUT_TENANT = "company-logged-out"
 
 
 class DemoUnavailableError(RuntimeError):
@@ -48,9 +53,11 @@ def embedded_postgres() -> Iterator[str]:
 
 
 def seed_demo(dsn: str, rows: int = DEMO_ROWS) -> None:
-    """Create the reference table and fill it with `rows` keys of every Baileys type."""
+    """Create the reference tables: `rows` keys of every Baileys type, some with an expired
+    TTL, and an auth table without the creds row of one tenant that logged out."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS whatsapp_keys CASCADE")
+        conn.execute("DROP TABLE IF EXISTS whatsapp_keys, whatsapp_auth CASCADE")
         conn.execute("DROP FUNCTION IF EXISTS whatsapp_keys_touch() CASCADE")
         conn.execute(reference_schema())
         seed_keys(conn, rows, age_scale=DEMO_AGE_SCALE)
+        seed_rules(conn, logged_out=DEMO_LOGGED_OUT_TENANT)

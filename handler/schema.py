@@ -153,3 +153,57 @@ ON CONFLICT DO NOTHING
             },
         )
         cur.execute(sql.SQL("ANALYZE {t}").format(t=sql.Identifier(table)))
+
+
+def seed_rules(
+    conn: psycopg.Connection[tuple[object, ...]],
+    *,
+    table: str = REFERENCE_TABLE,
+    auth_table: str = REFERENCE_AUTH_TABLE,
+    logged_out: str | None = None,
+    logged_out_share: float = 0.05,
+    expired_share: float = 0.03,
+    future_share: float = 0.03,
+    seed: float = 0.24,
+) -> None:
+    """Give seeded keys what the TTL and orphan rules act on.
+
+    Creates the auth table with a creds row for every tenant that has keys; then, with
+    `logged_out`, copies a `logged_out_share` of the keys (ages and types alike, protected types
+    included) to that tenant, which has no creds row; then sets `expires_at` in the past on an
+    `expired_share` of the keys and in the future on a `future_share`. The touch trigger is off
+    meanwhile: these writes must not make the keys look fresh.
+    """
+    t = sql.Identifier(table)
+    trigger = sql.Identifier(f"{table}_touch_trg")
+    with conn.cursor() as cur:
+        cur.execute("SELECT setseed(%s)", (seed,))
+        cur.execute(reference_auth_schema(auth_table))
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {auth} (company_id, creds) "
+                "SELECT DISTINCT company_id, '{{}}'::jsonb FROM {t}"
+            ).format(auth=sql.Identifier(auth_table), t=t)
+        )
+        cur.execute(sql.SQL("ALTER TABLE {t} DISABLE TRIGGER {trg}").format(t=t, trg=trigger))
+        if logged_out is not None:
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {t} (company_id, key_type, key_id, value, created_at, updated_at) "
+                    "SELECT %s, key_type, key_id, value, created_at, updated_at FROM {t} "
+                    "WHERE random() < %s ON CONFLICT DO NOTHING"
+                ).format(t=t),
+                (logged_out, logged_out_share),
+            )
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET expires_at = CASE WHEN u < %(past)s "
+                "THEN now() - make_interval(secs => 3600 + u * 86400 * 10) "
+                "ELSE now() + make_interval(secs => 3600 + u * 86400 * 10) END "
+                "FROM (SELECT ctid AS row_id, random() AS u FROM {t}) AS r "
+                "WHERE {t}.ctid = r.row_id AND r.u < %(past)s + %(future)s"
+            ).format(t=t),
+            {"past": expired_share, "future": future_share},
+        )
+        cur.execute(sql.SQL("ALTER TABLE {t} ENABLE TRIGGER {trg}").format(t=t, trg=trigger))
+        cur.execute(sql.SQL("ANALYZE {t}").format(t=t))

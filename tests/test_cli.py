@@ -156,7 +156,15 @@ def test_console_script_runs_the_demo_as_json() -> None:
     assert result.returncode == EXIT_OK, result.stderr
     report = json.loads(result.stdout)
     assert report["status"] == "completed"
-    assert report["before"]["keys"] == 3000
-    assert 0 < report["deleted"] < 3000
-    assert report["after"]["keys"] == 3000 - report["deleted"]
-    assert report["by_type"]["app-state-sync-key"]["deleted"] == 0
+    # 3000 keys, plus the copies held by the tenant that logged out.
+    keys = report["before"]["keys"]
+    assert 3000 < keys < 3300
+    assert 0 < report["deleted"] < keys
+    assert report["after"]["keys"] == keys - report["deleted"]
+    # All three rules show: age, TTL, and the logged-out tenant's keys, protected types too.
+    assert report["expired"] > 0
+    assert (report["orphan_rule"], report["orphaned_tenants"]) == ("applied", 1)
+    assert report["orphaned"] > 0
+    app_state = report["by_type"]["app-state-sync-key"]
+    assert app_state["deleted"] == app_state["orphaned"]
+    assert report["top_tenants"][-1]["tenant"] == "company-logged-out"
