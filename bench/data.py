@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -60,7 +60,7 @@ def drop_database(base_url: str, name: str) -> None:
         )
 
 
-def seed(conn: Conn, rows: int, *, seed_value: float = 0.42) -> None:
+def seed(conn: Conn, rows: int, *, seed_value: float = 0.42, companies: int = COMPANIES) -> None:
     """Insert `rows` keys: types by KEY_MIX share, ages uniform in the type's (scaled) range.
 
     Every row draws its own type and age, so old rows are scattered through the heap as in a
@@ -76,7 +76,7 @@ def seed(conn: Conn, rows: int, *, seed_value: float = 0.42) -> None:
         "lowers": lowers,
         "lo": [lo * AGE_SCALE for _, _, lo, _ in KEY_MIX],
         "hi": [hi * AGE_SCALE for _, _, _, hi in KEY_MIX],
-        "companies": COMPANIES,
+        "companies": companies,
         "rows": rows,
     }
     conn.execute("SELECT setseed(%s)", (seed_value,))
@@ -111,8 +111,19 @@ class Template:
     seed_s: float
 
 
-def build_template(base_url: str, name: str, rows: int) -> Template:
-    """Create database `name` holding the reference table with `rows` seeded keys."""
+def build_template(
+    base_url: str,
+    name: str,
+    rows: int,
+    *,
+    companies: int = COMPANIES,
+    extra: Callable[[Conn], None] | None = None,
+) -> Template:
+    """Create database `name` holding the reference table with `rows` seeded keys.
+
+    `extra` runs after the seed, before the indexes are rebuilt and the table frozen (the rules
+    benchmark adds the auth table and TTLs there).
+    """
     drop_database(base_url, name)
     with admin(base_url) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -136,7 +147,9 @@ def build_template(base_url: str, name: str, rows: int) -> Template:
         )
         for index_name, _ in indexes:
             conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(str(index_name))))
-        seed(conn, rows)
+        seed(conn, rows, companies=companies)
+        if extra is not None:
+            extra(conn)
         conn.execute("SET maintenance_work_mem = '512MB'")
         conn.execute(
             sql.SQL(

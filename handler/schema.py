@@ -5,6 +5,8 @@ Used by the demo, the tests and the benchmark. The job itself never creates thes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import psycopg
 from psycopg import sql
 
@@ -162,13 +164,15 @@ def seed_rules(
     auth_table: str = REFERENCE_AUTH_TABLE,
     logged_out: str | None = None,
     logged_out_share: float = 0.05,
+    without_creds: Sequence[str] = (),
     expired_share: float = 0.03,
     future_share: float = 0.03,
     seed: float = 0.24,
 ) -> None:
     """Give seeded keys what the TTL and orphan rules act on.
 
-    Creates the auth table with a creds row for every tenant that has keys; then, with
+    Creates the auth table with a creds row for every tenant that has keys, except the tenants
+    `without_creds` (logged out: their keys are orphaned); then, with
     `logged_out`, copies a `logged_out_share` of the keys (ages and types alike, protected types
     included) to that tenant, which has no creds row; then sets `expires_at` in the past on an
     `expired_share` of the keys and in the future on a `future_share`. The touch trigger is off
@@ -182,8 +186,10 @@ def seed_rules(
         cur.execute(
             sql.SQL(
                 "INSERT INTO {auth} (company_id, creds) "
-                "SELECT DISTINCT company_id, '{{}}'::jsonb FROM {t}"
-            ).format(auth=sql.Identifier(auth_table), t=t)
+                "SELECT DISTINCT company_id, '{{}}'::jsonb FROM {t} "
+                "WHERE company_id <> ALL (%s::text[])"
+            ).format(auth=sql.Identifier(auth_table), t=t),
+            (list(without_creds),),
         )
         cur.execute(sql.SQL("ALTER TABLE {t} DISABLE TRIGGER {trg}").format(t=t, trg=trigger))
         if logged_out is not None:
@@ -195,15 +201,14 @@ def seed_rules(
                 ).format(t=t),
                 (logged_out, logged_out_share),
             )
+        # An hour to ten days away, in the past for a share past / (past + future) of them.
         cur.execute(
             sql.SQL(
-                "UPDATE {t} SET expires_at = CASE WHEN u < %(past)s "
-                "THEN now() - make_interval(secs => 3600 + u * 86400 * 10) "
-                "ELSE now() + make_interval(secs => 3600 + u * 86400 * 10) END "
-                "FROM (SELECT ctid AS row_id, random() AS u FROM {t}) AS r "
-                "WHERE {t}.ctid = r.row_id AND r.u < %(past)s + %(future)s"
+                "UPDATE {t} SET expires_at = now() + make_interval(secs => "
+                "(CASE WHEN random() * %(all)s < %(past)s THEN -1 ELSE 1 END) "
+                "* (3600 + random() * 86400 * 10)) WHERE random() < %(all)s"
             ).format(t=t),
-            {"past": expired_share, "future": future_share},
+            {"past": expired_share, "all": expired_share + future_share},
         )
         cur.execute(sql.SQL("ALTER TABLE {t} ENABLE TRIGGER {trg}").format(t=t, trg=trigger))
         cur.execute(sql.SQL("ANALYZE {t}").format(t=t))
