@@ -7,8 +7,8 @@ what to run and when; this module only knows how.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -498,19 +498,18 @@ class Measurement:
 BUCKET_DAYS = (1, 7, 14, 30)
 
 
-def _age_only_counts(c: TypeCounts, policy: Policy) -> TypeCounts:
-    """Eligible and protected per type from the edge counts: no per-row policy expression.
-
-    As in the DELETE's predicate, a NULL key type takes the default retention.
-    """
-    if c.key_type is not None and c.key_type in policy.protected:
-        return replace(c, protected=c.older_than(policy.cutoff))
-    cutoff = policy.type_cutoffs.get(c.key_type, policy.cutoff) if c.key_type else policy.cutoff
-    return replace(c, eligible=c.older_than(cutoff))
-
-
-def _flag(expr: sql.Composable) -> sql.Composable:
-    return sql.SQL("coalesce({}, false)").format(expr)
+def _by_type(
+    target: Target, choices: dict[str, sql.Composable], default: sql.Composable
+) -> sql.Composable:
+    """Per group, the column chosen by its key type (a per-type cutoff), else `default`."""
+    if target.key_type_column is None or not choices:
+        return default
+    return sql.SQL("CASE kt {whens} ELSE {default} END").format(
+        whens=sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}").format(sql.Literal(t), col) for t, col in choices.items()
+        ),
+        default=default,
+    )
 
 
 def measure(
@@ -521,119 +520,184 @@ def measure(
     *,
     by_tenant: bool = False,
 ) -> Measurement:
-    """One pass over the table: per key type (and per tenant), the keys, and how many are newer
-    than each edge, eligible, expired and orphaned.
+    """One pass over the table: per key type (and per tenant), the keys, how many are newer
+    than each edge, and the keys each rule makes eligible.
 
-    With the age rule alone, each row costs one comparison per distinct edge (the bucket edges
-    and the cutoffs), and which keys are eligible or protected follows per type from those
-    counts. The TTL and orphan rules and the tenant figures need per-row flags; the auth table
-    is then hash-joined (one scan of the key table still), and GROUPING SETS groups by key type
-    and by tenant in the same pass. Out-of-range timestamps are counted apart and left out of
-    every other figure (an infinite `newest` could not even be loaded).
+    Each row costs one comparison per distinct edge (bucket edges, cutoffs, the orphan grace
+    cutoff), and with the TTL rule as many on its expiry: the rows are grouped by key type and
+    tenant with those counts, and every rule's figures follow per group from them (a key type
+    has one cutoff and is protected or not; a tenant has an auth row or not). So the auth table
+    is joined to the groups, not to the rows, and no per-row policy expression runs. The
+    groups are then summed per key type and per tenant (GROUPING SETS). Out-of-range timestamps
+    are counted apart and left out of every other figure (an infinite `newest` could not even
+    be loaded).
     """
     ts = timestamp_expr(target)
     ok = in_range(ts)
-    distinct = sorted(set(edges))
     ttl = applies_ttl(target, policy)
     orphans = applies_orphans(target, policy) and policy.orphans is not None
-    by_tenant = by_tenant and target.tenant_column is not None
-    per_row = ttl or orphans or by_tenant
-    newer = [
-        # An edge is finite, so `ts >= edge AND ts < LAST` is "in range and newer".
-        sql.SQL("count(*) FILTER (WHERE {ts} >= {edge} AND {ts} < {last})").format(
-            ts=ts, edge=sql.Placeholder(f"e{i}"), last=LAST_TIMESTAMP
-        )
-        for i in range(len(distinct))
-    ]
-    columns = [
-        sql.SQL("count(*)"),
-        sql.SQL("count(*) FILTER (WHERE {ok})").format(ok=ok),
-        sql.SQL("min({ts}) FILTER (WHERE {ok})").format(ts=ts, ok=ok),
-        sql.SQL("max({ts}) FILTER (WHERE {ok})").format(ts=ts, ok=ok),
-        sql.SQL("count({ts}) - count(*) FILTER (WHERE {ok})").format(ts=ts, ok=ok),
-        *newer,
-    ]
-    source: sql.Composable = target.ident
-    if per_row:
-        aged, expired = _flag(_aged(target, policy)), _flag(_expired(target, policy))
-        protected = _protected(target)
-        base = sql.SQL("(({} OR {}) AND NOT {})").format(aged, expired, protected)
-        kept = sql.SQL("(({} OR {}) AND {})").format(aged, expired, protected)
-        live_expired = sql.SQL("({} AND NOT {})").format(expired, protected)
-        orphan: sql.Composable = sql.SQL("false")
-        without_auth: sql.Composable = sql.SQL("false")
-        if orphans and policy.orphans is not None:
-            # The same rule as _orphaned(), by a join: a correlated NOT EXISTS in an aggregate's
-            # FILTER would run once per row.
-            without_auth = sql.SQL("(kc_auth.kc_tenant IS NULL)")
-            orphan = sql.SQL("({} AND {})").format(
-                _flag(_orphan_quiet(target, policy)), without_auth
+    by_tenant = (by_tenant or orphans) and target.tenant_column is not None
+    grace = policy.orphans.cutoff if policy.orphans is not None else policy.cutoff
+    cutoffs = {t: c for t, c in policy.type_cutoffs.items() if t not in policy.protected}
+    distinct = sorted(
+        {
+            *edges,
+            policy.cutoff,
+            grace,
+            *cutoffs.values(),
+            *(min(c, grace) for c in cutoffs.values()),
+        }
+        | {min(policy.cutoff, grace)}
+    )
+    index = {edge: i for i, edge in enumerate(distinct)}
+    last = LAST_TIMESTAMP
+
+    def newer(prefix: str, cond: sql.Composable) -> list[sql.Composable]:
+        return [
+            # An edge is finite, so `ts >= edge AND ts < LAST` is "in range and newer".
+            sql.SQL("count(*) FILTER (WHERE {c}{ts} >= {e} AND {ts} < {last}) AS {name}").format(
+                c=cond,
+                ts=ts,
+                e=sql.Placeholder(f"e{i}"),
+                last=last,
+                name=sql.Identifier(f"{prefix}{i}"),
             )
-            source = sql.SQL(
-                "{keys} LEFT JOIN (SELECT DISTINCT {col} AS kc_tenant FROM {auth}) AS kc_auth "
-                "ON kc_auth.kc_tenant = {tenant}"
-            ).format(
-                keys=target.ident,
-                col=sql.Identifier(target.tenant_column or ""),
-                auth=policy.orphans.ident,
-                tenant=_tenant(target),
-            )
-        count = "count(*) FILTER (WHERE {})"
-        columns += [
-            sql.SQL(count).format(base),
-            sql.SQL(count).format(kept),
-            sql.SQL(count).format(live_expired),
-            sql.SQL(count).format(orphan),
-            sql.SQL("count(*) FILTER (WHERE {} AND NOT {})").format(orphan, base),
-            sql.SQL("count(*) FILTER (WHERE {} AND {})").format(orphan, kept),
-            sql.SQL("coalesce(bool_and({}), false)").format(without_auth),
-            sql.SQL("count(*) FILTER (WHERE {} AND {})").format(live_expired, ok),
-            *(
-                sql.SQL("count(*) FILTER (WHERE {x} AND {ts} >= {edge} AND {ts} < {last})").format(
-                    x=live_expired, ts=ts, edge=sql.Placeholder(f"e{i}"), last=LAST_TIMESTAMP
-                )
-                for i in (range(len(distinct)) if ttl else ())
-            ),
+            for i in range(len(distinct))
         ]
-    kt = _key_type(target)
-    head: sql.Composable
-    group: sql.Composable
-    if by_tenant:
-        tenant = sql.SQL("{}::text").format(_tenant(target))
-        head = sql.SQL("{kt}, {tn}, GROUPING({kt})").format(kt=kt, tn=tenant)
-        group = sql.SQL("GROUPING SETS (({kt}), ({tn}))").format(kt=kt, tn=tenant)
+
+    expired = _expired(target, policy)
+    inner = [
+        sql.SQL("count(*) AS keys"),
+        sql.SQL("count(*) FILTER (WHERE {ok}) AS with_ts").format(ok=ok),
+        sql.SQL("min({ts}) FILTER (WHERE {ok}) AS oldest").format(ts=ts, ok=ok),
+        sql.SQL("max({ts}) FILTER (WHERE {ok}) AS newest").format(ts=ts, ok=ok),
+        sql.SQL("count({ts}) - count(*) FILTER (WHERE {ok}) AS oor").format(ts=ts, ok=ok),
+        *newer("n", sql.SQL("")),
+    ]
+    if ttl:
+        inner += [
+            sql.SQL("count(*) FILTER (WHERE {x}) AS x").format(x=expired),
+            sql.SQL("count(*) FILTER (WHERE {x} AND {ok}) AS xts").format(x=expired, ok=ok),
+            *newer("xn", sql.SQL("{} AND ").format(expired)),
+        ]
     else:
-        head = sql.SQL("{kt}, NULL::text, 0").format(kt=kt)
-        group = sql.SQL("1")
-    query = sql.SQL("SELECT {head}, {columns} FROM {source} GROUP BY {group}").format(
-        head=head, columns=sql.SQL(", ").join(columns), source=source, group=group
+        inner += [sql.SQL("0 AS x"), sql.SQL("0 AS xts")]
+        inner += [sql.SQL("0 AS {}").format(sql.Identifier(f"xn{i}")) for i in range(len(distinct))]
+
+    def col(prefix: str, edge: datetime) -> sql.Composable:
+        return sql.Identifier(f"{prefix}{index[edge]}")
+
+    def at(prefix: str, pick: Callable[[datetime], datetime]) -> sql.Composable:
+        """The `prefix` count at each group's own edge: pick(the type's cutoff)."""
+        return _by_type(
+            target,
+            {t: col(prefix, pick(c)) for t, c in cutoffs.items()},
+            col(prefix, pick(policy.cutoff)),
+        )
+
+    def lower(c: datetime) -> datetime:
+        return min(c, grace)
+
+    tenant = sql.SQL("{}::text").format(_tenant(target)) if by_tenant else sql.SQL("NULL::text")
+    lost = sql.SQL("false")
+    joined: sql.Composable = sql.SQL("g")
+    if orphans and policy.orphans is not None:
+        lost = sql.SQL("(g.tn IS NOT NULL AND kc_auth.kc_tenant IS NULL)")
+        joined = sql.SQL(
+            "g LEFT JOIN (SELECT DISTINCT {col}::text AS kc_tenant FROM {auth}) AS kc_auth "
+            "ON kc_auth.kc_tenant = g.tn"
+        ).format(col=sql.Identifier(target.tenant_column or ""), auth=policy.orphans.ident)
+    protected = (
+        sql.SQL("coalesce(kt = ANY (%(protected)s::text[]), false)")
+        if target.key_type_column is not None
+        else sql.SQL("false")
+    )
+    # Per group: a = aged, u = aged or expired, q = quiet since the grace cutoff (a tenant's
+    # key), qu = quiet and (aged or expired). Expired rows are x; those with an in-range
+    # timestamp older than an edge are xts - xn(edge).
+    derived = sql.SQL(
+        """
+        SELECT g.*, {protected} AS p, {lost} AS lost,
+               with_ts - {n_cut} + x - (xts - {xn_cut}) AS u,
+               CASE WHEN tn IS NULL THEN 0 ELSE with_ts - {n_grace} END AS q,
+               CASE WHEN tn IS NULL THEN 0
+                    ELSE (with_ts - {n_low}) + (xts - {xn_grace}) - (xts - {xn_low}) END AS qu
+        FROM {joined}
+        """
+    ).format(
+        protected=protected,
+        lost=lost,
+        n_cut=at("n", lambda c: c),
+        xn_cut=at("xn", lambda c: c),
+        n_grace=col("n", grace),
+        xn_grace=col("xn", grace),
+        n_low=at("n", lower),
+        xn_low=at("xn", lower),
+        joined=joined,
+    )
+
+    def total(expr: str) -> sql.Composable:
+        return sql.SQL("sum(" + expr + ")::bigint")
+
+    outer = [
+        total("keys"),
+        total("with_ts"),
+        sql.SQL("min(oldest)"),
+        sql.SQL("max(newest)"),
+        total("oor"),
+        *(total(f"n{i}") for i in range(len(distinct))),
+        total("CASE WHEN p THEN 0 ELSE u END"),  # eligible by age or TTL
+        total("CASE WHEN p THEN u ELSE 0 END"),  # protected from them
+        total("CASE WHEN p THEN 0 ELSE x END"),  # expired
+        total("CASE WHEN lost THEN q ELSE 0 END"),  # orphaned
+        total("CASE WHEN NOT lost THEN 0 WHEN p THEN q ELSE q - qu END"),  # orphan_extra
+        total("CASE WHEN lost AND p THEN qu ELSE 0 END"),  # protected_orphaned
+        sql.SQL("coalesce(bool_and(lost), false)"),
+        total("CASE WHEN p THEN 0 ELSE xts END"),
+        *(total(f"CASE WHEN p THEN 0 ELSE xn{i} END") for i in range(len(distinct))),
+    ]
+    if by_tenant:
+        head = sql.SQL("kt, tn, GROUPING(kt)")
+        group = sql.SQL("GROUPING SETS ((kt), (tn))")
+    else:
+        head = sql.SQL("kt, NULL::text, 0")
+        group = sql.SQL("kt")
+    query = sql.SQL(
+        """
+        WITH g AS (
+          SELECT {kt} AS kt, {tenant} AS tn, {inner} FROM {table} GROUP BY 1, 2
+        ), d AS ({derived})
+        SELECT {head}, {outer} FROM d GROUP BY {group}
+        """
+    ).format(
+        kt=_key_type(target),
+        tenant=tenant,
+        inner=sql.SQL(", ").join(inner),
+        table=target.ident,
+        derived=derived,
+        head=head,
+        outer=sql.SQL(", ").join(outer),
+        group=group,
     )
     params = policy.params() | {f"e{i}": edge for i, edge in enumerate(distinct)}
     types: list[TypeCounts] = []
     tenants: list[TenantCounts] = []
     n = len(distinct)
     for r in conn.execute(query, params).fetchall():
-        key_type, tenant_id, is_tenant = r[0], r[1], r[2]
-        v = r[3:]
+        key_type, tenant_id, is_tenant, v = r[0], r[1], r[2], r[3:]
         extra = v[5 + n :]
         if is_tenant:
             tenants.append(TenantCounts(tenant_id, v[0], extra[0], extra[3], extra[4], extra[6]))
             continue
-        c = TypeCounts(
-            key_type=key_type,
-            keys=v[0],
-            with_timestamp=v[1],
-            oldest=v[2],
-            newest=v[3],
-            out_of_range=v[4],
-            newer_than=dict(zip(distinct, v[5 : 5 + n], strict=True)),
-        )
-        if not per_row:
-            types.append(_age_only_counts(c, policy))
-            continue
         types.append(
-            replace(
-                c,
+            TypeCounts(
+                key_type=key_type,
+                keys=v[0],
+                with_timestamp=v[1],
+                oldest=v[2],
+                newest=v[3],
+                out_of_range=v[4],
+                newer_than=dict(zip(distinct, v[5 : 5 + n], strict=True)),
                 eligible=extra[0],
                 protected=extra[1],
                 expired=extra[2],

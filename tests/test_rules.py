@@ -74,8 +74,9 @@ def add_tenant(conn: psycopg.Connection, tenant: str, table: str = "whatsapp_aut
     )
 
 
-def age_or_ttl(k: Key, retention: float = 30) -> bool:
-    return k.key_type not in PROTECTED and (k.age >= retention or k.expired())
+def age_or_ttl(k: Key, retention: float = 30, overrides: dict[str, int] | None = None) -> bool:
+    days = (overrides or {}).get(k.key_type, retention)
+    return k.key_type not in PROTECTED and (k.age >= days or k.expired())
 
 
 @pytest.fixture
@@ -638,12 +639,16 @@ key_strategy = st.tuples(
     rows=st.lists(key_strategy, max_size=60),
     connected=st.sets(st.sampled_from(TENANTS), min_size=1),
     batch=st.integers(min_value=1, max_value=30),
+    pre_key_days=st.one_of(st.none(), st.integers(min_value=1, max_value=50)),
+    grace=st.integers(min_value=1, max_value=40),
 )
 def test_property_connected_tenants_and_live_keys_are_never_deleted(
     pg: PgSchema,
     rows: list[tuple[str, str, float, float | None]],
     connected: set[str],
     batch: int,
+    pre_key_days: int | None,
+    grace: int,
 ) -> None:
     with pg.connect() as conn:
         conn.execute("DROP TABLE IF EXISTS whatsapp_keys, whatsapp_auth CASCADE")
@@ -654,26 +659,40 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
     keys = [
         k
         for k in keys
-        if min(abs(k.age - 30), abs(k.age - 1)) > 0.001
+        if min(abs(k.age - d) for d in (30, grace, pre_key_days or 30)) > 0.001
         and (k.expires_in is None or abs(k.expires_in) > 0.001)
     ]
     insert(pg, keys)
     create_auth(pg, *sorted(connected))
+    overrides = {"pre-key": pre_key_days} if pre_key_days else {}
     report = run_cleanup(
         pg.settings(
             CLEANUP_AUTH_TABLE="whatsapp_auth",
             CLEANUP_MAX_ORPHAN_TENANT_FRACTION="1",
             CLEANUP_BATCH_SIZE=str(batch),
+            CLEANUP_ORPHAN_GRACE_DAYS=str(grace),
+            CLEANUP_TYPE_RETENTION_DAYS=f"pre-key={pre_key_days}" if pre_key_days else "",
         ),
         FORCE,
     )
     survivors = pg.key_set()
+    by_rules = {k.ident for k in keys if age_or_ttl(k, overrides=overrides)}
     for k in keys:
-        if k.company in connected and not age_or_ttl(k):
+        if k.company in connected and k.ident not in by_rules:
             assert k.ident in survivors, k  # the orphan rule never takes a connected tenant's key
         if k.expires_in is not None and k.expires_in > 0 and k.age < 1:
             assert k.ident in survivors, k  # live expiry, recent update: never deleted
-    orphaned = {k.ident for k in keys if k.company not in connected and k.age > 1}
-    expected = {k.ident for k in keys} - orphaned - {k.ident for k in keys if age_or_ttl(k)}
+    orphaned = {k.ident for k in keys if k.company not in connected and k.age > grace}
+    expected = {k.ident for k in keys} - orphaned - by_rules
     assert survivors == expected
-    assert report.deleted == len(keys) - len(expected)
+    assert report.deleted == report.eligible == len(keys) - len(expected)
+    # The measuring pass counts what the DELETEs did, rule by rule.
+    assert report.expired == sum(1 for k in keys if k.expired() and k.key_type not in PROTECTED)
+    assert report.orphaned == len(orphaned)
+    kept = {
+        k.ident
+        for k in keys
+        if k.key_type in PROTECTED and (k.age >= 30 or k.expired()) and k.ident not in orphaned
+    }
+    assert report.protected == len(kept)
+    assert sum(t.eligible for t in report.by_type.values()) == report.eligible
