@@ -565,7 +565,8 @@ def measure(
             for i in range(len(distinct))
         ]
 
-    expired = _expired(target, policy)
+    # False rather than NULL for a NULL expiry: a FILTER's AND stops at false, not at NULL.
+    expired = sql.SQL("coalesce({}, false)").format(_expired(target, policy))
     inner = [
         sql.SQL("count(*) AS keys"),
         sql.SQL("count(*) FILTER (WHERE {ok}) AS with_ts").format(ok=ok),
