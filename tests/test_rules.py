@@ -696,3 +696,28 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
     }
     assert report.protected == len(kept)
     assert sum(t.eligible for t in report.by_type.values()) == report.eligible
+
+
+def test_rule_settings_defaults_empty_values_and_bad_values() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.expires_column == "expires_at"
+    assert (defaults.auth_table, defaults.auth_table_parts) == (None, None)
+    assert (defaults.tenant_column, defaults.orphan_grace_days) == ("company_id", 1)
+    assert (defaults.max_orphan_tenant_fraction, defaults.top_tenants) == (0.5, 5)
+    empty = Settings.from_env({"CLEANUP_EXPIRES_COLUMN": "", "CLEANUP_AUTH_TABLE": " "})
+    assert (empty.expires_column, empty.auth_table) == (None, None)
+    assert Settings.from_env({"CLEANUP_AUTH_TABLE": "auth.creds"}).auth_table_parts == (
+        "auth",
+        "creds",
+    )
+    for name, value in [
+        ("CLEANUP_EXPIRES_COLUMN", "expires at"),
+        ("CLEANUP_TENANT_COLUMN", "company-id"),
+        ("CLEANUP_ORPHAN_GRACE_DAYS", "0"),
+        ("CLEANUP_MAX_ORPHAN_TENANT_FRACTION", "0"),
+        ("CLEANUP_MAX_ORPHAN_TENANT_FRACTION", "1.5"),
+        ("CLEANUP_TOP_TENANTS", "-1"),
+        ("CLEANUP_EXPIRES_COLUMN", "updated_at"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})
