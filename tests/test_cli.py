@@ -20,11 +20,7 @@ def seeded(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
         [KeyRow("c", "session", f"old{i}", 40) for i in range(4)]
         + [KeyRow("c", "session", f"new{i}", 1) for i in range(6)]
     )
-    for name in list(os.environ):
-        if name.startswith(("CLEANUP_", "DATABASE_", "TELEGRAM_", "SENTRY_")):
-            monkeypatch.delenv(name)
-    for name, value in pg.env().items():
-        monkeypatch.setenv(name, value)
+    pg.use_env(monkeypatch)
     return pg
 
 

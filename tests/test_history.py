@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -90,11 +89,7 @@ def test_role_without_create_runs_and_notes_missing_history(seeded: PgSchema) ->
 
 @pytest.fixture
 def cli_env(seeded: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
-    for name in list(os.environ):
-        if name.startswith(("CLEANUP_", "DATABASE_")):
-            monkeypatch.delenv(name)
-    for name, value in seeded.env().items():
-        monkeypatch.setenv(name, value)
+    seeded.use_env(monkeypatch)
     return seeded
 
 
