@@ -11,7 +11,8 @@ Flags are strict: an unknown key, a wrong type or a retention out of range fails
 invocation with a ConfigError that names the field, before anything touches the database.
 
 `python -m handler.app --event events/dry-run.json` runs this same handler locally, with a
-stand-in context, no Docker needed (see docs/lambda.md).
+stand-in context, no Docker needed (see docs/operations.md; `make invoke` runs it in the real
+Lambda runtime emulator, docs/local-invoke.md).
 """
 
 from __future__ import annotations
