@@ -402,8 +402,9 @@ def delete_range(
     by lock_timeout (the caller then splits the range).
 
     The plain DELETE only counts. With `count_by_type` (or a listing) it also returns each
-    deleted row's key type, which PostgreSQL gets by fetching every deleted row again: about
-    1.75x the plain statement's time in bench/, so only when asked.
+    deleted row's key type, which PostgreSQL gets by handing back every deleted row: about
+    1.33x the plain statement's time (1.21x against 0.91x the single DELETE,
+    bench/results/delete-forms-1000000.md), so only when asked.
     """
     where = sql.SQL("ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND {eligible}").format(
         eligible=eligible_predicate(target, policy)
