@@ -37,6 +37,10 @@ from handler.report import Report, render_text
 from handler.secrets import with_database_url
 from handler.settings import ConfigError, Flags, Settings
 
+# Sentry starts here, at import, so its Lambda integration wraps the first (cold) invocation
+# too; see notify.init_from_env.
+notify.init_from_env()
+
 SCHEDULED_SOURCE = "aws.events"
 SCHEDULED_DETAIL_TYPE = "Scheduled Event"
 # Notifications must end before Lambda's hard timeout; this much is left for the metrics
