@@ -15,7 +15,17 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from handler import db
-from handler.report import BUCKET_LABELS, KeyEntry, Report, Status, TableStats, TypeStats
+from handler.report import (
+    BUCKET_LABELS,
+    TREND_RUNS,
+    KeyEntry,
+    Report,
+    Status,
+    TableStats,
+    TrendPoint,
+    TypeStats,
+    reclaimable_estimate,
+)
 from handler.settings import ConfigError, Flags, Settings
 
 # Waiting for a row another session holds is what stalls live writers (they queue behind the
@@ -137,7 +147,8 @@ class _Run:
                         **self._base(target),
                     )
             report = self._locked(conn, target)
-            return self._record(conn, report) if history else report
+            report = self._record(conn, report) if history else report
+            return self._with_trend(conn, report) if s.history_enabled else report
         finally:
             if not conn.closed and not conn.broken:
                 db.unlock(conn, target)
@@ -166,6 +177,27 @@ class _Run:
             reason = f"{report.reason}; {note}" if report.reason else note
             return report.model_copy(update={"reason": reason})
         return report
+
+    def _with_trend(self, conn: db.Conn, report: Report) -> Report:
+        """The last recorded runs' keys and sizes (this one included when recorded). Like
+        recording, a side channel: a failed read is a note on the report, never a failure."""
+        schema, name = self.settings.history_table_parts
+        try:
+            if not db.history_exists(conn, schema, name):
+                return report
+            points = db.recent_runs(conn, schema, name, report.table, TREND_RUNS)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            note = f"run history not read ({type(exc).__name__})"
+            return report.model_copy(
+                update={"reason": f"{report.reason}; {note}" if report.reason else note}
+            )
+        trend = [
+            TrendPoint(finished_at=p.finished_at, keys=p.keys, total_bytes=p.total_bytes)
+            for p in points
+        ]
+        return report.model_copy(update={"trend": trend})
 
     def _policy(self, conn: db.Conn) -> tuple[db.Policy, datetime, dict[int, datetime]]:
         """The cutoffs and bucket edges, all from one reading of the database clock."""
@@ -243,6 +275,8 @@ class _Run:
             return Report(
                 status="completed",
                 by_type=by_type,
+                # What a live run would make reusable: the eligible keys at the average size.
+                reclaimable_bytes=reclaimable_estimate(before_sizes.table_bytes, keys, eligible),
                 keys=[_entry(target, item) for item in listing],
                 keys_omitted=max(0, eligible - len(listing)) if flags.verbose else 0,
                 duration_ms=self._duration_ms(),
@@ -332,7 +366,7 @@ class _Run:
             released_bytes=(before.total_bytes - after.total_bytes) if after else 0,
             # An estimate: the deleted keys at the table's average stored size per key (heap
             # and TOAST, as pg_table_size counts them).
-            reclaimable_bytes=before.table_bytes * deleted // before.keys if before.keys else 0,
+            reclaimable_bytes=reclaimable_estimate(before.table_bytes, before.keys, deleted),
             vacuumed=vacuumed,
             batches=loop.batches,
             batch_retries=loop.retries,

@@ -598,3 +598,37 @@ def history_trend(conn: Conn, schema: str | None, name: str, days: int) -> list[
         (days,),
     ).fetchall()
     return [DayTrend(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in rows]
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    finished_at: datetime
+    keys: int
+    total_bytes: int
+
+
+def recent_runs(
+    conn: Conn, schema: str | None, name: str, target_table: str | None, limit: int
+) -> list[RunPoint]:
+    """The last `limit` runs that measured the table (of `target_table`, or of any table),
+    oldest first: keys and total size as each left it (after, or before when not measured)."""
+    table_filter = sql.SQL("AND target_table = %(target)s") if target_table else sql.SQL("")
+    rows = conn.execute(
+        sql.SQL(
+            """
+            SELECT finished_at, keys, total_bytes FROM (
+              SELECT finished_at,
+                     coalesce(keys_after, keys_before) AS keys,
+                     coalesce(total_bytes_after, total_bytes_before) AS total_bytes
+              FROM {table}
+              WHERE coalesce(keys_after, keys_before) IS NOT NULL
+                AND coalesce(total_bytes_after, total_bytes_before) IS NOT NULL {table_filter}
+              ORDER BY finished_at DESC, id DESC
+              LIMIT %(limit)s
+            ) AS recent
+            ORDER BY finished_at, keys DESC
+            """
+        ).format(table=history_ident(schema, name), table_filter=table_filter),
+        {"target": target_table, "limit": limit},
+    ).fetchall()
+    return [RunPoint(r[0], int(r[1]), int(r[2])) for r in rows]

@@ -147,7 +147,8 @@ def _after_run(report: Report, settings: Settings, deadline: float | None) -> No
         text = html.render_guard_abort(report, settings)
         _send_telegram(settings, "guard_abort", text, deadline)
     else:
-        _send_telegram(settings, "summary", html.render_summary(report), deadline)
+        text = html.render_summary(report, warning_threshold=settings.warning_threshold)
+        _send_telegram(settings, "summary", text, deadline)
     _flush(deadline)
 
 
