@@ -136,10 +136,11 @@ def trend_lines(points: list[TrendPoint]) -> list[str]:
     if not points:
         return ["no run history"]
     first, last = points[0], points[-1]
-    runs = f"{len(points)} run" + ("s" if len(points) > 1 else "")
+    if len(points) == 1:
+        return [f"keys 1 run: {last.keys:,}", f"size 1 run: {human_bytes(last.total_bytes)}"]
     return [
-        f"keys {runs}: {first.keys:,} → {last.keys:,}",
-        f"size {runs}: {human_bytes_pair(first.total_bytes, last.total_bytes)}",
+        f"keys {len(points)} runs: {first.keys:,} → {last.keys:,}",
+        f"size {len(points)} runs: {human_bytes_pair(first.total_bytes, last.total_bytes)}",
     ]
 
 
