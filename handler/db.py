@@ -617,7 +617,7 @@ def recent_runs(
         sql.SQL(
             """
             SELECT finished_at, keys, total_bytes FROM (
-              SELECT finished_at,
+              SELECT id, finished_at,
                      coalesce(keys_after, keys_before) AS keys,
                      coalesce(total_bytes_after, total_bytes_before) AS total_bytes
               FROM {table}
@@ -626,7 +626,7 @@ def recent_runs(
               ORDER BY finished_at DESC, id DESC
               LIMIT %(limit)s
             ) AS recent
-            ORDER BY finished_at, keys DESC
+            ORDER BY finished_at, id
             """
         ).format(table=history_ident(schema, name), table_filter=table_filter),
         {"target": target_table, "limit": limit},

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,6 +22,7 @@ from handler.cli import (
     main,
     progress_estimate,
 )
+from handler.report import TrendPoint, trend_lines
 from tests.conftest import KeyRow, PgSchema
 
 
@@ -262,3 +264,27 @@ def test_progress_estimate(
     done: int, total: int, deleted: int, elapsed: float, expected: str
 ) -> None:
     assert progress_estimate(Progress(done, total, deleted, 1), elapsed) == expected
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([], ["no run history"]),
+        ([(10, 900)], ["keys 1 run: 10", "size 1 run: 900 B"]),
+        ([(10, 900), (12, 1_000)], ["keys 2 runs: 10 → 12", "size 2 runs: 900 → 1000 B"]),
+        (
+            [(41_230, 431_000_000), (0, 5), (24_272, 417_000_000)],
+            ["keys 3 runs: 41,230 → 24,272", "size 3 runs: 411.0 → 397.7 MiB"],
+        ),
+        (
+            [(1, 3 * 1024**3), (1, 512 * 1024**2)],
+            ["keys 2 runs: 1 → 1", "size 2 runs: 3.0 → 0.5 GiB"],
+        ),
+    ],
+)
+def test_trend_lines_put_both_sizes_in_one_unit(
+    points: list[tuple[int, int]], expected: list[str]
+) -> None:
+    when = datetime(2026, 11, 29, tzinfo=UTC)
+    trend = [TrendPoint(finished_at=when, keys=k, total_bytes=b) for k, b in points]
+    assert trend_lines(trend) == expected
