@@ -497,7 +497,10 @@ class _Run:
             )
             return False
         except pg_errors.QueryCanceled:
-            self.notes.append("VACUUM not finished: it reached the deadline and was cancelled")
+            self.notes.append(
+                "VACUUM not finished: cancelled at its time limit (the deadline, or "
+                "CLEANUP_STATEMENT_TIMEOUT_MS); autovacuum reclaims the space"
+            )
             return False
         except psycopg.Error as exc:
             if conn.broken:
