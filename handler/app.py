@@ -11,7 +11,8 @@ Flags are strict: an unknown key, a wrong type or a retention out of range fails
 invocation with a ConfigError that names the field, before anything touches the database.
 
 `python -m handler.app --event events/dry-run.json` runs this same handler locally, with a
-stand-in context, no Docker needed (see docs/lambda.md).
+stand-in context, no Docker needed (see docs/operations.md; `make invoke` runs it in the real
+Lambda runtime emulator, docs/local-invoke.md).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from handler.observability import logger, publish_failure, publish_report, repor
 from handler.report import Report, render_text
 from handler.secrets import with_database_url
 from handler.settings import ConfigError, Flags, Settings
+
+# Sentry starts here, at import, so its Lambda integration wraps the first (cold) invocation
+# too; see notify.init_from_env.
+notify.init_from_env()
 
 SCHEDULED_SOURCE = "aws.events"
 SCHEDULED_DETAIL_TYPE = "Scheduled Event"

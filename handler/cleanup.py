@@ -17,14 +17,24 @@ from psycopg import errors as pg_errors
 from handler import db, rules
 from handler.report import (
     BUCKET_LABELS,
+    TREND_RUNS,
     KeyEntry,
     OrphanRule,
     Report,
     Status,
     TableStats,
+    TrendPoint,
     TypeStats,
+    reclaimable_estimate,
 )
-from handler.settings import ConfigError, Flags, Settings, check_database_url, closest
+from handler.settings import (
+    DEFAULT_PROTECTED_KEY_TYPES,
+    ConfigError,
+    Flags,
+    Settings,
+    check_database_url,
+    closest,
+)
 
 # Waiting for a row another session holds is what stalls live writers (they queue behind the
 # rows this batch already deleted), so a batch waits at most this long before its range is split.
@@ -217,7 +227,8 @@ class _Run:
                         **self._base(target),
                     )
             report = self._locked(conn, target)
-            return self._record(conn, report) if history else report
+            report = self._record(conn, report) if history else report
+            return self._with_trend(conn, report) if s.history_enabled else report
         finally:
             if not conn.closed and not conn.broken:
                 db.unlock(conn, target)
@@ -302,6 +313,25 @@ class _Run:
             note = f"run history not recorded ({type(exc).__name__}; see keys-cleanup init-db)"
             return report.model_copy(update={"notes": [*report.notes, note]})
         return report
+
+    def _with_trend(self, conn: db.Conn, report: Report) -> Report:
+        """The last recorded runs' keys and sizes (this one included when recorded). Like
+        recording, a side channel: a failed read is a note on the report, never a failure."""
+        schema, name = self.settings.history_table_parts
+        try:
+            if not db.history_exists(conn, schema, name):
+                return report
+            points = db.recent_runs(conn, schema, name, report.table, TREND_RUNS)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            note = f"run history not read ({type(exc).__name__}); no trend this run"
+            return report.model_copy(update={"notes": [*report.notes, note]})
+        trend = [
+            TrendPoint(finished_at=p.finished_at, keys=p.keys, total_bytes=p.total_bytes)
+            for p in points
+        ]
+        return report.model_copy(update={"trend": trend})
 
     def _policy(
         self, conn: db.Conn, target: db.Target
@@ -436,7 +466,11 @@ class _Run:
             self.notes.extend(
                 unmatched_type_notes(
                     {
-                        "CLEANUP_PROTECTED_KEY_TYPES": list(s.extra_protected_key_types),
+                        "CLEANUP_PROTECTED_KEY_TYPES": [
+                            t
+                            for t in s.extra_protected_key_types
+                            if t not in DEFAULT_PROTECTED_KEY_TYPES
+                        ],
                         "CLEANUP_TYPE_RETENTION_DAYS": list(s.type_retention_days),
                     },
                     [c.key_type for c in counts if c.key_type is not None],
@@ -479,6 +513,8 @@ class _Run:
                 reason=guard,
                 guard_triggered=guard is not None,
                 by_type=by_type,
+                # What a live run would make reusable: the eligible keys at the average size.
+                reclaimable_bytes=reclaimable_estimate(before_sizes.table_bytes, keys, eligible),
                 keys=[_entry(target, item) for item in listing],
                 keys_omitted=max(0, eligible - len(listing)) if flags.verbose else 0,
                 **fields,
@@ -554,7 +590,7 @@ class _Run:
             released_bytes=(before.total_bytes - after.total_bytes) if after else 0,
             # An estimate: the deleted keys at the table's average stored size per key (heap
             # and TOAST, as pg_table_size counts them).
-            reclaimable_bytes=before.table_bytes * deleted // before.keys if before.keys else 0,
+            reclaimable_bytes=reclaimable_estimate(before.table_bytes, before.keys, deleted),
             vacuumed=vacuumed,
             batches=loop.batches,
             batch_retries=loop.retries,
@@ -597,7 +633,10 @@ class _Run:
             )
             return False
         except pg_errors.QueryCanceled:
-            self.notes.append("VACUUM not finished: it reached the deadline and was cancelled")
+            self.notes.append(
+                "VACUUM not finished: cancelled at its time limit (the deadline, or "
+                "CLEANUP_STATEMENT_TIMEOUT_MS); autovacuum reclaims the space"
+            )
             return False
         except psycopg.Error as exc:
             if conn.broken:

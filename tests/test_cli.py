@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
-from handler.cli import EXIT_ABORTED, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, main
+from handler.cleanup import Progress
+from handler.cli import (
+    EXIT_ABORTED,
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    _ProgressLine,
+    main,
+    progress_estimate,
+)
+from handler.report import TrendPoint, trend_lines
 from tests.conftest import KeyRow, PgSchema
 
 
@@ -20,11 +33,7 @@ def seeded(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
         [KeyRow("c", "session", f"old{i}", 40) for i in range(4)]
         + [KeyRow("c", "session", f"new{i}", 1) for i in range(6)]
     )
-    for name in list(os.environ):
-        if name.startswith(("CLEANUP_", "DATABASE_", "TELEGRAM_", "SENTRY_")):
-            monkeypatch.delenv(name)
-    for name, value in pg.env().items():
-        monkeypatch.setenv(name, value)
+    pg.use_env(monkeypatch)
     return pg
 
 
@@ -168,3 +177,118 @@ def test_console_script_runs_the_demo_as_json() -> None:
     app_state = report["by_type"]["app-state-sync-key"]
     assert app_state["deleted"] == app_state["orphaned"]
     assert report["top_tenants"][-1]["tenant"] == "company-logged-out"
+
+
+# --- the human output ---------------------------------------------------------------------------
+
+
+def test_dry_run_text_says_what_a_live_run_would_do_without_zeros(
+    seeded: PgSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--verbose"]) == EXIT_OK
+    out = capsys.readouterr().out
+
+    assert "would delete 4" in out
+    assert re.search(r"space: a live run would make ≈\d[\d.]* (B|KiB) reusable \(estimated\)", out)
+    header = next(line for line in out.splitlines() if "key type" in line)
+    assert header.split() == ["key", "type", "keys", "would", "delete", "protected", "retention"]
+    assert re.search(r"^  session +10 +4 +0  30d$", out, re.MULTILINE)
+    for nothing_happened in ("batches:", "released", "deleted 0"):
+        assert nothing_happened not in out, nothing_happened
+    assert "duration " in out
+    # The verbose listing names each key once: its key type is part of the primary key.
+    listed = [line for line in out.splitlines() if "key_id=old" in line]
+    assert len(listed) == 4
+    assert all("[session]" not in line for line in listed)
+
+
+def test_text_report_shows_the_trend_or_that_there_is_none(
+    seeded: PgSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([]) == EXIT_OK
+    assert "trend: no run history" in capsys.readouterr().out
+    assert main(["--execute"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert re.search(r"trend: keys 1 run: 6 · size 1 run: [\d.]+ KiB", out), out
+
+
+def test_history_command_prints_the_trend_of_the_last_runs(
+    seeded: PgSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init-db"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["history"]) == EXIT_OK
+    assert capsys.readouterr().out == "no run history\n"
+    assert main(["--execute"]) == EXIT_OK
+    seeded.insert_keys([KeyRow("c", "session", "late", 40)])
+    assert main(["--execute"]) == EXIT_OK
+    capsys.readouterr()
+
+    assert main(["history"]) == EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "keys 2 runs: 6 → 6"
+    assert re.fullmatch(r"size 2 runs: [\d.]+ → [\d.]+ KiB", out[1])
+
+
+# --- the progress line --------------------------------------------------------------------------
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_adds_rate_and_eta_once_the_run_is_long() -> None:
+    now = [100.0]
+    stream = Tty()
+    line = _ProgressLine(stream, enabled=True, clock=lambda: now[0])
+
+    now[0] = 101.0  # one second in: too early to estimate
+    line(Progress(pages_done=100, pages_total=1000, deleted=5_000, batches=2))
+    assert "keys/s" not in stream.getvalue()
+
+    now[0] = 110.0  # ten seconds for a quarter of the pages: 30 s to go
+    line(Progress(pages_done=250, pages_total=1000, deleted=25_000, batches=10))
+    last = stream.getvalue().split("\r")[-1]
+    assert "25,000 keys in 10 batches · 2,500 keys/s · ETA 0:30" in last
+    line.close()
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "deleted", "elapsed", "expected"),
+    [
+        (0, 100, 0, 5.0, ""),  # nothing walked yet: no basis for an estimate
+        (50, 100, 1_000, 1.0, ""),  # a short run
+        (50, 100, 1_000, 10.0, " · 100 keys/s · ETA 0:10"),
+        (1, 1_000, 10, 4.0, " · 2 keys/s · ETA 1:06:36"),
+        (100, 100, 9, 30.0, " · 0 keys/s · ETA 0:00"),
+    ],
+)
+def test_progress_estimate(
+    done: int, total: int, deleted: int, elapsed: float, expected: str
+) -> None:
+    assert progress_estimate(Progress(done, total, deleted, 1), elapsed) == expected
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([], ["no run history"]),
+        ([(10, 900)], ["keys 1 run: 10", "size 1 run: 900 B"]),
+        ([(10, 900), (12, 1_000)], ["keys 2 runs: 10 → 12", "size 2 runs: 900 → 1000 B"]),
+        (
+            [(41_230, 431_000_000), (0, 5), (24_272, 417_000_000)],
+            ["keys 3 runs: 41,230 → 24,272", "size 3 runs: 411.0 → 397.7 MiB"],
+        ),
+        (
+            [(1, 3 * 1024**3), (1, 512 * 1024**2)],
+            ["keys 2 runs: 1 → 1", "size 2 runs: 3.0 → 0.5 GiB"],
+        ),
+    ],
+)
+def test_trend_lines_put_both_sizes_in_one_unit(
+    points: list[tuple[int, int]], expected: list[str]
+) -> None:
+    when = datetime(2026, 11, 29, tzinfo=UTC)
+    trend = [TrendPoint(finished_at=when, keys=k, total_bytes=b) for k, b in points]
+    assert trend_lines(trend) == expected

@@ -212,11 +212,7 @@ def test_a_retention_override_for_no_existing_type_is_noted_and_not_applied(
 
 @pytest.fixture
 def cli_env(app_state: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
-    for name in list(os.environ):
-        if name.startswith(("CLEANUP_", "DATABASE_", "TELEGRAM_", "SENTRY_")):
-            monkeypatch.delenv(name)
-    for name, value in app_state.env().items():
-        monkeypatch.setenv(name, value)
+    app_state.use_env(monkeypatch)
     return app_state
 
 
@@ -368,23 +364,8 @@ def test_session_timeouts_are_restored_after_a_deadline_shortened_vacuum(
 def no_history_role(app_state: PgSchema) -> Iterator[Settings]:
     """A role that may delete keys but may not read the run history (made by the owner)."""
     init_history(app_state)
-    role = f"{app_state.schema}_nohist"
-    with app_state.connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        conn.execute(
-            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
-                sql.Identifier(app_state.schema), sql.Identifier(role)
-            )
-        )
-        conn.execute(
-            sql.SQL("GRANT SELECT, DELETE ON whatsapp_keys TO {}").format(sql.Identifier(role))
-        )
-    try:
+    with app_state.role("nohist", "GRANT SELECT, DELETE ON whatsapp_keys TO {role}") as role:
         yield app_state.settings(DATABASE_URL=app_state.dsn + f" user={role}")
-    finally:
-        with app_state.connect() as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_unreadable_history_is_a_note_and_the_scheduled_run_goes_on(
@@ -480,8 +461,7 @@ def test_an_unreadable_sentry_dsn_is_read_once_per_invocation(
     )
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", httpserver.url_for("/"))
-    for name, value in app_state.env(SENTRY_DSN_PARAMETER="/keys-cleanup/sentry-dsn").items():
-        monkeypatch.setenv(name, value)
+    app_state.use_env(monkeypatch, SENTRY_DSN_PARAMETER="/keys-cleanup/sentry-dsn")
     result = lambda_handler({}, cast(LambdaContext, LocalContext()))
     assert result["status"] == "completed"
     assert len(httpserver.log) == 1
@@ -569,8 +549,7 @@ def test_a_misspelt_setting_is_warned_about_naming_the_closest_one(app_state: Pg
 def test_a_misspelt_setting_is_logged_by_the_lambda_handler(
     app_state: PgSchema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in app_state.env(CLEANUP_RETENTON_DAYS="60").items():
-        monkeypatch.setenv(name, value)
+    app_state.use_env(monkeypatch, CLEANUP_RETENTON_DAYS="60")
     with capture_logs() as lines:
         lambda_handler({}, cast(LambdaContext, LocalContext()))
     (warning,) = find_log(lines(), "setting ignored")

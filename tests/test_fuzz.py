@@ -3,7 +3,6 @@ and nothing is deleted unless the event is a valid live request."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -128,12 +127,7 @@ def _parse(event: object) -> Request | ConfigError:
 def handler_env(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
     pg.create_reference_table()
     pg.insert_keys([KeyRow("c", "session", f"k{i}", 40 if i % 4 == 0 else 3) for i in range(40)])
-    for name in list(os.environ):
-        if name.startswith(("CLEANUP_", "DATABASE_", "SENTRY_", "TELEGRAM_")):
-            monkeypatch.delenv(name)
-    env = pg.env(CLEANUP_MIN_RETENTION_DAYS="7", CLEANUP_HISTORY="false")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    pg.use_env(monkeypatch, CLEANUP_MIN_RETENTION_DAYS="7", CLEANUP_HISTORY="false")
     return pg
 
 

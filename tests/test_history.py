@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -90,11 +89,7 @@ def test_role_without_create_runs_and_notes_missing_history(seeded: PgSchema) ->
 
 @pytest.fixture
 def cli_env(seeded: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
-    for name in list(os.environ):
-        if name.startswith(("CLEANUP_", "DATABASE_")):
-            monkeypatch.delenv(name)
-    for name, value in seeded.env().items():
-        monkeypatch.setenv(name, value)
+    seeded.use_env(monkeypatch)
     return seeded
 
 
@@ -128,3 +123,53 @@ def test_history_command_prints_the_trend(
     assert rows[0]["deleted"] == 7
     assert rows[0]["keys"] == 3
     assert rows[0]["statuses"] == ["completed"]
+
+
+# --- the trend the reports carry -----------------------------------------------------------------
+
+
+def test_reports_carry_keys_and_size_of_the_last_seven_runs(seeded: PgSchema) -> None:
+    assert run_cleanup(seeded.settings(), Flags()).trend == []  # no history yet
+
+    for i in range(8):
+        seeded.insert_keys(
+            [KeyRow("c", "session", f"old{i}", 40), KeyRow("c", "pre-key", f"n{i}", 1)]
+        )
+        report = run_cleanup(seeded.settings(), LIVE)
+    assert len(report.trend) == 7  # this run included, the first one left out
+    # Each run adds two keys and deletes the old one: 4, 5, ... 11 keys after runs 1 to 8.
+    assert [p.keys for p in report.trend] == list(range(5, 12))  # oldest first
+    assert report.after is not None
+    assert (report.trend[-1].keys, report.trend[-1].total_bytes) == (
+        report.after.keys,
+        report.after.total_bytes,
+    )
+    assert all(p.total_bytes > 0 for p in report.trend)
+    times = [p.finished_at for p in report.trend]
+    assert times == sorted(times)
+
+    dry = run_cleanup(seeded.settings(), Flags())  # a dry run shows the live runs' trend
+    assert [p.keys for p in dry.trend] == [p.keys for p in report.trend]
+
+
+def test_trend_is_left_out_when_history_is_off(seeded: PgSchema) -> None:
+    run_cleanup(seeded.settings(), LIVE)
+    assert run_cleanup(seeded.settings(CLEANUP_HISTORY="false"), Flags()).trend == []
+
+
+def test_unreadable_history_is_a_note_not_a_failure(seeded: PgSchema) -> None:
+    # A history table of another shape: recording and reading it both fail.
+    with seeded.connect() as conn:
+        conn.execute("CREATE TABLE keys_cleanup_runs (id int)")
+
+    dry = run_cleanup(seeded.settings(), Flags())
+    assert dry.status == "completed"
+    assert dry.trend == []
+    assert dry.notes == ["run history not read (UndefinedColumn); no trend this run"]
+
+    live = run_cleanup(seeded.settings(), LIVE)
+    assert live.status == "completed"
+    assert live.deleted == 7
+    assert live.reason is None
+    assert any("run history not recorded" in note for note in live.notes)
+    assert any("run history not read (UndefinedColumn)" in note for note in live.notes)

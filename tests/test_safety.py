@@ -319,20 +319,22 @@ def test_deadlock_with_the_application_skips_the_page_instead_of_failing(
     keys = [KeyRow("c", "session", f"k{i}", 40) for i in range(4)]  # all on page 0
     pg.insert_keys(keys)
     a, b = keys[0], keys[3]
-    role = f"{pg.schema}_dl"
-    with pg.connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        conn.execute(
-            sql.SQL("GRANT ALL ON SCHEMA {} TO {}").format(
-                sql.Identifier(pg.schema), sql.Identifier(role)
-            )
-        )
-        conn.execute(sql.SQL("GRANT ALL ON whatsapp_keys TO {}").format(sql.Identifier(role)))
+    with pg.role(
+        "dl",
+        "GRANT ALL ON whatsapp_keys TO {role}",
         # Our session looks for deadlocks after 10 ms, before its 100 ms row wait runs out,
         # so it is the one PostgreSQL picks to abort.
-        conn.execute(
-            sql.SQL("ALTER ROLE {} SET deadlock_timeout = '10ms'").format(sql.Identifier(role))
-        )
+        "ALTER ROLE {role} SET deadlock_timeout = '10ms'",
+    ) as role:
+        outcome = _deadlock_with_the_application(pg, role, a, b)
+    (report,) = outcome
+    assert not isinstance(report, BaseException), report
+    assert report.status == "completed"
+    assert report.skipped_pages == 1
+    assert {a.ident, b.ident} <= pg.key_set()  # A was refreshed by the app, B was held
+
+
+def _deadlock_with_the_application(pg: PgSchema, role: str, a: KeyRow, b: KeyRow) -> list[object]:
     settings = pg.settings(
         DATABASE_URL=pg.dsn + f" user={role}", CLEANUP_HISTORY="false", CLEANUP_GUARD_MIN_KEYS="9"
     )
@@ -367,11 +369,4 @@ def test_deadlock_with_the_application_skips_the_page_instead_of_failing(
         app.execute("COMMIT")
         app.close()
         runner.join(30)
-        with pg.connect() as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-    (report,) = outcome
-    assert not isinstance(report, BaseException), report
-    assert report.status == "completed"
-    assert report.skipped_pages == 1
-    assert {a.ident, b.ident} <= pg.key_set()  # A was refreshed by the app, B was held
+    return outcome

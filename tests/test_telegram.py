@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from handler import notify
 from handler.notify import telegram
 from handler.notify.html import MAX_MESSAGE, render_summary, telegram_len
 from handler.notify.html import main as preview
-from handler.report import KeyEntry, TypeStats
+from handler.report import KeyEntry, TrendPoint, TypeStats
 from handler.settings import Settings
 
 
@@ -207,7 +208,7 @@ def test_dry_run_is_sent_when_enabled(bot: FakeBot) -> None:
 
     _, shown = telegram_structure(bot.texts[0])
     assert "DRY RUN · completed" in shown
-    assert "Would delete: 41,230 eligible · protected 1,312 · deleted 0 (dry run)" in shown
+    assert "Would delete: 41,230 of 120,000 keys · protected 1,312" in shown
 
 
 def test_duplicate_event_sends_nothing(bot: FakeBot) -> None:
@@ -365,9 +366,106 @@ def test_preview_prints_the_summary_as_displayed(
 
     assert preview([str(path)]) == 0
     shown = capsys.readouterr().out
-    assert shown.startswith("✅ WhatsApp keys cleanup · LIVE · completed\n")
+    # 41,230 deleted, above the default CLEANUP_WARNING_THRESHOLD (1,000)
+    assert shown.startswith("⚠️ WhatsApp keys cleanup · LIVE · completed\n")
     assert "   <1d  2,950" in shown
     assert "<b>" not in shown
 
     assert preview([str(path), "--html"]) == 0
-    assert capsys.readouterr().out == render_summary(make_report()) + "\n"
+    expected = render_summary(make_report(), warning_threshold=1000)
+    assert capsys.readouterr().out == expected + "\n"
+
+
+# --- the warning icon, the trend, dry runs, the listing ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("deleted", "icon"), [(999, "✅"), (1_000, "✅"), (1_001, "⚠️"), (339_976, "⚠️")]
+)
+def test_summary_warns_when_more_keys_than_the_warning_threshold_were_deleted(
+    bot: FakeBot, deleted: int, icon: str
+) -> None:
+    send(bot, make_report(deleted=deleted, eligible=deleted), warning_threshold=1_000)
+
+    _, shown = telegram_structure(bot.texts[0])
+    assert shown.startswith(f"{icon} WhatsApp keys cleanup · LIVE · completed")
+    above = "above CLEANUP_WARNING_THRESHOLD (1,000)"
+    assert (above in shown) == (icon == "⚠️")
+
+
+def test_dry_run_never_warns_for_what_it_would_delete(bot: FakeBot) -> None:
+    report = make_report(dry_run=True, deleted=0, after=None)
+    send(bot, report, telegram_notify_dry_run=True, warning_threshold=10)
+
+    _, shown = telegram_structure(bot.texts[0])
+    assert shown.startswith("✅ WhatsApp keys cleanup · 🧪 DRY RUN · completed")
+
+
+def trend(*points: tuple[int, int]) -> list[TrendPoint]:
+    return [
+        TrendPoint(finished_at=NOW - timedelta(days=len(points) - i), keys=k, total_bytes=b)
+        for i, (k, b) in enumerate(points)
+    ]
+
+
+def test_summary_shows_keys_and_size_over_the_last_runs(bot: FakeBot) -> None:
+    mib = 1024 * 1024
+    points = trend(
+        *[(120_000 - 1_000 * i, (412 - 2 * i) * mib) for i in range(6)], (78_770, 398 * mib)
+    )
+    send(bot, make_report(trend=points))
+
+    _, shown = telegram_structure(bot.texts[0])
+    assert "Trend: keys 7 runs: 120,000 → 78,770 · size 7 runs: 412.0 → 398.0 MiB" in shown
+
+
+def test_summary_without_history_says_so_in_one_line(bot: FakeBot) -> None:
+    send(bot, make_report(trend=[]))
+
+    _, shown = telegram_structure(bot.texts[0])
+    (line,) = [line for line in shown.splitlines() if line.startswith("Trend:")]
+    assert line == "Trend: no run history"
+
+
+def test_dry_run_says_what_a_live_run_would_do_without_zeros(bot: FakeBot) -> None:
+    report = make_report(
+        dry_run=True,
+        deleted=0,
+        after=None,
+        batches=0,
+        max_batch_ms=0,
+        by_type={
+            name: stats.model_copy(update={"deleted": 0})
+            for name, stats in make_report().by_type.items()
+        },
+    )
+    send(bot, report, telegram_notify_dry_run=True)
+
+    _, shown = telegram_structure(bot.texts[0])
+    assert "Space: a live run would make ≈12.3 MiB reusable (estimated)" in shown
+    assert "Keys: 120,000 · Size: 39.0 MiB" in shown
+    assert "type                        keys  would delete  retention" in shown
+    assert "pre-key                   71,500        33,900  30d" in shown
+    assert "Duration: 4.2 s\n" in shown
+    for nothing_happened in ("batches", "longest", "deleted 0", "released", "not measured"):
+        assert nothing_happened not in shown, nothing_happened
+
+
+def test_live_run_that_deleted_nothing_shows_no_batch_line(bot: FakeBot) -> None:
+    send(bot, make_report(deleted=0, eligible=0, batches=0, max_batch_ms=0))
+
+    _, shown = telegram_structure(bot.texts[0])
+    assert "batches" not in shown
+
+
+def test_listing_does_not_repeat_the_key_type_that_is_part_of_the_key(bot: FakeBot) -> None:
+    entry = KeyEntry(
+        key={"company_id": "c1", "key_type": "session", "key_id": "session:9"},
+        key_type="session",
+        age_days=47.3,
+    )
+    send(bot, make_report(keys=[entry]))
+
+    _, shown = telegram_structure(bot.texts[0])
+    assert "company_id=c1, key_type=session, key_id=session:9  47.3d" in shown
+    assert "[session]" not in shown

@@ -5,6 +5,7 @@ configured. `after_run` and `on_failure` never raise, and `cron_monitor` raises 
 wrapped block raised: a failed notification is logged (and reported to Sentry when Sentry
 itself works) and never changes the outcome of a run.
 
+    notify.init_from_env()          # at import: Lambda's init phase, before the first event
     notify.init(settings)
     try:
         with notify.cron_monitor(settings):
@@ -24,9 +25,17 @@ from contextlib import contextmanager
 from handler.notify import html, secrets, sentry, telegram
 from handler.observability import logger
 from handler.report import Report
-from handler.settings import Settings
+from handler.settings import ConfigError, Settings
 
-__all__ = ["after_run", "cron_monitor", "init", "logger", "on_failure", "start_invocation"]
+__all__ = [
+    "after_run",
+    "cron_monitor",
+    "init",
+    "init_from_env",
+    "logger",
+    "on_failure",
+    "start_invocation",
+]
 
 # A Sentry DSN parameter that could not be read is not read again in the same invocation:
 # init() is called at each step (init, check-in, summary), and each read of an unreachable
@@ -71,6 +80,23 @@ def init(settings: Settings) -> None:
         logger.error("sentry disabled", reason="init failed", error_type=type(exc).__name__)
         return
     logger.info("sentry initialised", environment=settings.sentry_environment)
+
+
+def init_from_env() -> None:
+    """Initialise Sentry from the environment, for a call at import time. Never raises.
+
+    The Lambda handler module calls this when it is imported, in Lambda's init phase.
+    AwsLambdaIntegration wraps the runtime's event handling when the SDK initialises, so only
+    an init before the first event covers the first invocation, and a daily job nearly always
+    runs on a cold start. With SENTRY_DSN_PARAMETER this reads the parameter (cached for the
+    invocations). Bad settings are left for the invocation to report; a DSN that cannot be
+    read is logged, and `init` tries again during the invocation.
+    """
+    try:
+        settings = Settings.from_env()
+    except ConfigError:
+        return
+    init(settings)
 
 
 @contextmanager
@@ -144,7 +170,8 @@ def _after_run(report: Report, settings: Settings, deadline: float | None) -> No
         text = html.render_guard_abort(report, settings)
         _send_telegram(settings, "guard_abort", text, deadline)
     else:
-        _send_telegram(settings, "summary", html.render_summary(report), deadline)
+        text = html.render_summary(report, warning_threshold=settings.warning_threshold)
+        _send_telegram(settings, "summary", text, deadline)
     _flush(deadline)
 
 

@@ -17,7 +17,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from handler.notify.secrets import redact
-from handler.report import BUCKET_LABELS, Report, TableStats, human_bytes
+from handler.report import (
+    BUCKET_LABELS,
+    Report,
+    TableStats,
+    human_bytes,
+    listing_line,
+    trend_lines,
+)
 from handler.settings import Settings
 
 MAX_MESSAGE = 4096  # https://core.telegram.org/bots/api#sendmessage
@@ -78,16 +85,30 @@ def _target(report: Report) -> str:
     return line
 
 
-def _counts(report: Report) -> str:
+def _warns(report: Report, warning_threshold: int | None) -> bool:
+    """More keys deleted than CLEANUP_WARNING_THRESHOLD: worth a look even when completed (the
+    Sentry message is a warning then too)."""
+    return warning_threshold is not None and report.deleted > warning_threshold
+
+
+def _counts(report: Report, warning_threshold: int | None) -> str:
     if report.dry_run:
-        return (
-            f"<b>Would delete:</b> {report.eligible:,} eligible · "
-            f"protected {report.protected:,} · deleted 0 (dry run)"
-        )
-    return (
+        total = "" if report.before is None else f" of {report.before.keys:,} keys"
+        return f"<b>Would delete:</b> {report.eligible:,}{total} · protected {report.protected:,}"
+    line = (
         f"<b>Deleted:</b> {report.deleted:,} of {report.eligible:,} eligible · "
         f"protected {report.protected:,}"
     )
+    if _warns(report, warning_threshold):
+        line += f" · above CLEANUP_WARNING_THRESHOLD ({warning_threshold:,})"
+    return line
+
+
+def _duration_line(report: Report) -> str:
+    line = f"<b>Duration:</b> {esc(_duration(report.duration_ms))}"
+    if report.batches:  # a dry run, or a live run with nothing to delete, has no batches
+        line += f" · {report.batches:,} batches (longest {report.max_batch_ms:,} ms)"
+    return line
 
 
 def _rules(report: Report) -> str:
@@ -127,6 +148,12 @@ def _size(stats: TableStats | None) -> str:
 
 def _sizes(report: Report) -> list[str]:
     before, after = report.before, report.after
+    if report.dry_run:
+        return [
+            f"<b>Space:</b> a live run would make ≈{human_bytes(report.reclaimable_bytes)} "
+            "reusable (estimated)",
+            f"<b>Keys:</b> {_keys(before)} · <b>Size:</b> {_size(before)}",
+        ]
     space = (
         f"<b>Space:</b> released {human_bytes(report.released_bytes)} (measured) · "
         f"reclaimable {human_bytes(report.reclaimable_bytes)} (estimated)"
@@ -157,23 +184,26 @@ def _type_rows(report: Report) -> tuple[str, list[str]]:
     """The per-type table: an escaped header and one escaped line per key type."""
     names = {name: _clip(name, _MAX_TYPE_NAME) for name in report.by_type}
     name_w = max([len("type"), *(len(n) for n in names.values())])
-    third = "eligible" if report.dry_run else "deleted"
-    header = esc(f"{'type':<{name_w}} {'keys':>9} {third:>9}  retention")
+    # A dry run's eligible keys are what a live run would delete.
+    third = "would delete" if report.dry_run else "deleted"
+    third_w = max(9, len(third) + 1)
+    header = esc(f"{'type':<{name_w}} {'keys':>9} {third:>{third_w}}  retention")
     rows = []
     for name, stats in sorted(report.by_type.items(), key=lambda kv: (-kv[1].keys, kv[0])):
         amount = stats.eligible if report.dry_run else stats.deleted
         shown = "?" if amount is None else f"{amount:,}"  # not counted per type this run
         retention = "protected" if stats.retention_days is None else f"{stats.retention_days}d"
-        rows.append(esc(f"{names[name]:<{name_w}} {stats.keys:>9,} {shown:>9}  {retention}"))
+        rows.append(
+            esc(f"{names[name]:<{name_w}} {stats.keys:>9,} {shown:>{third_w}}  {retention}")
+        )
     return header, rows
 
 
 def _listing_rows(report: Report) -> list[str]:
     rows = []
     for entry in report.keys:
-        ident = ", ".join(f"{k}={v}" for k, v in entry.key.items())
         age = "?" if entry.age_days is None else f"{entry.age_days:.1f}d"
-        rows.append(esc(f"{ident}  [{entry.key_type or '-'}]  {age}"))
+        rows.append(esc(f"{listing_line(entry, report.key_type_column)}  {age}"))
     return rows
 
 
@@ -215,9 +245,21 @@ def _assemble(parts: Sequence[str]) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
-def render_summary(report: Report, *, now: datetime | None = None, limit: int = MAX_MESSAGE) -> str:
-    """The run summary as Telegram HTML, at most `limit` UTF-16 code units long."""
+def render_summary(
+    report: Report,
+    *,
+    now: datetime | None = None,
+    limit: int = MAX_MESSAGE,
+    warning_threshold: int | None = None,
+) -> str:
+    """The run summary as Telegram HTML, at most `limit` UTF-16 code units long.
+
+    With `warning_threshold` (CLEANUP_WARNING_THRESHOLD), a run that deleted more keys than
+    that carries ⚠️ instead of ✅.
+    """
     icon = _STATUS_ICON.get(report.status, "•")
+    if report.status == "completed" and _warns(report, warning_threshold):
+        icon = _STATUS_ICON["partial"]
     header_lines = [
         f"{icon} <b>WhatsApp keys cleanup</b> · <b>{esc(_mode(report))}</b> · {esc(report.status)}",
         _target(report),
@@ -226,11 +268,11 @@ def render_summary(report: Report, *, now: datetime | None = None, limit: int = 
         header_lines.append(f"Reason: {esc(_clip(report.reason, _MAX_REASON))}")
     header_lines.extend(f"Note: {esc(_clip(note, _MAX_REASON))}" for note in report.notes)
     figures = [
-        _counts(report),
+        _counts(report, warning_threshold),
         *filter(None, [_rules(report)]),
-        f"<b>Duration:</b> {esc(_duration(report.duration_ms))} · {report.batches:,} batches"
-        f" (longest {report.max_batch_ms:,} ms)",
+        _duration_line(report),
         *_sizes(report),
+        "<b>Trend:</b> " + esc(" · ".join(trend_lines(report.trend))),
     ]
     head = "\n".join(header_lines)
     if report.status == "skipped":
@@ -350,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raw = source.read()
     else:
         raw = sys.stdin.read()
-    message = render_summary(Report.model_validate_json(raw))
+    threshold = Settings.from_env().warning_threshold
+    message = render_summary(Report.model_validate_json(raw), warning_threshold=threshold)
     sys.stdout.write((message if args.html else to_plain_text(message)) + "\n")
     return 0

@@ -1,0 +1,349 @@
+"""template.yaml, read as CloudFormation would: the operator's alarms reach a topic, both queues
+are watched, the dashboard names metrics the handler really emits, the EventBridge rule and the
+Sentry monitor follow one schedule, and every taggable resource is tagged.
+
+The template is parsed with cfn-lint's loader, and the few intrinsics it uses (Ref, Sub, If,
+Select, Split, Join, GetAtt and the condition functions) are resolved here for a given set of
+parameter values, so each check sees what a deployed stack would get.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import cfn_yaml
+
+from handler.observability import DEFAULT_NAMESPACE, publish_failure, publish_report
+from handler.settings import Settings
+from tests.notify_support import make_report
+
+TEMPLATE = cfn_yaml.load(str(Path(__file__).resolve().parent.parent / "template.yaml"))
+RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
+STACK = "keys-cleanup-test"
+REQUIRED = {"DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}
+TOPIC_ARN = "arn:aws:sns:eu-west-1:123456789012:on-call"
+TAG = {"Key": "app", "Value": "keys-cleanup"}
+
+
+class _NoValue:
+    """AWS::NoValue: the property is left out."""
+
+
+NO_VALUE = _NoValue()
+
+
+class Stack:
+    """The template resolved for one set of parameter values."""
+
+    def __init__(self, **parameters: str) -> None:
+        values = {
+            name: str(spec.get("Default", "")) for name, spec in TEMPLATE["Parameters"].items()
+        }
+        values |= REQUIRED | parameters
+        for name, value in values.items():
+            pattern = TEMPLATE["Parameters"][name].get("AllowedPattern")
+            if pattern is not None and not re.fullmatch(pattern, value):
+                raise ValueError(f"parameter {name}={value!r} does not match its AllowedPattern")
+        self.params: dict[str, Any] = values | {
+            "AWS::StackName": STACK,
+            "AWS::Region": "eu-west-1",
+            "AWS::AccountId": "123456789012",
+            "AWS::Partition": "aws",
+            "AWS::NoValue": NO_VALUE,
+        }
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(TEMPLATE["Conditions"][name]))
+
+    def exists(self, resource: str) -> bool:
+        name = RESOURCES[resource].get("Condition")
+        return name is None or self.condition(name)
+
+    def prop(self, resource: str, *path: str) -> Any:
+        node: Any = RESOURCES[resource]["Properties"]
+        for key in path:
+            node = node[key]
+        return self.resolve(node)
+
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, list):
+            items = [self.resolve(item) for item in node]
+            return [item for item in items if item is not NO_VALUE]
+        if not isinstance(node, Mapping):
+            return node
+        if len(node) == 1:
+            ((key, arg),) = node.items()
+            if key == "Ref":
+                return self.params.get(arg, f"<{arg}>")
+            if key == "Condition":
+                return self.condition(arg)
+            if key in _FUNCTIONS:
+                return _FUNCTIONS[key](self, arg)
+        return {
+            k: v for k, v in ((k, self.resolve(v)) for k, v in node.items()) if v is not NO_VALUE
+        }
+
+    def sub(self, arg: Any) -> str:
+        text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in extra:
+                return str(extra[name])
+            if name in self.params:
+                return str(self.params[name])
+            return f"<{name}>"  # a resource's Ref or GetAtt: its logical id stands in
+
+        return re.sub(r"\$\{([^}!]+)\}", value, text)
+
+
+_FUNCTIONS: dict[str, Any] = {
+    "Fn::Sub": Stack.sub,
+    "Fn::If": lambda s, a: s.resolve(a[1] if s.condition(a[0]) else a[2]),
+    "Fn::Equals": lambda s, a: str(s.resolve(a[0])) == str(s.resolve(a[1])),
+    "Fn::Not": lambda s, a: not s.resolve(a[0]),
+    "Fn::And": lambda s, a: all(s.resolve(c) for c in a),
+    "Fn::Or": lambda s, a: any(s.resolve(c) for c in a),
+    "Fn::Select": lambda s, a: s.resolve(a[1])[int(s.resolve(a[0]))],
+    "Fn::Split": lambda s, a: str(s.resolve(a[1])).split(a[0]),
+    "Fn::Join": lambda s, a: a[0].join(str(v) for v in s.resolve(a[1])),
+    "Fn::GetAtt": lambda s, a: f"<{'.'.join(a) if isinstance(a, list) else a}>",
+}
+
+
+def of_type(kind: str) -> list[str]:
+    return sorted(name for name, r in RESOURCES.items() if r["Type"] == kind)
+
+
+ALARMS = of_type("AWS::CloudWatch::Alarm")
+
+
+# --- alarms reach a person ----------------------------------------------------------------------
+
+
+def test_without_a_topic_the_stack_creates_one_and_every_alarm_notifies_it() -> None:
+    stack = Stack()
+    assert stack.exists("AlarmTopic")
+    assert RESOURCES["AlarmTopic"]["Type"] == "AWS::SNS::Topic"
+    assert len(ALARMS) == 4
+    for alarm in ALARMS:
+        assert stack.prop(alarm, "AlarmActions") == ["<AlarmTopic>"], alarm
+        assert stack.prop(alarm, "OKActions") == ["<AlarmTopic>"], alarm
+
+
+def test_a_given_topic_is_used_and_none_is_created() -> None:
+    stack = Stack(AlarmTopicArn=TOPIC_ARN)
+    assert not stack.exists("AlarmTopic")
+    assert not stack.exists("AlarmEmailSubscription")
+    for alarm in ALARMS:
+        assert stack.prop(alarm, "AlarmActions") == [TOPIC_ARN], alarm
+
+
+def test_an_alarm_email_subscribes_to_the_created_topic_only_when_given() -> None:
+    assert not Stack().exists("AlarmEmailSubscription")
+    stack = Stack(AlarmEmail="oncall@example.com")
+    assert stack.exists("AlarmEmailSubscription")
+    assert stack.prop("AlarmEmailSubscription", "Protocol") == "email"
+    assert stack.prop("AlarmEmailSubscription", "Endpoint") == "oncall@example.com"
+    assert stack.prop("AlarmEmailSubscription", "TopicArn") == "<AlarmTopic>"
+    # A topic of the operator's own is theirs to subscribe to.
+    with_topic = Stack(AlarmEmail="oncall@example.com", AlarmTopicArn=TOPIC_ARN)
+    assert not with_topic.exists("AlarmEmailSubscription")
+    with pytest.raises(ValueError, match="AlarmEmail"):
+        Stack(AlarmEmail="not an address")
+
+
+def test_both_queues_have_a_depth_alarm() -> None:
+    stack = Stack()
+    watched = {}
+    for alarm in ALARMS:
+        if stack.prop(alarm).get("Namespace") != "AWS/SQS":
+            continue
+        (dimension,) = stack.prop(alarm, "Dimensions")
+        assert dimension["Name"] == "QueueName"
+        queue = dimension["Value"].strip("<>").removesuffix(".QueueName")
+        watched[queue] = stack.prop(alarm)
+    assert set(watched) == set(of_type("AWS::SQS::Queue"))
+    assert set(watched) == {"FailedInvocationQueue", "ScheduleDeadLetterQueue"}
+    for props in watched.values():
+        assert props["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        assert props["Threshold"] == 1
+        assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert props["EvaluationPeriods"] == 1
+
+
+# --- one schedule -------------------------------------------------------------------------------
+
+
+def _rule_expression(stack: Stack) -> str:
+    events = RESOURCES["KeysCleanupFunction"]["Properties"]["Events"]
+    return str(stack.resolve(events["DailySchedule"]["Properties"]["Schedule"]))
+
+
+def _monitor_crontab(stack: Stack) -> str:
+    env = stack.prop("KeysCleanupFunction", "Environment", "Variables")
+    settings = Settings.from_env({k: str(v) for k, v in env.items()})
+    return settings.sentry_schedule
+
+
+def _as_crontab(expression: str) -> str:
+    """EventBridge `cron(m h dom mon dow year)` back to a 5-field crontab."""
+    match = re.fullmatch(r"cron\((\S+) (\S+) (\S+) (\S+) (\S+) (\S+)\)", expression)
+    assert match, expression
+    minute, hour, dom, month, dow, year = match.groups()
+    assert year == "*", "the rule must run every year"
+    assert [dom, dow].count("?") == 1, "EventBridge needs `?` in exactly one day field"
+    return " ".join(field.replace("?", "*") for field in (minute, hour, dom, month, dow))
+
+
+def test_default_schedule_is_daily_at_three_for_both_the_rule_and_the_monitor() -> None:
+    stack = Stack()
+    assert _rule_expression(stack) == "cron(0 3 * * ? *)"
+    assert _monitor_crontab(stack) == "0 3 * * *"
+
+
+@pytest.mark.parametrize(
+    ("crontab", "expression"),
+    [
+        ("30 2 * * *", "cron(30 2 * * ? *)"),
+        ("0 4 * * MON-FRI", "cron(0 4 ? * MON-FRI *)"),
+        ("15 1 * * SAT,SUN", "cron(15 1 ? * SAT,SUN *)"),
+        ("0 5 1,15 * *", "cron(0 5 1,15 * ? *)"),
+        ("0 */6 * * *", "cron(0 */6 * * ? *)"),
+    ],
+)
+def test_a_changed_schedule_moves_the_rule_and_the_monitor_together(
+    crontab: str, expression: str
+) -> None:
+    stack = Stack(Schedule=crontab)
+    assert _rule_expression(stack) == expression
+    assert _monitor_crontab(stack) == crontab
+    assert _as_crontab(_rule_expression(stack)) == _monitor_crontab(stack)
+
+
+@pytest.mark.parametrize(
+    "crontab",
+    [
+        "0 3 * * 1-5",  # weekday numbers differ: cron 0 = Sunday, EventBridge 1 = Sunday
+        "0 3 1 * MON",  # both day fields: EventBridge cannot express it
+        "cron(0 3 * * ? *)",  # the old parameter's form
+        "0 3 * * ? *",
+        "0  3 * * *",  # two spaces would shift every field
+        "0 3 * *",
+    ],
+)
+def test_schedules_the_two_dialects_would_read_differently_are_refused(crontab: str) -> None:
+    with pytest.raises(ValueError, match="Schedule"):
+        Stack(Schedule=crontab)
+
+
+# --- reserved concurrency -----------------------------------------------------------------------
+
+
+def test_no_concurrency_is_reserved_by_default_and_a_value_reserves_it() -> None:
+    assert "ReservedConcurrentExecutions" not in Stack().prop("KeysCleanupFunction")
+    props = Stack(ReservedConcurrency="1").prop("KeysCleanupFunction")
+    assert str(props["ReservedConcurrentExecutions"]) == "1"
+
+
+# --- the dashboard ------------------------------------------------------------------------------
+
+
+def _emitted(capsys: pytest.CaptureFixture[str]) -> dict[str, set[frozenset[str]]]:
+    """Metric name -> the dimension sets the handler's EMF blobs give it."""
+    capsys.readouterr()
+    publish_report(make_report())
+    publish_report(make_report(dry_run=True, deleted=0))
+    publish_failure("live")
+    emitted: dict[str, set[frozenset[str]]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if '"_aws"' not in line:
+            continue
+        for directive in json.loads(line)["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == DEFAULT_NAMESPACE
+            for metric in directive["Metrics"]:
+                for dims in directive["Dimensions"]:
+                    emitted.setdefault(metric["Name"], set()).add(frozenset(dims))
+    return emitted
+
+
+def _dashboard(stack: Stack) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(stack.prop("Dashboard", "DashboardBody"))
+    return body
+
+
+def _metric_lines(body: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
+    lines = []
+    for widget in body["widgets"]:
+        if widget["type"] != "metric":
+            continue
+        for line in widget["properties"]["metrics"]:
+            fields = [f for f in line if not isinstance(f, dict)]
+            namespace, name, *dims = fields
+            lines.append((namespace, name, dict(zip(dims[::2], dims[1::2], strict=True))))
+    return lines
+
+
+@pytest.mark.parametrize("dry_run", ["false", "true"])
+def test_dashboard_shows_the_metrics_the_handler_emits_for_the_scheduled_mode(
+    dry_run: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = Stack(ScheduledDryRun=dry_run)
+    env = stack.prop("KeysCleanupFunction", "Environment", "Variables")
+    body = _dashboard(stack)
+    assert body["start"] == "-P30D"
+    emitted = _emitted(capsys)
+    mode = "dry_run" if dry_run == "true" else "live"
+    lines = _metric_lines(body)
+    for namespace, name, dims in lines:
+        assert namespace == env["POWERTOOLS_METRICS_NAMESPACE"] == DEFAULT_NAMESPACE
+        assert name in emitted, f"the dashboard shows {name}, which the handler never emits"
+        assert frozenset(dims) in emitted[name], f"{name} is emitted with other dimensions"
+        assert dims["service"] == env["POWERTOOLS_SERVICE_NAME"] == STACK
+        assert dims["mode"] == mode
+    shown = {name for _, name, _ in lines}
+    wanted = {"KeysTotal", "KeysEligible", "KeysDeleted", "TableBytes", "IndexBytes"}
+    assert wanted | {"TotalBytes", "DurationMs", "Runs"} <= shown
+    statuses = {dims["status"] for _, name, dims in lines if name == "Runs"}
+    assert statuses == {"completed", "partial", "skipped", "aborted", "failed"}
+
+
+def test_dashboard_shows_every_alarms_state_and_its_url_is_an_output() -> None:
+    stack = Stack()
+    (widget,) = [w for w in _dashboard(stack)["widgets"] if w["type"] == "alarm"]
+    assert sorted(widget["properties"]["alarms"]) == sorted(f"<{a}.Arn>" for a in ALARMS)
+    url = stack.resolve(TEMPLATE["Outputs"]["DashboardUrl"]["Value"])
+    assert url.startswith("https://eu-west-1.console.aws.amazon.com/cloudwatch/")
+    assert url.endswith("#dashboards:name=<Dashboard>")
+
+
+# --- tags ---------------------------------------------------------------------------------------
+
+# Every resource type in the template is in one of these two sets, so a new resource needs a
+# decision about its tags.
+TAGGED_AS_LIST = {
+    "AWS::IAM::Role",
+    "AWS::SQS::Queue",
+    "AWS::Logs::LogGroup",
+    "AWS::CloudWatch::Alarm",
+    "AWS::SNS::Topic",
+}
+UNTAGGABLE = {"AWS::SQS::QueuePolicy", "AWS::SNS::Subscription", "AWS::CloudWatch::Dashboard"}
+
+
+def test_every_taggable_resource_carries_the_app_tag() -> None:
+    stack = Stack(AlarmEmail="oncall@example.com")
+    for name, resource in RESOURCES.items():
+        kind = resource["Type"]
+        if kind == "AWS::Serverless::Function":
+            assert stack.prop(name, "Tags") == {"app": "keys-cleanup"}
+            assert stack.prop(name, "PropagateTags") is True
+            continue
+        assert kind in TAGGED_AS_LIST | UNTAGGABLE, f"{name}: decide whether {kind} takes tags"
+        if kind in TAGGED_AS_LIST:
+            assert TAG in stack.prop(name, "Tags"), name
