@@ -175,8 +175,10 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         if url is not None:
             settings = settings.model_copy(update={"database_url": SecretStr(url)})
         if args.demo and settings.auth_table is None:
+            from handler.demo import DEMO_AUTH_TABLE  # noqa: PLC0415 - demo only
+
             # The demo seeds an auth table: show the orphan rule too.
-            settings = settings.model_copy(update={"auth_table": "whatsapp_auth"})
+            settings = settings.model_copy(update={"auth_table": DEMO_AUTH_TABLE})
         progress = _ProgressLine(stderr, enabled=not args.no_progress and not flags.dry_run)
         try:
             report = run_cleanup(settings, flags, progress=progress)
