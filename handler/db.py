@@ -389,8 +389,9 @@ def _expired(target: Target, policy: Policy) -> sql.Composable:
     if not applies_ttl(target, policy):
         return sql.SQL("false")
     exp = expires_expr(target)
-    return sql.SQL("({exp} >= {first} AND {exp} < %(expires_now)s)").format(
-        exp=exp, first=FIRST_TIMESTAMP
+    # IS NOT NULL first: most keys have no expiry, and AND stops at false but not at NULL.
+    return sql.SQL("({col} IS NOT NULL AND {exp} >= {first} AND {exp} < %(expires_now)s)").format(
+        col=sql.Identifier(target.expires_column or ""), exp=exp, first=FIRST_TIMESTAMP
     )
 
 
@@ -565,8 +566,7 @@ def measure(
             for i in range(len(distinct))
         ]
 
-    # False rather than NULL for a NULL expiry: a FILTER's AND stops at false, not at NULL.
-    expired = sql.SQL("coalesce({}, false)").format(_expired(target, policy))
+    expired = _expired(target, policy)
     inner = [
         sql.SQL("count(*) AS keys"),
         sql.SQL("count(*) FILTER (WHERE {ok}) AS with_ts").format(ok=ok),
