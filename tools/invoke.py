@@ -88,6 +88,7 @@ REPORT_LINE = re.compile(r"^REPORT RequestId: (\S+).*?\tDuration: ([0-9.]+) ms")
 START_LINE = re.compile(r"^START RequestId: (\S+)")
 # Time the emulator gets to bind its port, and the runtime to start on top of the timeout.
 START_TIMEOUT_S = 15.0
+START_ATTEMPTS = 3
 INIT_ALLOWANCE_S = 30.0
 
 
@@ -306,7 +307,8 @@ def build(build_dir: Path = DEFAULT_BUILD_DIR, *, log: TextIO | None = sys.stder
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         wanted = _sources_hash(version)
-        if stamp.is_file() and stamp.read_text() == wanted:
+        parts = (result.task / "handler", result.runtime / "awslambdaric", result.rie)
+        if stamp.is_file() and stamp.read_text() == wanted and all(p.exists() for p in parts):
             return result
         started = time.monotonic()
         stamp.unlink(missing_ok=True)
@@ -455,7 +457,18 @@ class Emulator:
         return int(self.env["AWS_LAMBDA_FUNCTION_TIMEOUT"])
 
     def start(self) -> None:
+        # A free port can be taken by someone else before the emulator binds it: try again.
+        for attempt in range(START_ATTEMPTS):
+            try:
+                self._spawn()
+                return
+            except InvokeError:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+
+    def _spawn(self) -> None:
         self.port, api_port = _free_ports(2)
+        self.lines.clear()
         command = [
             str(self.build.rie),
             "--log-level",
@@ -483,7 +496,7 @@ class Emulator:
             # Its own process group, so stop() ends the runtime process it spawned as well.
             start_new_session=True,
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True)
         self._reader.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -499,9 +512,8 @@ class Emulator:
         self.stop()
         raise InvokeError(f"the emulator did not listen on 127.0.0.1:{self.port}")
 
-    def _read(self) -> None:
-        stream = self._process.stdout if self._process is not None else None
-        for raw in stream or ():
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        for raw in process.stdout or ():
             line = raw.rstrip("\n")
             with self._changed:
                 self.lines.append(line)
