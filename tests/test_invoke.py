@@ -140,6 +140,47 @@ def test_parameter_overrides_and_unresolvable_intrinsics() -> None:
     assert overridden.environment["CLEANUP_RETENTION_DAYS"] == "45"
 
 
+def test_short_form_intrinsics_and_globals_are_read(tmp_path: Path) -> None:
+    template = tmp_path / "template.yaml"
+    template.write_text(
+        """
+Parameters:
+  Table: {Type: String, Default: keys}
+  Secret: {Type: String}
+Globals:
+  Function:
+    Timeout: 30
+    Environment:
+      Variables: {SHARED: "yes", CLEANUP_TABLE: global}
+Resources:
+  Queue: {Type: AWS::SQS::Queue}
+  Fn:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: app.handler
+      Runtime: python3.13
+      Environment:
+        Variables:
+          CLEANUP_TABLE: !Ref Table
+          QUEUE_ARN: !GetAtt Queue.Arn
+          QUEUE_URL: !Ref Queue
+          SECRET: !Ref Secret
+          REGION_TABLE: !Sub "${AWS::Region}/${Table}"
+          PICKED: !If [IsProd, a, b]
+          ENABLED: true
+"""
+    )
+    function = load_function(template, "Fn", region="eu-west-1")
+    assert (function.timeout_s, function.memory_mb) == (30, 128)  # Globals, then Lambda's default
+    assert function.environment == {
+        "SHARED": "yes",
+        "CLEANUP_TABLE": "keys",
+        "REGION_TABLE": "eu-west-1/keys",
+        "ENABLED": "true",
+    }
+    assert set(function.unresolved) == {"QUEUE_ARN", "QUEUE_URL", "SECRET", "PICKED"}
+
+
 def test_caller_variables_win_over_the_template_and_nothing_else_leaks(
     function: Function, artifact: Build
 ) -> None:
