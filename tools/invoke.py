@@ -648,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sys.stdout.buffer.write(result.body + b"\n")
     sys.stdout.flush()
-    report = f", handler {result.duration_ms:.0f} ms" if result.duration_ms is not None else ""
+    report = f", REPORT {result.duration_ms:.0f} ms" if result.duration_ms is not None else ""
     sys.stderr.write(
         f"invoke: HTTP {result.status}, response {len(result.body)} bytes, "
         f"{result.elapsed_ms:.0f} ms round trip{report} "
