@@ -64,12 +64,13 @@ PASS_PREFIXES = ("CLEANUP_", "DATABASE_", "SENTRY_", "TELEGRAM_", "POWERTOOLS_",
 # Set by the runtime itself, never by the caller (the timeout and memory have options).
 RESERVED = re.compile(r"AWS_LAMBDA_.*|AWS_EXECUTION_ENV|_HANDLER|LAMBDA_.*")
 
-# CloudFormation pseudo parameters, as `sam local` fills them in. The stack name comes from
-# samconfig.toml, so that POWERTOOLS_SERVICE_NAME matches the deployed function's.
+# CloudFormation pseudo parameters, as `sam local` fills them in (its intrinsics symbol table).
+# load_function() takes the stack name from samconfig.toml instead of "local", so that
+# POWERTOOLS_SERVICE_NAME (the metrics' `service` dimension) is the deployed function's.
 PSEUDO_PARAMETERS = {
     "AWS::AccountId": "123456789012",
     "AWS::Partition": "aws",
-    "AWS::URLSuffix": "amazonaws.com",
+    "AWS::URLSuffix": "localhost",
     "AWS::Region": "us-east-1",
     "AWS::StackName": "local",
 }
