@@ -116,10 +116,7 @@ def test_template_gives_handler_timeout_memory_and_parameter_defaults(function: 
     env = function.environment
     # !Ref to a parameter -> its default; the pseudo parameter AWS::StackName -> samconfig's.
     assert env["CLEANUP_RETENTION_DAYS"] == "30"
-    assert (
-        env["CLEANUP_PROTECTED_KEY_TYPES"]
-        == "app-state-sync-key,app-state-sync-version,lid-mapping"
-    )
+    assert env["SENTRY_ENVIRONMENT"] == "production"
     assert env["POWERTOOLS_SERVICE_NAME"] == "whatsapp-keys-cleanup"
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "WhatsAppKeysCleanup"
     assert env["SENTRY_DSN_PARAMETER"] == ""
