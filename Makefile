@@ -33,7 +33,13 @@ UV_EXPORT_FLAGS ?=
 
 REQUIREMENTS = $(ARTIFACTS_DIR)/.requirements.txt
 
-.PHONY: build-KeysCleanupFunction requirements
+# pip fetching wheels for Lambda's Python and architecture, whatever this machine runs.
+PIP_INSTALL = PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet \
+	--disable-pip-version-check --no-compile --require-hashes --only-binary=:all: \
+	--implementation cp --python-version $(LAMBDA_PYTHON_VERSION) --abi cp313 \
+	$(foreach p,$(LAMBDA_PLATFORMS),--platform $(p)) --upgrade
+
+.PHONY: build-KeysCleanupFunction requirements build-lambda-runtime invoke
 
 requirements:
 	@test -n "$(PYTHON)" || { echo "no Python with pip on PATH; set PYTHON=..." >&2; exit 1; }
@@ -44,10 +50,33 @@ requirements:
 # The runtime code only: the handler package without caches. Tests, bench, events, docs and
 # the dev dependencies never reach the artifact. pip's console scripts (bin/) are useless there.
 build-KeysCleanupFunction: requirements
-	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --disable-pip-version-check \
-		--no-compile --require-hashes --only-binary=:all: --implementation cp \
-		--python-version $(LAMBDA_PYTHON_VERSION) --abi cp313 \
-		$(foreach p,$(LAMBDA_PLATFORMS),--platform $(p)) \
-		--target "$(ARTIFACTS_DIR)" --upgrade -r "$(REQUIREMENTS)"
+	$(PIP_INSTALL) --target "$(ARTIFACTS_DIR)" -r "$(REQUIREMENTS)"
 	rm -rf "$(REQUIREMENTS)" "$(ARTIFACTS_DIR)/bin"
 	tar -c --exclude='__pycache__' --exclude='*.pyc' handler | tar -x -C "$(ARTIFACTS_DIR)"
+
+# --- make invoke: the function as Lambda runs it, on this machine, without Docker ------------
+# tools/invoke.py builds the function with the recipe above for this machine's architecture,
+# adds the runtime's own packages (below) and the Runtime Interface Emulator from the pinned
+# SAM CLI, then posts EVENT to the emulator. See docs/local-invoke.md.
+#   make invoke EVENT=events/dry-run.json [TIMEOUT=seconds] [MEMORY=MB]
+EVENT ?= events/dry-run.json
+INVOKE_DIR ?= .aws-sam/invoke
+TIMEOUT ?=
+MEMORY ?=
+
+invoke:
+	@$(UV) run --frozen python -m tools.invoke --event "$(EVENT)" --build-dir "$(INVOKE_DIR)" \
+		$(if $(TIMEOUT),--timeout "$(TIMEOUT)") $(if $(MEMORY),--memory "$(MEMORY)")
+
+# What the Lambda python3.13 runtime brings beside the function (its /var/runtime): the runtime
+# interface client awslambdaric, and boto3. Pinned by the lockfile's `lambda-runtime` group.
+RUNTIME_DIR ?= $(INVOKE_DIR)/runtime
+RUNTIME_REQUIREMENTS = $(RUNTIME_DIR)/.requirements.txt
+
+build-lambda-runtime:
+	@test -n "$(PYTHON)" || { echo "no Python with pip on PATH; set PYTHON=..." >&2; exit 1; }
+	mkdir -p "$(RUNTIME_DIR)"
+	$(UV) export --frozen --only-group lambda-runtime --no-emit-project \
+		--format requirements-txt --output-file "$(RUNTIME_REQUIREMENTS)" --quiet
+	$(PIP_INSTALL) --target "$(RUNTIME_DIR)" -r "$(RUNTIME_REQUIREMENTS)"
+	rm -rf "$(RUNTIME_REQUIREMENTS)" "$(RUNTIME_DIR)/bin"

@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export UV_PYTHON_DOWNLOADS=never SAM_CLI_TELEMETRY=0
 
-# A pinned SAM CLI, run through uvx so it never enters the project's environment.
-SAM_CLI_VERSION="${SAM_CLI_VERSION:-1.170.0}"
+# A pinned SAM CLI (ci/sam-cli-version, shared with `make invoke`), run through uvx so it never
+# enters the project's environment.
+SAM_CLI_VERSION="${SAM_CLI_VERSION:-$(cat ci/sam-cli-version)}"
 sam() { uvx --quiet --from "aws-sam-cli==${SAM_CLI_VERSION}" sam "$@"; }
 
 work="$(mktemp -d)"
