@@ -217,7 +217,8 @@ def _rule_lines(r: Report) -> list[str]:
         parts.append(f"TTL expired {r.expired:,} (column {r.expires_column})")
     if r.orphan_rule == "applied":
         parts.append(
-            f"orphaned {r.orphaned:,} keys of {r.orphaned_tenants:,} tenants without a row in "
+            f"orphaned {r.orphaned:,} keys of {r.orphaned_tenants:,} "
+            f"tenant{'' if r.orphaned_tenants == 1 else 's'} without a row in "
             f"{r.auth_table} (grace {r.orphan_grace_days}d)"
         )
     elif r.orphan_rule == "refused":
