@@ -287,7 +287,7 @@ def test_orphan_rule_deletes_keys_of_logged_out_tenants_protected_included(
     assert report.by_type["session"].orphaned == 1
     assert report.by_type["pre-key"].orphaned == 1
     text = render_text(report)
-    assert "orphaned 4 keys of 1 tenants" in text
+    assert "orphaned 4 keys of 1 tenant without" in text
     assert "orphaned tenants: c" in text
 
 
