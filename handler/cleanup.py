@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import errors as pg_errors
 
-from handler import db
+from handler import db, pacing
 from handler.report import BUCKET_LABELS, KeyEntry, Report, Status, TableStats, TypeStats
 from handler.settings import ConfigError, Flags, Settings
 
@@ -23,9 +23,8 @@ from handler.settings import ConfigError, Flags, Settings
 ROW_WAIT_MS = 100
 # Below this many milliseconds left, no new batch starts.
 MIN_BATCH_BUDGET_MS = 20
-# Each batch aims at `batch_size` deleted rows; its page span is derived from the measured
-# density of eligible rows, within these bounds.
-MAX_PAGES_PER_BATCH = 100_000
+# Each batch aims at `batch_size` deleted rows; its page span, and the pauses between batches,
+# follow what the batches observe (handler/pacing.py).
 
 
 class CleanupError(RuntimeError):
@@ -263,6 +262,9 @@ class _Run:
         fields: dict[str, object],
     ) -> Report:
         s, flags = self.settings, self.flags
+        before = fields["before"]
+        if not isinstance(before, TableStats):  # pragma: no cover - set by _locked
+            raise TypeError("before-run measurement missing")
         loop = _DeleteLoop(
             conn,
             target,
@@ -271,6 +273,7 @@ class _Run:
             settings=s,
             deadline=self.deadline,
             pages_total=before_sizes.pages,
+            keys=before.keys,
             eligible=eligible,
             list_limit=s.verbose_limit if flags.verbose else 0,
             # The verbose listing needs RETURNING anyway; the counts per type then come free.
@@ -303,9 +306,6 @@ class _Run:
             notes.extend(skipped)
         elif flags.vacuum:
             notes.append("VACUUM skipped: the run did not complete")
-        before = fields["before"]
-        if not isinstance(before, TableStats):  # pragma: no cover - set by _locked
-            raise TypeError("before-run measurement missing")
         after: TableStats | None = None
         try:
             # Sizes are measured again. Keys are not recounted: the first pass over a table
@@ -338,6 +338,10 @@ class _Run:
             batch_retries=loop.retries,
             skipped_pages=loop.skipped_pages,
             max_batch_ms=round(loop.max_batch_ms),
+            max_batch_rows=loop.max_batch_rows,
+            throttle_waits=loop.throttle_waits,
+            throttle_wait_ms=round(loop.throttle_wait_s * 1000),
+            pacing_wait_ms=round(loop.pacing_wait_s * 1000),
             keys=[_entry(target, item) for item in listing],
             keys_omitted=max(0, deleted - len(listing)) if flags.verbose else 0,
             duration_ms=self._duration_ms(),
@@ -370,7 +374,7 @@ class _DeleteLoop:
     run. (Skipping by row would need SELECT ... FOR UPDATE SKIP LOCKED, which needs the UPDATE
     privilege; this way SELECT and DELETE are enough.) A table lock that cannot be had within
     the lock timeout, or a batch over its statement timeout, is retried a bounded number of
-    times, then the run ends as `partial`.
+    times, then the run ends as `partial`. Spans and pauses come from handler/pacing.py.
     """
 
     def __init__(
@@ -383,6 +387,7 @@ class _DeleteLoop:
         settings: Settings,
         deadline: float | None,
         pages_total: int,
+        keys: int,
         eligible: int,
         list_limit: int,
         count_by_type: bool,
@@ -392,16 +397,22 @@ class _DeleteLoop:
         self.count_by_type = count_by_type
         self.settings = settings
         self.deadline = deadline
+        # Every row that was old when we measured lies in the first `pages_total` pages: rows
+        # written later are fresh, wherever they land.
         self.pages_total = pages_total
         self.eligible = eligible
         self.list_budget = list_limit
         self.progress = progress
-        # Every row that was old when we measured lies in the first `pages_total` pages: rows
-        # written later are fresh, wherever they land.
-        density = eligible / pages_total if pages_total else 0.0
-        self.span = (
-            max(1, min(MAX_PAGES_PER_BATCH, round(settings.batch_size / density))) if density else 1
+        self.limits = pacing.Limits(
+            batch_rows=settings.batch_size,
+            rows_per_page=keys / pages_total if pages_total else 1.0,
+            target_ms=settings.target_batch_ms,
         )
+        self.span = pacing.first_span(self.limits)
+        self.wal = self._wal_budget()
+        self.lsn: tuple[int, float] | None = None  # WAL position and when it was read
+        self.debt_s = 0.0  # pause owed to the WAL budget
+        self.hidden_noted = False
         self.status: Status = "completed"
         self.reason: str | None = None
         self.notes: list[str] = []
@@ -412,13 +423,27 @@ class _DeleteLoop:
         self.retries = 0
         self.skipped_pages = 0
         self.max_batch_ms = 0.0
+        self.max_batch_rows = 0
+        self.batch_s = 0.0  # time inside batches, to estimate the work left
+        self.throttle_waits = 0
+        self.throttle_wait_s = 0.0
+        self.pacing_wait_s = 0.0
         self.pages_done = 0
+
+    def _wal_budget(self) -> pacing.WalBudget:
+        rate = self.settings.wal_bytes_per_s
+        if rate is not None:
+            return pacing.WalBudget.fixed(rate)
+        c = db.checkpoint_settings(self.conn)
+        return pacing.WalBudget.from_server(c.max_wal_size, c.completion_target, c.timeout_s)
 
     def run(self) -> None:
         next_page = 0
         pending: list[tuple[int, int]] = []  # split ranges, processed first (LIFO)
         attempts = 0
         while self.eligible and (pending or next_page < self.pages_total):
+            if not self._paced(pending[-1] if pending else (next_page, next_page + 1)):
+                return
             budget_ms = _remaining_ms(self.deadline)
             if budget_ms < max(MIN_BATCH_BUDGET_MS, self.max_batch_ms * 2):
                 self._stop("stopped at the deadline; the next run continues where the data stands")
@@ -426,7 +451,7 @@ class _DeleteLoop:
             if pending:
                 lo, hi = pending.pop()
             else:
-                lo, hi = next_page, min(self.pages_total, next_page + self.span)
+                lo, hi = next_page, min(self.pages_total, next_page + self.span.pages)
                 next_page = hi
             try:
                 self._batch(lo, hi, budget_ms)
@@ -451,7 +476,8 @@ class _DeleteLoop:
                     )
                     return
                 if isinstance(exc, pg_errors.QueryCanceled) and hi - lo > 1:
-                    self.span = max(1, self.span // 2)  # too slow: smaller batches from now on
+                    # Too slow: smaller batches from now on.
+                    self.span = pacing.Span(max(1, self.span.pages // 2), self.span.densest)
                     mid = (lo + hi) // 2
                     pending += [(mid, hi), (lo, mid)]
                 else:
@@ -464,6 +490,73 @@ class _DeleteLoop:
                 f"{self.skipped_pages} page(s) skipped: the application held rows there; their "
                 "keys are left for the next run"
             )
+
+    def _paced(self, upcoming: tuple[int, int]) -> bool:
+        """Before a batch: wait while a replica lags, then pause for the WAL budget.
+
+        Returns False when the run must stop (the reason is set).
+        """
+        s = self.settings
+        attempt = 0
+        while True:
+            state = db.replication_state(self.conn)
+            self._spend_wal(state.lsn)
+            if state.hidden_standbys and not self.hidden_noted:
+                self.hidden_noted = True
+                self.notes.append(
+                    f"replay lag of {state.hidden_standbys} streaming standby(s) not watched: "
+                    "this role cannot read pg_stat_replication (GRANT pg_monitor TO it)"
+                )
+            step = pacing.throttle_step(
+                state.lags,
+                limit_bytes=s.max_replica_lag_bytes,
+                attempt=attempt,
+                waited_s=self.throttle_wait_s,
+                max_wait_s=s.throttle_max_wait_s,
+                remaining_s=_remaining_ms(self.deadline) / 1000,
+            )
+            if step.stop == "deadline":
+                self._stop("stopped at the deadline; the next run continues where the data stands")
+                return False
+            if step.stop is not None and step.worst is not None:
+                self._stop(
+                    f"stopped: {step.worst.name} is {step.worst.bytes:,} bytes of WAL behind, "
+                    f"above CLEANUP_MAX_REPLICA_LAG_BYTES={s.max_replica_lag_bytes:,}, after "
+                    f"waiting {self.throttle_wait_s:.1f} s in total for replicas "
+                    f"(CLEANUP_THROTTLE_MAX_WAIT_S={s.throttle_max_wait_s:g}); the next run "
+                    "continues where the data stands"
+                )
+                return False
+            if step.wait_s <= 0:
+                break
+            self.throttle_waits += 1
+            self.throttle_wait_s += step.wait_s
+            time.sleep(step.wait_s)
+            attempt += 1
+        self._pause(upcoming)
+        return True
+
+    def _spend_wal(self, lsn: int) -> None:
+        now = time.monotonic()
+        if self.lsn is not None:
+            self.wal, self.debt_s = self.wal.spend(lsn - self.lsn[0], now - self.lsn[1])
+        self.lsn = (lsn, now)
+
+    def _pause(self, upcoming: tuple[int, int]) -> None:
+        """Pay off the WAL budget's debt, without pacing the run past its deadline."""
+        if self.debt_s <= 0:
+            return
+        pages_left = max(1, self.pages_total - upcoming[0])
+        work_s = self.batch_s / self.pages_done * pages_left if self.pages_done else 0.0
+        pause = pacing.pause_within_deadline(
+            self.debt_s,
+            remaining_s=_remaining_ms(self.deadline) / 1000 - MIN_BATCH_BUDGET_MS / 1000,
+            work_s=work_s,
+            share=self.span.pages / pages_left,
+        )
+        if pause > 0:
+            time.sleep(pause)
+            self.pacing_wait_s += pause
 
     def _stop(self, reason: str) -> None:
         self.status = "partial"
@@ -503,7 +596,13 @@ class _DeleteLoop:
                 # A deadlock with an application transaction is a row conflict too: PostgreSQL
                 # rolled this batch back, so split the range as for a long wait.
                 raise _RowLockWait from exc
-        self.max_batch_ms = max(self.max_batch_ms, (time.monotonic() - started) * 1000)
+        batch_ms = (time.monotonic() - started) * 1000
+        self.max_batch_ms = max(self.max_batch_ms, batch_ms)
+        self.max_batch_rows = max(self.max_batch_rows, result.deleted)
+        self.batch_s += batch_ms / 1000
+        self.span = pacing.next_span(
+            self.limits, self.span, pacing.Observed(hi - lo, result.deleted, batch_ms)
+        )
         self.batches += 1
         self.pages_done += hi - lo
         self.deleted += result.deleted

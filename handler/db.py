@@ -17,6 +17,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
+from handler.pacing import Lag
+
 Conn = psycopg.Connection[TupleRow]
 
 MIN_SERVER_VERSION = 140000  # TID Range Scan (ctid >= x AND ctid < y) arrived in PostgreSQL 14
@@ -597,3 +599,80 @@ def history_trend(conn: Conn, schema: str | None, name: str, days: int) -> list[
         (days,),
     ).fetchall()
     return [DayTrend(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pacing: WAL position, replica lag, checkpoint settings
+
+
+@dataclass(frozen=True)
+class ReplicationState:
+    """The primary's WAL position and how far each standby and logical slot is behind it."""
+
+    lsn: int  # bytes since 0/0
+    lags: list[Lag]
+    # Streaming standbys whose positions this role may not read (it lacks pg_read_all_stats,
+    # which pg_monitor includes): their lag is not watched.
+    hidden_standbys: int
+
+
+def replication_state(conn: Conn) -> ReplicationState:
+    """One statement before each batch: the WAL position and every replica's lag in bytes.
+
+    Standbys: `pg_current_wal_lsn() - replay_lsn`, what readers on the standby do not see yet.
+    Logical slots: `pg_current_wal_lsn() - confirmed_flush_lsn`, what the consumer has not
+    confirmed. restart_lsn (the WAL the primary keeps for the slot) lags confirmed_flush_lsn
+    by up to the interval between running-transactions records even for a consumer that keeps
+    up, so it would throttle a healthy CDC feed; an idle consumer holds back both.
+    A standby that has not reported a position yet (replay_lsn NULL) is not counted.
+    """
+    rows = conn.execute(
+        """
+        SELECT 'lsn', NULL::text, NULL::text, pg_current_wal_lsn() - '0/0'::pg_lsn
+        UNION ALL
+        SELECT 'standby', application_name, host(client_addr),
+               pg_current_wal_lsn() - replay_lsn
+        FROM pg_stat_replication
+        WHERE replay_lsn IS NOT NULL
+        UNION ALL
+        SELECT 'hidden', NULL, NULL, count(*)
+        FROM pg_stat_replication
+        WHERE state IS NULL
+        UNION ALL
+        SELECT 'slot', slot_name::text, NULL, pg_current_wal_lsn() - confirmed_flush_lsn
+        FROM pg_replication_slots
+        WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL
+        """
+    ).fetchall()
+    lsn, hidden, lags = 0, 0, []
+    for kind, name, addr, value in rows:
+        if kind == "lsn":
+            lsn = int(value)
+        elif kind == "hidden":
+            hidden = int(value)
+        elif kind == "standby":
+            label = f"standby {name or '(unnamed)'}" + (f" ({addr})" if addr else "")
+            lags.append(Lag(label, max(0, int(value))))
+        else:
+            lags.append(Lag(f"logical slot {name}", max(0, int(value))))
+    return ReplicationState(lsn, lags, hidden)
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    max_wal_size: int  # bytes
+    completion_target: float
+    timeout_s: float
+
+
+def checkpoint_settings(conn: Conn) -> CheckpointSettings:
+    row = _one(
+        conn.execute(
+            """
+            SELECT pg_size_bytes(current_setting('max_wal_size')),
+                   current_setting('checkpoint_completion_target')::float8,
+                   extract(epoch FROM current_setting('checkpoint_timeout')::interval)::float8
+            """
+        )
+    )
+    return CheckpointSettings(int(row[0]), float(row[1]), float(row[2]))
