@@ -431,11 +431,13 @@ class _DeleteLoop:
         self.pages_done = 0
 
     def _wal_budget(self) -> pacing.WalBudget:
-        rate = self.settings.wal_bytes_per_s
-        if rate is not None:
-            return pacing.WalBudget.fixed(rate)
         c = db.checkpoint_settings(self.conn)
-        return pacing.WalBudget.from_server(c.max_wal_size, c.completion_target, c.timeout_s)
+        trigger = pacing.checkpoint_trigger(c.max_wal_size, c.completion_target)
+        rate = self.settings.wal_bytes_per_s
+        if rate is None:
+            rate = round(pacing.default_wal_rate(trigger, c.timeout_s))
+        self.wal_rate = rate
+        return pacing.WalBudget.start(rate, trigger, c.since_checkpoint)
 
     def run(self) -> None:
         next_page = 0

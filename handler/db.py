@@ -663,9 +663,15 @@ class CheckpointSettings:
     max_wal_size: int  # bytes
     completion_target: float
     timeout_s: float
+    since_checkpoint: int | None  # WAL bytes since the last checkpoint's redo point
 
 
 def checkpoint_settings(conn: Conn) -> CheckpointSettings:
+    """The settings that decide when WAL volume forces a checkpoint, and how close it is.
+
+    pg_control_checkpoint() is executable by PUBLIC on stock PostgreSQL; where a provider
+    revoked it, the distance to the next checkpoint is unknown (None).
+    """
     row = _one(
         conn.execute(
             """
@@ -675,4 +681,12 @@ def checkpoint_settings(conn: Conn) -> CheckpointSettings:
             """
         )
     )
-    return CheckpointSettings(int(row[0]), float(row[1]), float(row[2]))
+    try:
+        since = _one(
+            conn.execute("SELECT pg_current_wal_lsn() - redo_lsn FROM pg_control_checkpoint()")
+        )[0]
+    except psycopg.errors.InsufficientPrivilege:
+        since = None
+    return CheckpointSettings(
+        int(row[0]), float(row[1]), float(row[2]), None if since is None else int(since)
+    )

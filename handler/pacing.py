@@ -42,13 +42,20 @@ MAX_BACKOFF_S = 5.0
 
 # Checkpoint trigger: PostgreSQL starts a checkpoint once the WAL since the last one reaches
 # max_wal_size / (1 + checkpoint_completion_target) (CalculateCheckpointSegments in xlog.c).
-# The bucket's burst is this share of that headroom ...
-BURST_SHARE = 0.5
-# ... and its rate this many times the WAL rate that would never force a checkpoint
-# (trigger / checkpoint_timeout). 1x would make a 4M-row run of ~1.6 GB of WAL take ~15 min on
-# stock settings; 2x keeps it within 10 min and forces at most one checkpoint per
-# checkpoint_timeout / 2, each spread over the same minutes instead of seconds.
+# The run may write at full speed until the WAL since the last checkpoint reaches this share
+# of the trigger: a run that fits (1M rows here: ~400 MB against ~540 MB) never waits ...
+HEADROOM_SHARE = 0.9
+# ... then at most this many times the WAL rate that would never force a checkpoint
+# (trigger / checkpoint_timeout). 1x would make a 4M-row run of ~1.6 GB of WAL take ~7 min
+# after its headroom on stock settings; 2x takes ~3.5 min and forces a checkpoint at most every
+# checkpoint_timeout / 2, its writes spread over those minutes instead of seconds.
 RATE_FACTOR = 2.0
+# Once the headroom is spent, the bucket refills to at most this many seconds of the rate, so
+# the run never sprints again into a checkpoint in progress.
+REFILL_S = 10.0
+# Without the WAL position of the last checkpoint (pg_control_checkpoint), assume half the
+# trigger is left.
+UNKNOWN_HEADROOM_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,20 +118,13 @@ class WalBudget:
     credit: float
 
     @classmethod
-    def from_server(
-        cls, max_wal_size: int, completion_target: float, checkpoint_timeout_s: float
-    ) -> WalBudget:
-        """Derived from the server's checkpoint settings (bytes, fraction, seconds)."""
-        trigger = max_wal_size / (1 + completion_target)
-        rate = RATE_FACTOR * trigger / max(checkpoint_timeout_s, 1.0)
-        burst = BURST_SHARE * trigger
-        return cls(rate=rate, burst=burst, credit=burst)
-
-    @classmethod
-    def fixed(cls, rate: float) -> WalBudget:
-        """A rate without a burst (0: unlimited): what an operator sets explicitly."""
-        burst = rate  # one second's worth
-        return cls(rate=rate, burst=burst, credit=burst)
+    def start(cls, rate: float, trigger: float, since_checkpoint: float | None) -> WalBudget:
+        """A full-speed credit up to the checkpoint trigger's headroom, then `rate` (0: none)."""
+        if since_checkpoint is None:
+            credit = UNKNOWN_HEADROOM_SHARE * trigger
+        else:
+            credit = max(0.0, HEADROOM_SHARE * trigger - since_checkpoint)
+        return cls(rate=rate, burst=REFILL_S * rate, credit=credit)
 
     def spend(self, wal_bytes: float, elapsed_s: float) -> tuple[WalBudget, float]:
         """Account for `wal_bytes` written over `elapsed_s`; returns the new bucket and a pause.
@@ -134,10 +134,22 @@ class WalBudget:
         """
         if self.rate <= 0:
             return self, 0.0
-        credit = min(self.burst, self.credit + self.rate * elapsed_s) - wal_bytes
+        # The refill stops at the burst, but never takes away a larger starting credit.
+        credit = max(self.credit, min(self.burst, self.credit + self.rate * elapsed_s))
+        credit -= wal_bytes
         # A debt stays on the books: the pause pays it off, and the refill during the pause
         # (counted in the next elapsed_s) brings the credit back to zero, not above it.
         return WalBudget(self.rate, self.burst, credit), max(0.0, -credit / self.rate)
+
+
+def checkpoint_trigger(max_wal_size: float, completion_target: float) -> float:
+    """WAL bytes after which PostgreSQL forces a checkpoint."""
+    return max_wal_size / (1 + completion_target)
+
+
+def default_wal_rate(trigger: float, checkpoint_timeout_s: float) -> float:
+    """Bytes per second: RATE_FACTOR x the rate at which only timed checkpoints would run."""
+    return RATE_FACTOR * trigger / max(checkpoint_timeout_s, 1.0)
 
 
 def pause_within_deadline(

@@ -118,19 +118,41 @@ def test_wal_budget_refills_no_higher_than_the_burst() -> None:
     assert pause == 0.0
 
 
+def test_wal_budget_keeps_a_starting_credit_above_the_burst() -> None:
+    budget = WalBudget(rate=1000.0, burst=5000.0, credit=50_000.0)
+    budget, pause = budget.spend(40_000, elapsed_s=1)
+    assert budget.credit == 10_000.0
+    assert pause == 0.0
+
+
 def test_unlimited_wal_budget_never_pauses() -> None:
-    budget = WalBudget.fixed(0)
+    budget = WalBudget.start(0, trigger=1e9, since_checkpoint=0)
     assert budget.spend(10**12, elapsed_s=0)[1] == 0.0
 
 
 def test_wal_budget_from_stock_server_settings() -> None:
     # max_wal_size 1 GB, checkpoint_completion_target 0.9, checkpoint_timeout 5 min.
-    budget = WalBudget.from_server(1 << 30, 0.9, 300)
-    trigger = (1 << 30) / 1.9
-    assert budget.burst == pytest.approx(trigger / 2)
-    assert budget.rate == pytest.approx(2 * trigger / 300)  # ~3.8 MB/s
+    trigger = pacing.checkpoint_trigger(1 << 30, 0.9)
+    assert trigger == pytest.approx((1 << 30) / 1.9)  # ~565 MB
+    rate = pacing.default_wal_rate(trigger, 300)
+    assert rate == pytest.approx(2 * trigger / 300)  # ~3.8 MB/s
+    budget = WalBudget.start(rate, trigger, since_checkpoint=10 << 20)
+    # Full speed up to 90% of the trigger: a 1M-row run (~400 MB of WAL here) never waits.
+    assert budget.credit == pytest.approx(0.9 * trigger - (10 << 20))
+    assert budget.credit > 400e6
     # A 4M-row run's ~1.6 GB of WAL fits well inside the Lambda's 15 minutes.
-    assert (1.6e9 - budget.burst) / budget.rate < 600
+    assert (1.6e9 - budget.credit) / rate < 600
+
+
+def test_wal_budget_without_checkpoint_position_assumes_half_the_headroom() -> None:
+    budget = WalBudget.start(1000.0, trigger=1e9, since_checkpoint=None)
+    assert budget.credit == 0.5e9
+
+
+def test_wal_budget_after_the_trigger_starts_at_the_rate() -> None:
+    budget = WalBudget.start(1000.0, trigger=1e9, since_checkpoint=2e9)
+    assert budget.credit == 0.0
+    assert budget.spend(500, elapsed_s=0)[1] == pytest.approx(0.5)
 
 
 def test_pause_is_shortened_to_fit_the_deadline() -> None:
