@@ -413,6 +413,7 @@ class _DeleteLoop:
         self.lsn: tuple[int, float] | None = None  # WAL position and when it was read
         self.debt_s = 0.0  # pause owed to the WAL budget
         self.hidden_noted = False
+        self.replicas = False  # a standby or logical slot was seen at the last reading
         self.status: Status = "completed"
         self.reason: str | None = None
         self.notes: list[str] = []
@@ -502,6 +503,7 @@ class _DeleteLoop:
         attempt = 0
         while True:
             state = db.replication_state(self.conn)
+            self.replicas = bool(state.lags)
             self._spend_wal(state.lsn)
             if state.hidden_standbys and not self.hidden_noted:
                 self.hidden_noted = True
@@ -533,6 +535,7 @@ class _DeleteLoop:
                 break
             self.throttle_waits += 1
             self.throttle_wait_s += step.wait_s
+            db.nudge_standbys(self.conn)
             time.sleep(step.wait_s)
             attempt += 1
         self._pause(upcoming)
@@ -569,8 +572,11 @@ class _DeleteLoop:
         started = time.monotonic()
         with conn.transaction():
             # Losing the last batches to a crash only means the next run redoes them, so
-            # there is no need to wait for each commit's WAL flush.
-            conn.execute("SET LOCAL synchronous_commit = off")
+            # there is no need to wait for each commit's WAL flush. With replicas attached,
+            # though, WAL left in WAL buffers cannot be sent, and the lag the throttle reads
+            # would not shrink until the WAL writer's next round: then flush, locally only
+            # (a synchronous standby's wait is what the throttle bounds, not the commit).
+            db.set_synchronous_commit(conn, "local" if self.replicas else "off")
             statement_ms = int(min(s.batch_timeout_ms, budget_ms))
             db.set_timeouts(conn, statement_ms=statement_ms, lock_ms=s.lock_timeout_ms, local=True)
             # The table lock first, with the full lock timeout: a conflict here is a table

@@ -108,6 +108,11 @@ def set_timeouts(conn: Conn, *, statement_ms: int, lock_ms: int, local: bool = F
     )
 
 
+def set_synchronous_commit(conn: Conn, level: str) -> None:
+    """SET LOCAL synchronous_commit (inside the batch's transaction)."""
+    conn.execute(sql.SQL("SET LOCAL synchronous_commit = {}").format(sql.Literal(level)))
+
+
 def server_version(conn: Conn) -> int:
     return conn.info.server_version
 
@@ -619,28 +624,31 @@ class ReplicationState:
 def replication_state(conn: Conn) -> ReplicationState:
     """One statement before each batch: the WAL position and every replica's lag in bytes.
 
-    Standbys: `pg_current_wal_lsn() - replay_lsn`, what readers on the standby do not see yet.
-    Logical slots: `pg_current_wal_lsn() - confirmed_flush_lsn`, what the consumer has not
-    confirmed. restart_lsn (the WAL the primary keeps for the slot) lags confirmed_flush_lsn
-    by up to the interval between running-transactions records even for a consumer that keeps
-    up, so it would throttle a healthy CDC feed; an idle consumer holds back both.
+    Positions are the WAL *insert* position, which counts WAL still in WAL buffers: what the
+    run has produced, whether or not it was written yet (the engine commits synchronously
+    while replicas are attached, so that it is written and sent at once).
+    Standbys: position - replay_lsn, what readers on the standby do not see yet.
+    Logical slots: position - confirmed_flush_lsn, what the consumer has not confirmed.
+    restart_lsn (the WAL the primary keeps for the slot) lags confirmed_flush_lsn by up to the
+    interval between running-transactions records even for a consumer that keeps up, so it
+    would throttle a healthy CDC feed; an idle consumer holds back both.
     A standby that has not reported a position yet (replay_lsn NULL) is not counted.
     """
     rows = conn.execute(
         """
-        SELECT 'lsn', NULL::text, NULL::text, pg_current_wal_lsn() - '0/0'::pg_lsn
+        WITH pos AS (SELECT pg_current_wal_insert_lsn() AS lsn)
+        SELECT 'lsn', NULL::text, NULL::text, lsn - '0/0'::pg_lsn FROM pos
         UNION ALL
-        SELECT 'standby', application_name, host(client_addr),
-               pg_current_wal_lsn() - replay_lsn
-        FROM pg_stat_replication
+        SELECT 'standby', application_name, host(client_addr), pos.lsn - replay_lsn
+        FROM pg_stat_replication, pos
         WHERE replay_lsn IS NOT NULL
         UNION ALL
         SELECT 'hidden', NULL, NULL, count(*)
         FROM pg_stat_replication
         WHERE state IS NULL
         UNION ALL
-        SELECT 'slot', slot_name::text, NULL, pg_current_wal_lsn() - confirmed_flush_lsn
-        FROM pg_replication_slots
+        SELECT 'slot', slot_name::text, NULL, pos.lsn - confirmed_flush_lsn
+        FROM pg_replication_slots, pos
         WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL
         """
     ).fetchall()
@@ -656,6 +664,17 @@ def replication_state(conn: Conn) -> ReplicationState:
         else:
             lags.append(Lag(f"logical slot {name}", max(0, int(value))))
     return ReplicationState(lsn, lags, hidden)
+
+
+def nudge_standbys(conn: Conn) -> None:
+    """Commit a transaction with an xid: one small WAL record that makes standbys report.
+
+    A standby reports its replay position when it receives WAL, else only every
+    wal_receiver_status_interval (10 s by default). While the run waits for it, no WAL flows,
+    so the primary's view of its lag would stay as it was when the wait began. (The commit is
+    asynchronous, as it writes no other WAL: the WAL writer sends it within wal_writer_delay.)
+    """
+    conn.execute("SELECT pg_current_xact_id()")
 
 
 @dataclass(frozen=True)
