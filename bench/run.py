@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench import coldstart, measure
+from bench import coldstart, measure, replica
 from bench.data import (
     AGE_SCALE,
     RETENTION_DAYS,
@@ -47,6 +47,8 @@ from handler.schema import REFERENCE_TABLE
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ALL_VARIANTS = ("single", "limit-batches", "ours")
+# The engine with CLEANUP_WAL_BYTES_PER_S set: points of the pacing trade-off curve.
+CURVE_PREFIX = "ours-wal="
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -74,6 +76,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="CLEANUP_BATCH_SIZE for the engine (default: the engine's own)",
+    )
+    p.add_argument(
+        "--pacing-curve",
+        default="0,16000000,8000000",
+        help="CLEANUP_WAL_BYTES_PER_S values (0: unlimited) run as extra `ours` variants at "
+        "the largest size, beside the default pacing: the trade-off curve ('' skips)",
+    )
+    p.add_argument(
+        "--replica-rows",
+        type=int,
+        default=None,
+        help="rows for the replica-lag comparison on a primary + standby (default: N; 0 skips)",
     )
     p.add_argument("--writer-rate", type=float, default=200.0, help="writer upserts per second")
     p.add_argument("--writer-connections", type=int, default=8)
@@ -218,6 +232,9 @@ def variant_fn(args: argparse.Namespace, variant: str) -> Callable[[str], Outcom
         return lambda url: run_limit_batches(url, args.batch_size)
     if variant == "ours":
         return lambda url: run_ours(url, args.ours_batch_size)
+    if variant.startswith(CURVE_PREFIX):
+        env = {"CLEANUP_WAL_BYTES_PER_S": variant.removeprefix(CURVE_PREFIX)}
+        return lambda url: run_ours(url, args.ours_batch_size, env)
     raise ValueError(f"unknown variant {variant}")
 
 
@@ -312,9 +329,14 @@ def run_case(
 
 
 def cases_for(args: argparse.Namespace, size: int, variants: list[str]) -> list[Case]:
+    cases = [Case(size, v, False) for v in variants]
     if size == args.rows:
-        return [Case(size, v, index) for index in (False, True) for v in variants]
-    return [Case(size, v, False) for v in variants]
+        cases = [Case(size, v, index) for index in (False, True) for v in variants]
+    largest = args.rows * max(args.scale, 1)
+    if size == largest and "ours" in variants:
+        curve = [v.strip() for v in args.pacing_curve.split(",") if v.strip()]
+        cases += [Case(size, f"{CURVE_PREFIX}{v}", False) for v in curve]
+    return cases
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             "large_variants": large_variants,
             "limit_batch_size": args.batch_size,
             "ours_batch_size": args.ours_batch_size or "engine default",
+            "pacing_curve": args.pacing_curve,
             "retention_days": RETENTION_DAYS,
             "age_scale": AGE_SCALE,
             "expected_old_fraction": round(expected_old_fraction(), 3),
@@ -385,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{prefix}_measure",
                     repeats=args.runs,
                 )
+            replica_rows = args.rows if args.replica_rows is None else args.replica_rows
+            if "ours" in variants and replica_rows > 0:
+                extra["replica"] = replica.measure(replica_rows, log)
             log("cold start")
             extra["cold_start"] = coldstart.measure(args.cold_samples)
             extra["artifact"] = coldstart.artifact_size(build=not args.no_artifact)

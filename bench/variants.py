@@ -130,8 +130,11 @@ class TxnSampler:
         self._thread.join()
 
 
-def engine_settings(url: str, batch_size: int | None) -> Settings:
-    """Settings for the engine on one copy: default tuning, no protected types."""
+def engine_settings(
+    url: str, batch_size: int | None, extra_env: dict[str, str] | None = None
+) -> Settings:
+    """Settings for the engine on one copy: default tuning unless `extra_env` says otherwise,
+    no protected types."""
     env = {
         "DATABASE_URL": url,
         "CLEANUP_TABLE": REFERENCE_TABLE,
@@ -141,12 +144,13 @@ def engine_settings(url: str, batch_size: int | None) -> Settings:
     }
     if batch_size is not None:
         env["CLEANUP_BATCH_SIZE"] = str(batch_size)
+    env.update(extra_env or {})
     return Settings.from_env(env)
 
 
-def run_ours(url: str, batch_size: int | None) -> Outcome:
+def run_ours(url: str, batch_size: int | None, extra_env: dict[str, str] | None = None) -> Outcome:
     """The engine in live mode, forced past the guard (half the table is eligible)."""
-    settings = engine_settings(url, batch_size)
+    settings = engine_settings(url, batch_size, extra_env)
     ticks: list[float] = []
 
     def progress(_: Progress) -> None:
@@ -177,6 +181,10 @@ def run_ours(url: str, batch_size: int | None) -> Outcome:
         extra={
             "engine_duration_ms": report.duration_ms,
             "batch_retries": report.batch_retries,
+            "max_batch_rows": report.max_batch_rows,
+            "pacing_wait_ms": report.pacing_wait_ms,
+            "throttle_waits": report.throttle_waits,
+            "throttle_wait_ms": report.throttle_wait_ms,
         },
         phases=phases,
     )

@@ -23,8 +23,6 @@ from handler.settings import ConfigError, Flags, Settings
 ROW_WAIT_MS = 100
 # Below this many milliseconds left, no new batch starts.
 MIN_BATCH_BUDGET_MS = 20
-# Each batch aims at `batch_size` deleted rows; its page span, and the pauses between batches,
-# follow what the batches observe (handler/pacing.py).
 
 
 class CleanupError(RuntimeError):
@@ -410,8 +408,8 @@ class _DeleteLoop:
         )
         self.span = pacing.first_span(self.limits)
         self.wal = self._wal_budget()
-        self.lsn: tuple[int, float] | None = None  # WAL position and when it was read
-        self.debt_s = 0.0  # pause owed to the WAL budget
+        self.lsn = 0  # WAL insert position read just before the current batch
+        self.spent_at = time.monotonic()  # when the WAL budget was last settled
         self.hidden_noted = False
         self.replicas = False  # a standby or logical slot was seen at the last reading
         self.status: Status = "completed"
@@ -437,7 +435,6 @@ class _DeleteLoop:
         rate = self.settings.wal_bytes_per_s
         if rate is None:
             rate = round(pacing.default_wal_rate(trigger, c.timeout_s))
-        self.wal_rate = rate
         return pacing.WalBudget.start(rate, trigger, c.since_checkpoint)
 
     def run(self) -> None:
@@ -445,7 +442,7 @@ class _DeleteLoop:
         pending: list[tuple[int, int]] = []  # split ranges, processed first (LIFO)
         attempts = 0
         while self.eligible and (pending or next_page < self.pages_total):
-            if not self._paced(pending[-1] if pending else (next_page, next_page + 1)):
+            if not self._throttled():
                 return
             budget_ms = _remaining_ms(self.deadline)
             if budget_ms < max(MIN_BATCH_BUDGET_MS, self.max_batch_ms * 2):
@@ -488,23 +485,21 @@ class _DeleteLoop:
                 time.sleep(min(0.05 * 2**attempts, max(0.0, budget_ms / 4000)))
                 continue
             attempts = 0
+            self._pace(next_page)
         if self.skipped_pages:
             self.notes.append(
                 f"{self.skipped_pages} page(s) skipped: the application held rows there; their "
                 "keys are left for the next run"
             )
 
-    def _paced(self, upcoming: tuple[int, int]) -> bool:
-        """Before a batch: wait while a replica lags, then pause for the WAL budget.
-
-        Returns False when the run must stop (the reason is set).
-        """
+    def _throttled(self) -> bool:
+        """Before a batch: wait while a replica lags. False: the run must stop (reason set)."""
         s = self.settings
         attempt = 0
         while True:
             state = db.replication_state(self.conn)
             self.replicas = bool(state.lags)
-            self._spend_wal(state.lsn)
+            self.lsn = state.lsn
             if state.hidden_standbys and not self.hidden_noted:
                 self.hidden_noted = True
                 self.notes.append(
@@ -538,23 +533,26 @@ class _DeleteLoop:
             db.nudge_standbys(self.conn)
             time.sleep(step.wait_s)
             attempt += 1
-        self._pause(upcoming)
         return True
 
-    def _spend_wal(self, lsn: int) -> None:
-        now = time.monotonic()
-        if self.lsn is not None:
-            self.wal, self.debt_s = self.wal.spend(lsn - self.lsn[0], now - self.lsn[1])
-        self.lsn = (lsn, now)
+    def _pace(self, next_page: int) -> None:
+        """After a batch: charge its WAL to the budget and pay off any debt with a pause.
 
-    def _pause(self, upcoming: tuple[int, int]) -> None:
-        """Pay off the WAL budget's debt, without pacing the run past its deadline."""
-        if self.debt_s <= 0:
+        Only the WAL written while the batch ran counts (the insert position before and after
+        it): other sessions' WAL during pauses is theirs, and would otherwise slow the run.
+        """
+        if self.wal.rate <= 0:
             return
-        pages_left = max(1, self.pages_total - upcoming[0])
+        now = time.monotonic()
+        wal = db.wal_insert_position(self.conn) - self.lsn
+        self.wal, debt_s = self.wal.spend(wal, now - self.spent_at)
+        self.spent_at = now
+        if debt_s <= 0:
+            return
+        pages_left = max(1, self.pages_total - next_page)
         work_s = self.batch_s / self.pages_done * pages_left if self.pages_done else 0.0
         pause = pacing.pause_within_deadline(
-            self.debt_s,
+            debt_s,
             remaining_s=_remaining_ms(self.deadline) / 1000 - MIN_BATCH_BUDGET_MS / 1000,
             work_s=work_s,
             share=self.span.pages / pages_left,

@@ -666,6 +666,11 @@ def replication_state(conn: Conn) -> ReplicationState:
     return ReplicationState(lsn, lags, hidden)
 
 
+def wal_insert_position(conn: Conn) -> int:
+    """The WAL insert position in bytes since 0/0 (WAL in WAL buffers included)."""
+    return int(_one(conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))[0])
+
+
 def nudge_standbys(conn: Conn) -> None:
     """Commit a transaction with an xid: one small WAL record that makes standbys report.
 
