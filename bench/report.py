@@ -547,7 +547,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"PostgreSQL: {mach.get('postgres')}; shared_buffers {mach.get('shared_buffers')}, "
         f"max_wal_size {mach.get('max_wal_size')}, max_parallel_workers_per_gather "
-        f"{mach.get('max_parallel_workers_per_gather')}, work_mem {mach.get('work_mem')}.",
+        f"{mach.get('max_parallel_workers_per_gather')}, work_mem {mach.get('work_mem')}"
+        + (
+            " (a server of its own, initdb'd for this run: stock settings, and no other "
+            "work's checkpoints)."
+            if st.get("private_server")
+            else "."
+        ),
         "",
         f"Data: reference schema, sizes {', '.join(f'{s:,}' for s in st['sizes'])}; key types "
         f"per `handler.schema.KEY_MIX`, JSONB values ~220-380 bytes; retention "

@@ -44,6 +44,7 @@ from bench.stats import latency_summary
 from bench.variants import Outcome, TxnSampler, run_limit_batches, run_ours, run_single
 from bench.writer import WriterConfig, run_writer, sample_keys
 from handler.schema import REFERENCE_TABLE
+from tests.replica_support import Cluster, bin_dir
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ALL_VARIANTS = ("single", "limit-batches", "ours")
@@ -114,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL),
         help="maintenance database of a server where we may CREATE DATABASE",
+    )
+    p.add_argument(
+        "--private-server",
+        action="store_true",
+        help="run on a PostgreSQL of its own (initdb in a temporary directory, stock settings,"
+        " system binaries) instead of --database-url: other work's checkpoints stay out",
     )
     p.add_argument("--out", type=Path, default=None, help="results directory")
     p.add_argument(
@@ -341,6 +348,21 @@ def cases_for(args: argparse.Namespace, size: int, variants: list[str]) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.private_server:
+        return run(args)
+    found = bin_dir()
+    if found is None:
+        raise SystemExit("--private-server needs /usr/lib/postgresql/*/bin/initdb")
+    server = Cluster(found).start(standby=False)
+    log(f"private server on port {server.primary_port} ({server.root})")
+    try:
+        args.database_url = server.primary_dsn
+        return run(args)
+    finally:
+        server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
     variants = [v for v in args.variants.split(",") if v]
     large_variants = [v for v in args.large_variants.split(",") if v in variants]
     notes: list[str] = []
@@ -357,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     meta: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
-        "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.run " + " ".join(sys.argv[1:]),
         "machine": machine_info(args.database_url),
         "git": git_state(),
         "settings": {
@@ -369,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             "limit_batch_size": args.batch_size,
             "ours_batch_size": args.ours_batch_size or "engine default",
             "pacing_curve": args.pacing_curve,
+            "private_server": args.private_server,
             "retention_days": RETENTION_DAYS,
             "age_scale": AGE_SCALE,
             "expected_old_fraction": round(expected_old_fraction(), 3),

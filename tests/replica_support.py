@@ -85,7 +85,7 @@ class Cluster:
             for name, value in settings.items():
                 fh.write(f"{name} = '{value}'\n")
 
-    def start(self) -> Cluster:
+    def start(self, *, standby: bool = True) -> Cluster:
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
@@ -96,6 +96,8 @@ class Cluster:
             {**common, "port": str(self.primary_port), "wal_level": "logical"},
         )
         self._pg_ctl(self.primary_dir, "start")
+        if not standby:
+            return self
         self._run(
             "pg_basebackup",
             *("-h", "127.0.0.1", "-p", str(self.primary_port), "-U", "postgres"),

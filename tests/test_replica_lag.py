@@ -176,3 +176,42 @@ def test_role_without_pg_monitor_gets_a_note_not_a_failure(
     assert "replay lag of 1 streaming standby(s) not watched" in report.reason
     assert "GRANT pg_monitor" in report.reason
     assert time.monotonic() - started < 30
+
+
+def test_wal_budget_paces_once_the_checkpoint_headroom_is_spent(cluster: Cluster) -> None:
+    """On a server of our own with the smallest max_wal_size: full speed, then the rate."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        # Checkpoint trigger 32 MB / 1.9 = ~17 MB: 90 % of it, ~15 MB, at full speed.
+        conn.execute("ALTER SYSTEM SET max_wal_size = '32MB'")
+        conn.execute("SELECT pg_reload_conf()")
+    pg = PgSchema(cluster.primary_dsn, schema)
+    try:
+        seed(pg, "scattered", rows=150_000, old_share=0.5)
+        with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+        before = insert_lsn(cluster.primary_dsn)
+        report = run_cleanup(
+            pg.settings(
+                CLEANUP_GUARD_MIN_KEYS="1000000",
+                CLEANUP_HISTORY="false",
+                CLEANUP_MAX_REPLICA_LAG_BYTES="0",
+                CLEANUP_WAL_BYTES_PER_S=str(16 << 20),
+            ),
+            LIVE,
+        )
+        written = insert_lsn(cluster.primary_dsn) - before
+    finally:
+        with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET max_wal_size")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    assert report.status == "completed"
+    assert report.deleted == report.eligible
+    # Everything past the headroom (~16 MB) goes at no more than 16 MiB/s, batches and
+    # pauses together.
+    paced_bytes = written - 0.9 * (32 << 20) / 1.9
+    assert paced_bytes > 4 << 20
+    assert report.pacing_wait_ms > 0
+    assert report.duration_ms >= paced_bytes / (16 << 20) * 1000
