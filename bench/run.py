@@ -90,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="rows for the replica-lag comparison on a primary + standby (default: N; 0 skips)",
     )
+    p.add_argument(
+        "--no-index-only",
+        action="store_true",
+        help="at N too, run only without the timestamp index (as at 4xN)",
+    )
     p.add_argument("--writer-rate", type=float, default=200.0, help="writer upserts per second")
     p.add_argument("--writer-connections", type=int, default=8)
     p.add_argument(
@@ -312,6 +317,7 @@ def run_case(
         "max_txn_ms": round(outcome.max_txn_ms, 1),
         "sampled_max_write_txn_ms": round(sampler.max_write_ms, 1),
         "sampled_max_any_txn_ms": round(sampler.max_any_ms, 1),
+        "sampled_max_background_write_txn_ms": round(sampler.max_background_write_ms, 1),
         "slow_txn_waits": dict(sorted(sampler.slow_waits.items(), key=lambda kv: -kv[1])),
         # single and limit-batches are all delete; ours' loop comes from its progress ticks.
         "delete_s": round(outcome.delete_s or outcome.wall_s, 3),
@@ -337,7 +343,7 @@ def run_case(
 
 def cases_for(args: argparse.Namespace, size: int, variants: list[str]) -> list[Case]:
     cases = [Case(size, v, False) for v in variants]
-    if size == args.rows:
+    if size == args.rows and not args.no_index_only:
         cases = [Case(size, v, index) for index in (False, True) for v in variants]
     largest = args.rows * max(args.scale, 1)
     if size == largest and "ours" in variants:
@@ -391,6 +397,7 @@ def run(args: argparse.Namespace) -> int:
             "limit_batch_size": args.batch_size,
             "ours_batch_size": args.ours_batch_size or "engine default",
             "pacing_curve": args.pacing_curve,
+            "no_index_only": args.no_index_only,
             "private_server": args.private_server,
             "retention_days": RETENTION_DAYS,
             "age_scale": AGE_SCALE,

@@ -9,9 +9,9 @@ Three questions, three policies, each a small function without I/O (see docs/pac
   rows. That ceiling is what keeps a batch small where a sparse region (fresh rows) ends and a
   dense one (rows all past the cutoff) begins. A batch slower than `target_ms` shrinks the next
   span multiplicatively (AIMD: the additive part is the bounded growth).
-- **How long to pause before it** (`WalBudget`). A token bucket on the WAL the run writes: up
-  to `burst` bytes at full speed (the headroom before the run's own WAL would force a
-  checkpoint), then at most `rate` bytes per second. A checkpoint forced by WAL volume writes
+- **How long to pause after a batch** (`WalBudget`). A token bucket on the WAL the batches
+  write: full speed while the WAL since the last checkpoint stays under most of the
+  checkpoint trigger, then at most `rate` bytes per second. A checkpoint forced by WAL volume writes
   its dirty pages at the pace of that WAL, so a run that sprints through gigabytes makes the
   checkpoint sprint too, and the application's commits queue behind the I/O.
 - **Whether to wait for replicas** (`throttle_step`). While a standby or logical slot lags by
@@ -43,12 +43,13 @@ MAX_BACKOFF_S = 5.0
 # Checkpoint trigger: PostgreSQL starts a checkpoint once the WAL since the last one reaches
 # max_wal_size / (1 + checkpoint_completion_target) (CalculateCheckpointSegments in xlog.c).
 # The run may write at full speed until the WAL since the last checkpoint reaches this share
-# of the trigger: a run that fits (1M rows here: ~400 MB against ~540 MB) never waits ...
+# of the trigger: a run that fits (1M rows here: ~410 MiB against ~485 MiB) never waits ...
 HEADROOM_SHARE = 0.9
 # ... then at most this many times the WAL rate that would never force a checkpoint
-# (trigger / checkpoint_timeout). 1x would make a 4M-row run of ~1.6 GB of WAL take ~7 min
-# after its headroom on stock settings; 2x takes ~3.5 min and forces a checkpoint at most every
-# checkpoint_timeout / 2, its writes spread over those minutes instead of seconds.
+# (trigger / checkpoint_timeout). On stock settings that is ~3.8 MB/s: a 4M-row run (~1.6 GB of
+# WAL, ~1.1 GB past the headroom) takes ~6 min (bench/), where 1x would take ~10 min, and it
+# forces a checkpoint at most every checkpoint_timeout / 2, its writes spread over minutes
+# instead of seconds.
 RATE_FACTOR = 2.0
 # Once the headroom is spent, the bucket refills to at most this many seconds of the rate, so
 # the run never sprints again into a checkpoint in progress.
