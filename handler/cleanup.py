@@ -574,18 +574,20 @@ class _DeleteLoop:
             # though, WAL left in WAL buffers cannot be sent, and the lag the throttle reads
             # would not shrink until the WAL writer's next round: then flush, locally only
             # (a synchronous standby's wait is what the throttle bounds, not the commit).
-            db.set_synchronous_commit(conn, "local" if self.replicas else "off")
             statement_ms = int(min(s.batch_timeout_ms, budget_ms))
-            db.set_timeouts(conn, statement_ms=statement_ms, lock_ms=s.lock_timeout_ms, local=True)
-            # The table lock first, with the full lock timeout: a conflict here is a table
-            # lock (DDL, VACUUM FULL), worth waiting for and retrying as a whole.
-            db.lock_for_delete(conn, self.target)
-            # Then rows: never wait long for one the application holds.
-            db.set_timeouts(
+            # One round trip for the three settings, one for the lock and the row timeout: at
+            # ~250 batches per million rows, each round trip saved is ~3 % of the loop.
+            db.set_local(
                 conn,
-                statement_ms=statement_ms,
-                lock_ms=min(s.lock_timeout_ms, ROW_WAIT_MS),
-                local=True,
+                synchronous_commit="local" if self.replicas else "off",
+                statement_timeout=f"{max(1, statement_ms)}ms",
+                lock_timeout=f"{max(1, s.lock_timeout_ms)}ms",
+            )
+            # The table lock first, with the full lock timeout: a conflict here is a table
+            # lock (DDL, VACUUM FULL), worth waiting for and retrying as a whole. Then rows:
+            # never wait long for one the application holds.
+            db.lock_for_delete_then_row_wait(
+                conn, self.target, row_wait_ms=min(s.lock_timeout_ms, ROW_WAIT_MS)
             )
             try:
                 result = db.delete_range(

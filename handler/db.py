@@ -108,9 +108,16 @@ def set_timeouts(conn: Conn, *, statement_ms: int, lock_ms: int, local: bool = F
     )
 
 
-def set_synchronous_commit(conn: Conn, level: str) -> None:
-    """SET LOCAL synchronous_commit (inside the batch's transaction)."""
-    conn.execute(sql.SQL("SET LOCAL synchronous_commit = {}").format(sql.Literal(level)))
+def set_local(conn: Conn, **settings: str) -> None:
+    """SET LOCAL several settings in one statement (inside a transaction)."""
+    conn.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+                for name, value in settings.items()
+            )
+        )
+    )
 
 
 def server_version(conn: Conn) -> int:
@@ -453,6 +460,17 @@ def delete_range(
 def lock_for_delete(conn: Conn, target: Target) -> None:
     """Take the lock a DELETE takes anyway, so that waiting for it is told apart from rows."""
     conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target.ident))
+
+
+def lock_for_delete_then_row_wait(conn: Conn, target: Target, *, row_wait_ms: int) -> None:
+    """The table lock a DELETE takes (under the current lock_timeout), then, once it is held,
+    lock_timeout = row_wait_ms for the rows: two statements in one round trip. A timeout here
+    is always the table lock's."""
+    conn.execute(
+        sql.SQL(
+            "LOCK TABLE {} IN ROW EXCLUSIVE MODE; SELECT set_config('lock_timeout', {}, true)"
+        ).format(target.ident, sql.Literal(f"{max(1, row_wait_ms)}ms"))
+    )
 
 
 def vacuum_analyze(conn: Conn, target: Target) -> list[str]:
