@@ -17,6 +17,9 @@ WRITER_P99_MAX = 2.0
 LINEAR_MAX = 4.4
 MEASURE_MAX = 1.3
 COLD_START_MAX = 1.2
+# Issue 10's targets, at N and at 4xN.
+WRITER_MAX_MS = 150.0
+BIG_TIME_MAX_S = 600.0
 
 Run = dict[str, Any]
 
@@ -67,6 +70,11 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
                 "writer_max_ms": med("writer_during", "max_ms"),
                 "writer_errors": sum(int(r["writer_during"]["errors"]) for r in rs),
                 "writer_idle_errors": sum(int(r["writer_idle"]["errors"]) for r in rs),
+                **{
+                    field: round(median([float(r[field]) for r in rs]), 2)
+                    for field in ("max_batch_rows", "pacing_wait_ms", "throttle_wait_ms")
+                    if all(field in r for r in rs)
+                },
                 "phases": {
                     phase: {
                         "s": round(median([float(r["phase_s"][phase]) for r in rs]), 2),
@@ -298,6 +306,8 @@ def evaluate_targets(
         else:
             targets.append(_target("linear", name, f"<= {LINEAR_MAX}x", "not run"))
 
+    targets += _pacing_targets(n, big, runs, extra)
+
     m = extra.get("measure")
     name = "measurement phase <= 1.3x one sequential count(*)"
     if m and m.get("available"):
@@ -339,6 +349,177 @@ def evaluate_targets(
     return targets
 
 
+def _worst_per_run(runs: list[Run], size: int, fn: Any) -> list[float]:
+    """Per run number, the worst (largest) fn(run) over ours' index states at `size`."""
+    out = []
+    for run_no in sorted({int(r["run"]) for r in runs}):
+        vals = [
+            float(fn(r))
+            for r in runs
+            if r["variant"] == "ours" and r["size"] == size and r["run"] == run_no
+        ]
+        if vals:
+            out.append(max(vals))
+    return out
+
+
+def _pacing_targets(
+    n: int, big: int | None, runs: list[Run], extra: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Issue 10: writer max at N and 4xN, p99 and longest transaction at 4xN, time at 4xN,
+    replica lag with a standby attached."""
+    out: list[dict[str, Any]] = []
+    for size in [n] + ([big] if big else []):
+        per_run = _worst_per_run(runs, size, lambda r: r["writer_during"]["max_ms"])
+        single = [
+            float(r["writer_during"]["max_ms"])
+            for r in runs
+            if r["variant"] == "single" and r["size"] == size
+        ]
+        if per_run:
+            v = median(per_run)
+            s_txt = f"; single: {median(single):,.0f} ms" if single else ""
+            out.append(
+                _target(
+                    f"writer-max-{size}",
+                    f"writer max during ours <= {WRITER_MAX_MS:.0f} ms (N={size:,})",
+                    f"<= {WRITER_MAX_MS:.0f} ms",
+                    f"{v:.0f} ms{s_txt}",
+                    ratio=v / WRITER_MAX_MS,
+                    ok=v <= WRITER_MAX_MS,
+                    miss=f"{v - WRITER_MAX_MS:.0f} ms over ({v / WRITER_MAX_MS:.2f}x the bound)",
+                    per_run=per_run,
+                )
+            )
+    if big:
+        ratios = _worst_per_run(
+            runs,
+            big,
+            lambda r: r["writer_during"]["p99_ms"] / max(r["writer_idle"]["p99_ms"], 0.01),
+        )
+        if ratios:
+            r = median(ratios)
+            out.append(
+                _target(
+                    f"writer-p99-{big}",
+                    f"writer p99 during ours <= 2x idle p99 (N={big:,}, no index)",
+                    f"<= {WRITER_P99_MAX}x",
+                    f"{r:.2f}x",
+                    ratio=r,
+                    ok=r <= WRITER_P99_MAX,
+                    miss=f"{r / WRITER_P99_MAX:.2f}x the bound",
+                    per_run=ratios,
+                )
+            )
+        txn = _worst_per_run(runs, big, _txn_ms)
+        if txn:
+            v = median(txn)
+            out.append(
+                _target(
+                    f"max-txn-{big}",
+                    f"ours longest transaction <= {MAX_TXN_MS:.0f} ms (N={big:,})",
+                    f"<= {MAX_TXN_MS:.0f} ms",
+                    f"{v:.0f} ms",
+                    ratio=v / MAX_TXN_MS,
+                    ok=v <= MAX_TXN_MS,
+                    miss=f"{v - MAX_TXN_MS:.0f} ms over ({v / MAX_TXN_MS:.2f}x the bound)",
+                    per_run=txn,
+                )
+            )
+        wall = _worst_per_run(runs, big, lambda r: r["wall_s"])
+        single = [float(r["wall_s"]) for r in runs if _key(r) == (big, "single", False)]
+        if wall:
+            v = median(wall)
+            s_txt = f" (single: {median(single):.0f} s)" if single else ""
+            out.append(
+                _target(
+                    f"time-{big}",
+                    f"ours run time <= {BIG_TIME_MAX_S:.0f} s (N={big:,})",
+                    f"<= {BIG_TIME_MAX_S:.0f} s",
+                    f"{v:.0f} s{s_txt}",
+                    ratio=v / BIG_TIME_MAX_S,
+                    ok=v <= BIG_TIME_MAX_S,
+                    miss=f"{v - BIG_TIME_MAX_S:.0f} s over",
+                    per_run=wall,
+                )
+            )
+    rep_ = extra.get("replica") or {}
+    if rep_.get("available") and "ours" in rep_:
+        ours, limit = rep_["ours"], int(rep_["limit_bytes"])
+        bound = limit + int(ours.get("wal_per_txn_bytes", 0))
+        v = int(ours["max_lag_bytes"])
+        single_lag = int(rep_.get("single", {}).get("max_lag_bytes", 0))
+        out.append(
+            _target(
+                "replica-lag",
+                f"max replay lag during ours <= CLEANUP_MAX_REPLICA_LAG_BYTES + one batch's WAL "
+                f"(standby attached, N={int(rep_['rows']):,})",
+                f"<= {_mib(bound)}",
+                f"{_mib(v)}; single: {_mib(single_lag)}",
+                ratio=v / bound if bound else None,
+                ok=v <= bound,
+                miss=f"{_mib(v - bound)} over",
+            )
+        )
+    return out
+
+
+def _pacing_sections(result: dict[str, Any]) -> list[str]:
+    curve = [
+        s for s in result["summary"] if str(s["variant"]).startswith("ours") and not s["index"]
+    ]
+    lines: list[str] = []
+    if len(curve) > 1:
+        lines += [
+            "",
+            "## Pacing trade-off (medians, no timestamp index)",
+            "",
+            "`ours` is the default pacing (WAL budget derived from max_wal_size and "
+            "checkpoint_timeout, full speed within the headroom before the checkpoint trigger);"
+            " `ours-wal=R` sets CLEANUP_WAL_BYTES_PER_S=R (0: unlimited, no pauses). Pacing "
+            "wait: the pauses the WAL budget made, the cost of the pacing in run time.",
+            "",
+            "| rows | pacing | wall s | writer p99 ms (idle) | writer max ms | longest txn ms "
+            "| pacing wait s | largest batch rows | WAL MiB | checkpoints |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in sorted(curve, key=lambda s: (int(s["size"]), float(s["wall_s"]))):
+            lines.append(
+                f"| {s['size']:,} | {s['variant']} | {s['wall_s']:.1f} | "
+                f"{s['writer_p99_ms']:.1f} ({s['writer_idle_p99_ms']:.1f}) | "
+                f"{s['writer_max_ms']:,.0f} | {s['max_txn_ms']:,.0f} | "
+                f"{float(s.get('pacing_wait_ms', 0)) / 1000:.1f} | "
+                f"{s.get('max_batch_rows', 0):,.0f} | {s['wal_mib']:,.0f} | "
+                f"{s['checkpoints']:.0f} |"
+            )
+    rep_ = result.get("replica")
+    if rep_:
+        lines += ["", "## Replica lag with a streaming standby", ""]
+        if not rep_.get("available"):
+            lines.append(f"Not measured: {rep_.get('reason')}")
+            return lines
+        lines += [
+            f"A primary and a streaming standby of their own (system binaries, stock settings, "
+            f"wal_level logical), {int(rep_['rows']):,} rows, no writer; replay lag = primary's "
+            "WAL insert position - the standby's replay_lsn, sampled every 20 ms. Limit: "
+            f"CLEANUP_MAX_REPLICA_LAG_BYTES = {_mib(rep_['limit_bytes'])} (default).",
+            "",
+            "| variant | wall s | max replay lag | WAL | WAL per txn | caught up after s "
+            "| throttle waits |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for variant in ("single", "ours"):
+            e = rep_.get(variant)
+            if not e:
+                continue
+            lines.append(
+                f"| {variant} | {e['wall_s']:.2f} | {_mib(e['max_lag_bytes'])} | "
+                f"{_mib(e['wal_bytes'])} | {_mib(e.get('wal_per_txn_bytes', 0))} | "
+                f"{e['catch_up_s']:.2f} | {e.get('throttle_waits', '-')} |"
+            )
+    return lines
+
+
 def _mib(n: Any) -> str:
     return f"{int(n) / 2**20:.1f} MiB"
 
@@ -366,7 +547,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"PostgreSQL: {mach.get('postgres')}; shared_buffers {mach.get('shared_buffers')}, "
         f"max_wal_size {mach.get('max_wal_size')}, max_parallel_workers_per_gather "
-        f"{mach.get('max_parallel_workers_per_gather')}, work_mem {mach.get('work_mem')}.",
+        f"{mach.get('max_parallel_workers_per_gather')}, work_mem {mach.get('work_mem')}"
+        + (
+            " (a server of its own, initdb'd for this run: stock settings, and no other "
+            "work's checkpoints)."
+            if st.get("private_server")
+            else "."
+        ),
         "",
         f"Data: reference schema, sizes {', '.join(f'{s:,}' for s in st['sizes'])}; key types "
         f"per `handler.schema.KEY_MIX`, JSONB values ~220-380 bytes; retention "
@@ -516,6 +703,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     elif a:
         lines.append("")
         lines.append(f"Artifact size not measured: {a.get('reason')}")
+    lines += _pacing_sections(result)
     failed = [t for t in result["targets"] if t["status"] == "FAIL"]
     if failed:
         lines += ["", "## Missed targets", ""]

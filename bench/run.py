@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench import coldstart, measure
+from bench import coldstart, measure, replica
 from bench.data import (
     AGE_SCALE,
     RETENTION_DAYS,
@@ -44,9 +44,12 @@ from bench.stats import latency_summary
 from bench.variants import Outcome, TxnSampler, run_limit_batches, run_ours, run_single
 from bench.writer import WriterConfig, run_writer, sample_keys
 from handler.schema import REFERENCE_TABLE
+from tests.replica_support import Cluster, bin_dir
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ALL_VARIANTS = ("single", "limit-batches", "ours")
+# The engine with CLEANUP_WAL_BYTES_PER_S set: points of the pacing trade-off curve.
+CURVE_PREFIX = "ours-wal="
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -75,6 +78,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CLEANUP_BATCH_SIZE for the engine (default: the engine's own)",
     )
+    p.add_argument(
+        "--pacing-curve",
+        default="0,16000000,8000000",
+        help="CLEANUP_WAL_BYTES_PER_S values (0: unlimited) run as extra `ours` variants at "
+        "the largest size, beside the default pacing: the trade-off curve ('' skips)",
+    )
+    p.add_argument(
+        "--replica-rows",
+        type=int,
+        default=None,
+        help="rows for the replica-lag comparison on a primary + standby (default: N; 0 skips)",
+    )
+    p.add_argument(
+        "--no-index-only",
+        action="store_true",
+        help="at N too, run only without the timestamp index (as at 4xN)",
+    )
     p.add_argument("--writer-rate", type=float, default=200.0, help="writer upserts per second")
     p.add_argument("--writer-connections", type=int, default=8)
     p.add_argument(
@@ -100,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL),
         help="maintenance database of a server where we may CREATE DATABASE",
+    )
+    p.add_argument(
+        "--private-server",
+        action="store_true",
+        help="run on a PostgreSQL of its own (initdb in a temporary directory, stock settings,"
+        " system binaries) instead of --database-url: other work's checkpoints stay out",
     )
     p.add_argument("--out", type=Path, default=None, help="results directory")
     p.add_argument(
@@ -218,6 +244,9 @@ def variant_fn(args: argparse.Namespace, variant: str) -> Callable[[str], Outcom
         return lambda url: run_limit_batches(url, args.batch_size)
     if variant == "ours":
         return lambda url: run_ours(url, args.ours_batch_size)
+    if variant.startswith(CURVE_PREFIX):
+        env = {"CLEANUP_WAL_BYTES_PER_S": variant.removeprefix(CURVE_PREFIX)}
+        return lambda url: run_ours(url, args.ours_batch_size, env)
     raise ValueError(f"unknown variant {variant}")
 
 
@@ -288,6 +317,7 @@ def run_case(
         "max_txn_ms": round(outcome.max_txn_ms, 1),
         "sampled_max_write_txn_ms": round(sampler.max_write_ms, 1),
         "sampled_max_any_txn_ms": round(sampler.max_any_ms, 1),
+        "sampled_max_background_write_txn_ms": round(sampler.max_background_write_ms, 1),
         "slow_txn_waits": dict(sorted(sampler.slow_waits.items(), key=lambda kv: -kv[1])),
         # single and limit-batches are all delete; ours' loop comes from its progress ticks.
         "delete_s": round(outcome.delete_s or outcome.wall_s, 3),
@@ -312,13 +342,33 @@ def run_case(
 
 
 def cases_for(args: argparse.Namespace, size: int, variants: list[str]) -> list[Case]:
-    if size == args.rows:
-        return [Case(size, v, index) for index in (False, True) for v in variants]
-    return [Case(size, v, False) for v in variants]
+    cases = [Case(size, v, False) for v in variants]
+    if size == args.rows and not args.no_index_only:
+        cases = [Case(size, v, index) for index in (False, True) for v in variants]
+    largest = args.rows * max(args.scale, 1)
+    if size == largest and "ours" in variants:
+        curve = [v.strip() for v in args.pacing_curve.split(",") if v.strip()]
+        cases += [Case(size, f"{CURVE_PREFIX}{v}", False) for v in curve]
+    return cases
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.private_server:
+        return run(args)
+    found = bin_dir()
+    if found is None:
+        raise SystemExit("--private-server needs /usr/lib/postgresql/*/bin/initdb")
+    server = Cluster(found).start(standby=False)
+    log(f"private server on port {server.primary_port} ({server.root})")
+    try:
+        args.database_url = server.primary_dsn
+        return run(args)
+    finally:
+        server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
     variants = [v for v in args.variants.split(",") if v]
     large_variants = [v for v in args.large_variants.split(",") if v in variants]
     notes: list[str] = []
@@ -335,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     meta: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
-        "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.run " + " ".join(sys.argv[1:]),
         "machine": machine_info(args.database_url),
         "git": git_state(),
         "settings": {
@@ -346,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             "large_variants": large_variants,
             "limit_batch_size": args.batch_size,
             "ours_batch_size": args.ours_batch_size or "engine default",
+            "pacing_curve": args.pacing_curve,
+            "no_index_only": args.no_index_only,
+            "private_server": args.private_server,
             "retention_days": RETENTION_DAYS,
             "age_scale": AGE_SCALE,
             "expected_old_fraction": round(expected_old_fraction(), 3),
@@ -385,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{prefix}_measure",
                     repeats=args.runs,
                 )
+            replica_rows = args.rows if args.replica_rows is None else args.replica_rows
+            if "ours" in variants and replica_rows > 0:
+                extra["replica"] = replica.measure(replica_rows, log)
             log("cold start")
             extra["cold_start"] = coldstart.measure(args.cold_samples)
             extra["artifact"] = coldstart.artifact_size(build=not args.no_artifact)

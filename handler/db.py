@@ -17,6 +17,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
+from handler.pacing import Lag
+
 Conn = psycopg.Connection[TupleRow]
 
 MIN_SERVER_VERSION = 140000  # TID Range Scan (ctid >= x AND ctid < y) arrived in PostgreSQL 14
@@ -149,6 +151,18 @@ def set_timeouts(conn: Conn, *, statement_ms: int, lock_ms: int, local: bool = F
     )
     conn.execute(
         sql.SQL("SET {}lock_timeout = {}").format(scope, sql.Literal(f"{max(1, lock_ms)}ms"))
+    )
+
+
+def set_local(conn: Conn, **settings: str) -> None:
+    """SET LOCAL several settings in one statement (inside a transaction)."""
+    conn.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+                for name, value in settings.items()
+            )
+        )
     )
 
 
@@ -849,6 +863,17 @@ def lock_for_delete(conn: Conn, target: Target) -> None:
     conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target.ident))
 
 
+def lock_for_delete_then_row_wait(conn: Conn, target: Target, *, row_wait_ms: int) -> None:
+    """The table lock a DELETE takes (under the current lock_timeout), then, once it is held,
+    lock_timeout = row_wait_ms for the rows: two statements in one round trip. A timeout here
+    is always the table lock's."""
+    conn.execute(
+        sql.SQL(
+            "LOCK TABLE {} IN ROW EXCLUSIVE MODE; SELECT set_config('lock_timeout', {}, true)"
+        ).format(target.ident, sql.Literal(f"{max(1, row_wait_ms)}ms"))
+    )
+
+
 def vacuum_analyze(conn: Conn, target: Target) -> list[str]:
     """VACUUM (ANALYZE) the table; returns the server's notices (e.g. a permission skip)."""
     notices: list[str] = []
@@ -1032,3 +1057,113 @@ def recent_runs(
         {"target": target_table, "limit": limit},
     ).fetchall()
     return [RunPoint(r[0], int(r[1]), int(r[2])) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pacing: WAL position, replica lag, checkpoint settings
+
+
+@dataclass(frozen=True)
+class ReplicationState:
+    """The primary's WAL position and how far each standby and logical slot is behind it."""
+
+    lsn: int  # bytes since 0/0
+    lags: list[Lag]
+    # Streaming standbys whose positions this role may not read (it lacks pg_read_all_stats,
+    # which pg_monitor includes): their lag is not watched.
+    hidden_standbys: int
+
+
+def replication_state(conn: Conn) -> ReplicationState:
+    """One statement before each batch: the WAL position and every replica's lag in bytes.
+
+    Positions are the WAL *insert* position, which counts WAL still in WAL buffers: what the
+    run has produced, whether or not it was written yet (the engine commits synchronously
+    while replicas are attached, so that it is written and sent at once).
+    Standbys: position - replay_lsn, what readers on the standby do not see yet.
+    Logical slots: position - confirmed_flush_lsn, what the consumer has not confirmed.
+    restart_lsn (the WAL the primary keeps for the slot) lags confirmed_flush_lsn by up to the
+    interval between running-transactions records even for a consumer that keeps up, so it
+    would throttle a healthy CDC feed; an idle consumer holds back both.
+    A standby that has not reported a position yet (replay_lsn NULL) is not counted.
+    """
+    rows = conn.execute(
+        """
+        WITH pos AS (SELECT pg_current_wal_insert_lsn() AS lsn)
+        SELECT 'lsn', NULL::text, NULL::text, lsn - '0/0'::pg_lsn FROM pos
+        UNION ALL
+        SELECT 'standby', application_name, host(client_addr), pos.lsn - replay_lsn
+        FROM pg_stat_replication, pos
+        WHERE replay_lsn IS NOT NULL
+        UNION ALL
+        SELECT 'hidden', NULL, NULL, count(*)
+        FROM pg_stat_replication
+        WHERE state IS NULL
+        UNION ALL
+        SELECT 'slot', slot_name::text, NULL, pos.lsn - confirmed_flush_lsn
+        FROM pg_replication_slots, pos
+        WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL
+        """
+    ).fetchall()
+    lsn, hidden, lags = 0, 0, []
+    for kind, name, addr, value in rows:
+        if kind == "lsn":
+            lsn = int(value)
+        elif kind == "hidden":
+            hidden = int(value)
+        elif kind == "standby":
+            label = f"standby {name or '(unnamed)'}" + (f" ({addr})" if addr else "")
+            lags.append(Lag(label, max(0, int(value))))
+        else:
+            lags.append(Lag(f"logical slot {name}", max(0, int(value))))
+    return ReplicationState(lsn, lags, hidden)
+
+
+def wal_insert_position(conn: Conn) -> int:
+    """The WAL insert position in bytes since 0/0 (WAL in WAL buffers included)."""
+    return int(_one(conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))[0])
+
+
+def nudge_standbys(conn: Conn) -> None:
+    """Commit a transaction with an xid: one small WAL record that makes standbys report.
+
+    A standby reports its replay position when it receives WAL, else only every
+    wal_receiver_status_interval (10 s by default). While the run waits for it, no WAL flows,
+    so the primary's view of its lag would stay as it was when the wait began. (The commit is
+    asynchronous, as it writes no other WAL: the WAL writer sends it within wal_writer_delay.)
+    """
+    conn.execute("SELECT pg_current_xact_id()")
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    max_wal_size: int  # bytes
+    completion_target: float
+    timeout_s: float
+    since_checkpoint: int | None  # WAL bytes since the last checkpoint's redo point
+
+
+def checkpoint_settings(conn: Conn) -> CheckpointSettings:
+    """The settings that decide when WAL volume forces a checkpoint, and how close it is.
+
+    pg_control_checkpoint() is executable by PUBLIC on stock PostgreSQL; where a provider
+    revoked it, the distance to the next checkpoint is unknown (None).
+    """
+    row = _one(
+        conn.execute(
+            """
+            SELECT pg_size_bytes(current_setting('max_wal_size')),
+                   current_setting('checkpoint_completion_target')::float8,
+                   extract(epoch FROM current_setting('checkpoint_timeout')::interval)::float8
+            """
+        )
+    )
+    try:
+        since = _one(
+            conn.execute("SELECT pg_current_wal_lsn() - redo_lsn FROM pg_control_checkpoint()")
+        )[0]
+    except psycopg.errors.InsufficientPrivilege:
+        since = None
+    return CheckpointSettings(
+        int(row[0]), float(row[1]), float(row[2]), None if since is None else int(since)
+    )

@@ -81,6 +81,15 @@ def publish_report(report: Report) -> None:
     metrics.add_metric(name="ReclaimableBytes", unit=size, value=report.reclaimable_bytes)
     metrics.add_metric(name="ReleasedBytes", unit=size, value=report.released_bytes)
     metrics.add_metric(name="Batches", unit=count, value=report.batches)
+    metrics.add_metric(name="MaxBatchRows", unit=count, value=report.max_batch_rows)
+    metrics.add_metric(name="MaxBatchMs", unit=MetricUnit.Milliseconds, value=report.max_batch_ms)
+    metrics.add_metric(name="ThrottleWaits", unit=count, value=report.throttle_waits)
+    metrics.add_metric(
+        name="ThrottleWaitMs", unit=MetricUnit.Milliseconds, value=report.throttle_wait_ms
+    )
+    metrics.add_metric(
+        name="PacingWaitMs", unit=MetricUnit.Milliseconds, value=report.pacing_wait_ms
+    )
     metrics.add_metric(name="DurationMs", unit=MetricUnit.Milliseconds, value=report.duration_ms)
     # Properties: searchable in Logs Insights beside the metrics, never dimensions.
     metrics.add_metadata(key="status", value=report.status)
@@ -112,6 +121,11 @@ def report_fields(report: Report) -> dict[str, Any]:
         "released_bytes": report.released_bytes,
         "reclaimable_bytes": report.reclaimable_bytes,
         "batches": report.batches,
+        "max_batch_ms": report.max_batch_ms,
+        "max_batch_rows": report.max_batch_rows,
+        "throttle_waits": report.throttle_waits,
+        "throttle_wait_ms": report.throttle_wait_ms,
+        "pacing_wait_ms": report.pacing_wait_ms,
         "duration_ms": report.duration_ms,
     }
     if report.before is not None:

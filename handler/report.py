@@ -129,6 +129,10 @@ class Report(_Model):
     batch_retries: int = 0
     skipped_pages: int = 0  # pages left alone because the application held rows there
     max_batch_ms: int = 0
+    max_batch_rows: int = 0  # most rows one batch deleted (aimed at CLEANUP_BATCH_SIZE)
+    throttle_waits: int = 0  # waits for a lagging standby or logical slot
+    throttle_wait_ms: int = 0
+    pacing_wait_ms: int = 0  # pauses that kept the run's WAL within its budget
     duration_ms: int = 0
     keys: list[KeyEntry] = Field(default_factory=list)
     keys_omitted: int = 0
@@ -334,8 +338,19 @@ def render_text(report: Report) -> str:
 
     lines += ["", "trend: " + " · ".join(trend_lines(r.trend))]
     # A run that deleted nothing has no batches to speak of.
-    batches = f"batches: {r.batches} (longest {r.max_batch_ms} ms) · " if r.batches else ""
-    lines += ["", f"{batches}duration {r.duration_ms:,} ms"]
+    if r.batches:
+        lines += [
+            "",
+            f"batches: {r.batches} (longest {r.max_batch_ms} ms, largest {r.max_batch_rows:,} "
+            f"rows) · duration {r.duration_ms:,} ms",
+        ]
+    else:
+        lines += ["", f"duration {r.duration_ms:,} ms"]
+    if r.throttle_waits or r.pacing_wait_ms:
+        lines.append(
+            f"waited: {r.throttle_waits} time(s) for replicas ({r.throttle_wait_ms:,} ms), "
+            f"{r.pacing_wait_ms:,} ms pacing WAL"
+        )
     return "\n".join(lines)
 
 

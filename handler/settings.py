@@ -233,6 +233,14 @@ class Settings(BaseModel):
     connect_timeout_s: int = Field(10, ge=1, le=120, alias="CLEANUP_CONNECT_TIMEOUT_S")
     deadline_margin_ms: int = Field(60_000, ge=0, alias="CLEANUP_DEADLINE_MARGIN_MS")
 
+    # Pacing (handler/pacing.py, docs/pacing.md)
+    target_batch_ms: int = Field(50, ge=5, le=60_000, alias="CLEANUP_TARGET_BATCH_MS")
+    # None: derived from max_wal_size and checkpoint_timeout; 0: unlimited.
+    wal_bytes_per_s: int | None = Field(None, ge=0, alias="CLEANUP_WAL_BYTES_PER_S")
+    # 64 MiB: a few seconds of replay behind at worst, ~30 batches of WAL; 0: not watched.
+    max_replica_lag_bytes: int = Field(64 << 20, ge=0, alias="CLEANUP_MAX_REPLICA_LAG_BYTES")
+    throttle_max_wait_s: float = Field(300.0, ge=0, le=3600, alias="CLEANUP_THROTTLE_MAX_WAIT_S")
+
     # Reporting
     warning_threshold: int = Field(1000, ge=0, alias="CLEANUP_WARNING_THRESHOLD")
     verbose_limit: int = Field(100, ge=0, le=100_000, alias="CLEANUP_VERBOSE_LIMIT")

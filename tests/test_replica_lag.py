@@ -1,0 +1,217 @@
+"""The replica-lag throttle against a real primary and a real streaming standby.
+
+The cluster (tests/replica_support.py) runs from the system PostgreSQL binaries on free local
+ports, whichever server the rest of the suite uses.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from handler import db
+from handler.cleanup import run_cleanup
+from handler.settings import Flags
+from tests.conftest import PgSchema
+from tests.replica_support import STANDBY_NAME, Cluster, bin_dir
+from tests.test_pacing import seed
+
+LIVE = Flags(dry_run=False)
+LIMIT = 256 * 1024
+BATCH = 200
+
+pytestmark = pytest.mark.skipif(
+    bin_dir() is None, reason="no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb)"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    found = bin_dir()
+    assert found is not None
+    c = Cluster(found)
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def primary(cluster: Cluster) -> Iterator[PgSchema]:
+    """A fresh schema on the primary, with keys half past the cutoff, replayed by the standby."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    pg = PgSchema(cluster.primary_dsn, schema)
+    seed(pg, "scattered", rows=20_000, old_share=0.5)
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        # Every page's first change after a checkpoint is logged whole: the run writes
+        # enough WAL (~2.5 MB) to cross the limit many times over.
+        conn.execute("CHECKPOINT")
+    cluster.wait_for_standby()
+    try:
+        yield pg
+    finally:
+        with psycopg.connect(cluster.standby_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_resume()")
+        with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def settings_env(**extra: str) -> dict[str, str]:
+    return {
+        "CLEANUP_MAX_REPLICA_LAG_BYTES": str(LIMIT),
+        "CLEANUP_THROTTLE_MAX_WAIT_S": "1",
+        "CLEANUP_BATCH_SIZE": str(BATCH),
+        "CLEANUP_GUARD_MIN_KEYS": "1000000",
+        # The WAL budget would pause too; this test is about the replica throttle alone.
+        "CLEANUP_WAL_BYTES_PER_S": "0",
+        # Its history row (and table) would be WAL of its own, written after the loop.
+        "CLEANUP_HISTORY": "false",
+        **extra,
+    }
+
+
+def insert_lsn(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_paused_standby_throttles_then_the_next_run_completes(
+    cluster: Cluster, primary: PgSchema
+) -> None:
+    with psycopg.connect(cluster.standby_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    before = insert_lsn(cluster.primary_dsn)
+
+    report = run_cleanup(primary.settings(**settings_env()), LIVE)
+
+    written = insert_lsn(cluster.primary_dsn) - before
+    assert report.status == "partial"
+    assert report.reason is not None
+    assert f"standby {STANDBY_NAME} (127.0.0.1)" in report.reason
+    assert "CLEANUP_MAX_REPLICA_LAG_BYTES=262,144" in report.reason
+    assert 0 < report.deleted < report.eligible
+    assert report.throttle_waits >= 1
+    assert report.throttle_wait_ms >= 900
+    # The limit plus about one batch: a batch here is ~4 pages, ~40 KB of WAL.
+    assert LIMIT < written <= LIMIT + 128 * 1024
+
+    with psycopg.connect(cluster.standby_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_resume()")
+    cluster.wait_for_standby()
+    again = run_cleanup(primary.settings(**settings_env()), LIVE)
+    assert again.status == "completed"
+    assert report.deleted + again.deleted == report.eligible
+
+
+def test_unconsumed_logical_slot_throttles(cluster: Cluster, primary: PgSchema) -> None:
+    slot = f"kc_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
+    try:
+        report = run_cleanup(primary.settings(**settings_env()), LIVE)
+    finally:
+        with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    assert report.status == "partial"
+    assert report.reason is not None
+    assert f"logical slot {slot} is " in report.reason
+    assert 0 < report.deleted < report.eligible
+
+
+def test_lag_within_the_limit_never_waits(cluster: Cluster, primary: PgSchema) -> None:
+    report = run_cleanup(
+        primary.settings(**settings_env(CLEANUP_MAX_REPLICA_LAG_BYTES=str(64 << 20))), LIVE
+    )
+    assert report.status == "completed"
+    assert report.throttle_waits == 0
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        state = db.replication_state(conn)
+    assert [lag.name for lag in state.lags] == [f"standby {STANDBY_NAME} (127.0.0.1)"]
+
+
+def test_role_without_pg_monitor_gets_a_note_not_a_failure(
+    cluster: Cluster, primary: PgSchema
+) -> None:
+    role = f"kc_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier(primary.schema), sql.Identifier(role)
+            )
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT, DELETE ON {}.whatsapp_keys TO {}").format(
+                sql.Identifier(primary.schema), sql.Identifier(role)
+            )
+        )
+    with psycopg.connect(cluster.standby_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    try:
+        env = settings_env()
+        env["DATABASE_URL"] = make_conninfo(primary.dsn, user=role)
+        started = time.monotonic()
+        report = run_cleanup(primary.settings(**env), LIVE)
+    finally:
+        with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(
+                    sql.Identifier(role), sql.Identifier(role)
+                )
+            )
+    # The paused standby is invisible to this role: the run goes on, and says so.
+    assert report.status == "completed"
+    assert report.throttle_waits == 0
+    (note,) = [n for n in report.notes if "not watched" in n]
+    assert "replay lag of 1 streaming standby(s) not watched" in note
+    assert "GRANT pg_monitor" in note
+    assert time.monotonic() - started < 30
+
+
+def test_wal_budget_paces_once_the_checkpoint_headroom_is_spent(cluster: Cluster) -> None:
+    """On a server of our own with the smallest max_wal_size: full speed, then the rate."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        # Checkpoint trigger 32 MB / 1.9 = ~17 MB: 90 % of it, ~15 MB, at full speed.
+        conn.execute("ALTER SYSTEM SET max_wal_size = '32MB'")
+        conn.execute("SELECT pg_reload_conf()")
+    pg = PgSchema(cluster.primary_dsn, schema)
+    try:
+        seed(pg, "scattered", rows=150_000, old_share=0.5)
+        with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+        before = insert_lsn(cluster.primary_dsn)
+        report = run_cleanup(
+            pg.settings(
+                CLEANUP_GUARD_MIN_KEYS="1000000",
+                CLEANUP_HISTORY="false",
+                CLEANUP_MAX_REPLICA_LAG_BYTES="0",
+                CLEANUP_WAL_BYTES_PER_S=str(16 << 20),
+            ),
+            LIVE,
+        )
+        written = insert_lsn(cluster.primary_dsn) - before
+    finally:
+        with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET max_wal_size")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+    assert report.status == "completed"
+    assert report.deleted == report.eligible
+    # Everything past the headroom (~16 MB) goes at no more than 16 MiB/s, batches and
+    # pauses together.
+    paced_bytes = written - 0.9 * (32 << 20) / 1.9
+    assert paced_bytes > 4 << 20
+    assert report.pacing_wait_ms > 0
+    assert report.duration_ms >= paced_bytes / (16 << 20) * 1000
