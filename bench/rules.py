@@ -35,7 +35,8 @@ import psycopg
 
 from bench import measure as bench_measure
 from bench.data import build_template, drop_database, fresh_copy
-from handler.cleanup import Progress, run_cleanup
+from handler.cleanup import run_cleanup
+from handler.deleteloop import Progress
 from handler.schema import REFERENCE_AUTH_TABLE, REFERENCE_TABLE, seed_rules
 from handler.settings import Flags, Settings
 

@@ -16,7 +16,8 @@ from psycopg import sql
 
 from bench.data import RETENTION_DAYS
 from bench.writer import APPLICATION_NAME as WRITER_APP
-from handler.cleanup import Progress, run_cleanup
+from handler.cleanup import run_cleanup
+from handler.deleteloop import Progress
 from handler.schema import REFERENCE_TABLE
 from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, Flags, Settings
 

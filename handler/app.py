@@ -31,8 +31,9 @@ from typing import Any, TypeGuard, cast
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler import notify
-from handler.cleanup import Progress, run_cleanup
+from handler.cleanup import run_cleanup
 from handler.cli import exit_code
+from handler.deleteloop import Progress
 from handler.observability import logger, publish_failure, publish_report, report_fields
 from handler.report import Report, render_text
 from handler.secrets import with_database_url

@@ -7,14 +7,14 @@ returns a Report; every entry point is a thin shell around `run_cleanup`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import psycopg
 from psycopg import errors as pg_errors
 
-from handler import db, pacing, rules
+from handler import db, rules
+from handler.deleteloop import DeleteLoop, ProgressFn, remaining_ms, type_name
 from handler.report import (
     BUCKET_LABELS,
     TREND_RUNS,
@@ -33,14 +33,8 @@ from handler.settings import (
     Flags,
     Settings,
     check_database_url,
-    closest,
 )
 
-# Waiting for a row another session holds is what stalls live writers (they queue behind the
-# rows this batch already deleted), so a batch waits at most this long before its range is split.
-ROW_WAIT_MS = 100
-# Below this many milliseconds left, no new batch starts.
-MIN_BATCH_BUDGET_MS = 20
 # VACUUM is skipped with less time than this left: started, it would only be cancelled.
 MIN_VACUUM_BUDGET_MS = 10_000
 
@@ -58,21 +52,6 @@ class CleanupError(RuntimeError):
     """The run failed. The message is safe to log: no DSN, password or key value."""
 
 
-@dataclass(frozen=True)
-class Progress:
-    pages_done: int
-    pages_total: int
-    deleted: int
-    batches: int
-
-
-ProgressFn = Callable[[Progress], None]
-
-
-def _remaining_ms(deadline: float | None) -> float:
-    return float("inf") if deadline is None else (deadline - time.monotonic()) * 1000
-
-
 def _table_stats(sizes: db.Sizes, keys: int) -> TableStats:
     return TableStats(
         keys=keys,
@@ -80,50 +59,6 @@ def _table_stats(sizes: db.Sizes, keys: int) -> TableStats:
         index_bytes=sizes.index_bytes,
         total_bytes=sizes.total_bytes,
     )
-
-
-def guard_reason(eligible: int, keys: int, settings: Settings, *, dry_run: bool) -> str | None:
-    """Why the safety guard stops (or, in a dry run, would stop) this run; None when it passes.
-
-    Below CLEANUP_GUARD_MIN_KEYS eligible keys the guard never stops a run: on a small table
-    any fraction is cheap to lose and to see.
-    """
-    fraction = eligible / keys if keys else 0.0
-    if eligible < settings.guard_min_keys or fraction <= settings.max_delete_fraction:
-        return None
-    numbers = (
-        f"{eligible:,} of {keys:,} keys ({fraction:.0%}) are eligible, above "
-        f"CLEANUP_MAX_DELETE_FRACTION={settings.max_delete_fraction:g}"
-    )
-    if dry_run:
-        return (
-            f"safety guard: a live run would stop here: {numbers}. Look at the numbers first "
-            "(is the application still updating the timestamp column?); if they are right, "
-            'run once with --execute --force (event: {"dry_run": false, "force": true}).'
-        )
-    return (
-        f"safety guard: {numbers}. Check that the application still maintains the timestamp "
-        'column; if the numbers are right, rerun once with --force (event: "force": true). '
-        "Nothing was deleted."
-    )
-
-
-def unmatched_type_notes(configured: dict[str, list[str]], existing: list[str]) -> list[str]:
-    """A note for each configured key type that names no key in the table.
-
-    Matching stays exact: the note names the closest existing type, it never applies it.
-    """
-    notes = []
-    for setting, names in configured.items():
-        for name in names:
-            if name in existing:
-                continue
-            hint = closest(name, existing)
-            notes.append(
-                f"{setting}: key type {name!r} matches no key in the table"
-                + (f" (did you mean {hint!r}?)" if hint else "")
-            )
-    return notes
 
 
 def _age_distribution(counts: list[db.TypeCounts], edges: list[datetime]) -> dict[str, int]:
@@ -449,7 +384,7 @@ class _Run:
         policy = self._check_orphan_share(policy, measured.tenants)
         orphans = db.applies_orphans(target, policy)
         by_type = {
-            _type_name(c.key_type): rules.type_stats(
+            type_name(c.key_type): rules.type_stats(
                 c, self._retention_for(c.key_type, policy), orphans=orphans
             )
             for c in counts
@@ -461,7 +396,7 @@ class _Run:
             by_type = {}
         elif keys:
             self.notes.extend(
-                unmatched_type_notes(
+                rules.unmatched_type_notes(
                     {
                         "CLEANUP_PROTECTED_KEY_TYPES": [
                             t
@@ -489,7 +424,9 @@ class _Run:
             **self._rule_fields(target, measured, total, [edges[d] for d in db.BUCKET_DAYS]),
         }
 
-        guard = None if flags.force else guard_reason(eligible, keys, s, dry_run=flags.dry_run)
+        guard = (
+            None if flags.force else rules.guard_reason(eligible, keys, s, dry_run=flags.dry_run)
+        )
         if guard is not None and (total.expired or total.orphaned):
             self.notes.append(
                 f"the guard counts every rule together: of the {eligible:,} eligible keys, "
@@ -534,7 +471,7 @@ class _Run:
         before = fields["before"]
         if not isinstance(before, TableStats):  # pragma: no cover - set by _locked
             raise TypeError("before-run measurement missing")
-        loop = _DeleteLoop(
+        loop = DeleteLoop(
             conn,
             target,
             policy,
@@ -615,7 +552,7 @@ class _Run:
         if status != "completed":
             self.notes.append("VACUUM skipped: the run did not complete")
             return False
-        remaining = _remaining_ms(self.deadline)
+        remaining = remaining_ms(self.deadline)
         if remaining < MIN_VACUUM_BUDGET_MS:
             self.notes.append(
                 f"VACUUM skipped: {max(0, remaining) / 1000:.1f} s left before the deadline"
@@ -656,7 +593,7 @@ class _Run:
 
     @staticmethod
     def _deleted_by_type(
-        loop: _DeleteLoop, by_type: dict[str, TypeStats], eligible: int
+        loop: DeleteLoop, by_type: dict[str, TypeStats], eligible: int
     ) -> dict[str, int] | None:
         """Deleted keys per type, or None where they were not counted and cannot be known.
 
@@ -670,271 +607,6 @@ class _Run:
         if loop.deleted == eligible:
             return {name: stats.eligible for name, stats in by_type.items()}
         return None
-
-
-class _DeleteLoop:
-    """Delete eligible rows page range by page range, each range one short transaction.
-
-    A range whose DELETE waits too long for a row the application holds is split in two and
-    retried; a single page that still conflicts is skipped, and its keys are left for the next
-    run. (Skipping by row would need SELECT ... FOR UPDATE SKIP LOCKED, which needs the UPDATE
-    privilege; this way SELECT and DELETE are enough.) A table lock that cannot be had within
-    the lock timeout, or a batch over its statement timeout, is retried a bounded number of
-    times, then the run ends as `partial`. Spans and pauses come from handler/pacing.py.
-    """
-
-    def __init__(
-        self,
-        conn: db.Conn,
-        target: db.Target,
-        policy: db.Policy,
-        now: datetime,
-        *,
-        settings: Settings,
-        deadline: float | None,
-        pages_total: int,
-        keys: int,
-        eligible: int,
-        list_limit: int,
-        count_by_type: bool,
-        progress: ProgressFn | None,
-    ) -> None:
-        self.conn, self.target, self.policy, self.now = conn, target, policy, now
-        self.count_by_type = count_by_type
-        self.settings = settings
-        self.deadline = deadline
-        # Every row that was old when we measured lies in the first `pages_total` pages: rows
-        # written later are fresh, wherever they land.
-        self.pages_total = pages_total
-        self.eligible = eligible
-        self.list_budget = list_limit
-        self.progress = progress
-        self.limits = pacing.Limits(
-            batch_rows=settings.batch_size,
-            rows_per_page=keys / pages_total if pages_total else 1.0,
-            target_ms=settings.target_batch_ms,
-        )
-        self.span = pacing.first_span(self.limits)
-        self.wal = self._wal_budget()
-        self.lsn = 0  # WAL insert position read just before the current batch
-        self.spent_at = time.monotonic()  # when the WAL budget was last settled
-        self.hidden_noted = False
-        self.replicas = False  # a standby or logical slot was seen at the last reading
-        self.status: Status = "completed"
-        self.reason: str | None = None
-        self.notes: list[str] = []
-        self.deleted = 0
-        self.deleted_by_type: dict[str, int] | None = {} if count_by_type else None
-        self.listing: db.Listing = []
-        self.batches = 0
-        self.retries = 0
-        self.skipped_pages = 0
-        self.max_batch_ms = 0.0
-        self.max_batch_rows = 0
-        self.batch_s = 0.0  # time inside batches, to estimate the work left
-        self.throttle_waits = 0
-        self.throttle_wait_s = 0.0
-        self.pacing_wait_s = 0.0
-        self.pages_done = 0
-
-    def _wal_budget(self) -> pacing.WalBudget:
-        c = db.checkpoint_settings(self.conn)
-        trigger = pacing.checkpoint_trigger(c.max_wal_size, c.completion_target)
-        rate = self.settings.wal_bytes_per_s
-        if rate is None:
-            rate = round(pacing.default_wal_rate(trigger, c.timeout_s))
-        return pacing.WalBudget.start(rate, trigger, c.since_checkpoint)
-
-    def run(self) -> None:
-        next_page = 0
-        pending: list[tuple[int, int]] = []  # split ranges, processed first (LIFO)
-        attempts = 0
-        while self.eligible and (pending or next_page < self.pages_total):
-            if not self._throttled():
-                return
-            budget_ms = _remaining_ms(self.deadline)
-            if budget_ms < max(MIN_BATCH_BUDGET_MS, self.max_batch_ms * 2):
-                self._stop("stopped at the deadline; the next run continues where the data stands")
-                return
-            if pending:
-                lo, hi = pending.pop()
-            else:
-                lo, hi = next_page, min(self.pages_total, next_page + self.span.pages)
-                next_page = hi
-            try:
-                self._batch(lo, hi, budget_ms)
-            except _RowLockWait:
-                self.retries += 1
-                if hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    pending += [(mid, hi), (lo, mid)]
-                else:
-                    self.skipped_pages += 1
-                    self.pages_done += 1
-                continue
-            except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled) as exc:
-                self.retries += 1
-                attempts += 1
-                if attempts >= self.settings.batch_attempts:
-                    what = "lock" if isinstance(exc, pg_errors.LockNotAvailable) else "statement"
-                    self._stop(
-                        f"stopped after {attempts} batches in a row hit the {what} timeout at "
-                        f"page {lo:,} of {self.pages_total:,} (is the table locked by another "
-                        "session?); the next run continues where the data stands"
-                    )
-                    return
-                if isinstance(exc, pg_errors.QueryCanceled) and hi - lo > 1:
-                    # Too slow: smaller batches from now on.
-                    self.span = pacing.Span(max(1, self.span.pages // 2), self.span.densest)
-                    mid = (lo + hi) // 2
-                    pending += [(mid, hi), (lo, mid)]
-                else:
-                    pending.append((lo, hi))
-                time.sleep(min(0.05 * 2**attempts, max(0.0, budget_ms / 4000)))
-                continue
-            attempts = 0
-            self._pace(next_page)
-        if self.skipped_pages:
-            self.notes.append(
-                f"{self.skipped_pages} page(s) skipped: the application held rows there; their "
-                "keys are left for the next run"
-            )
-
-    def _throttled(self) -> bool:
-        """Before a batch: wait while a replica lags. False: the run must stop (reason set)."""
-        s = self.settings
-        attempt = 0
-        while True:
-            state = db.replication_state(self.conn)
-            self.replicas = bool(state.lags)
-            self.lsn = state.lsn
-            if state.hidden_standbys and not self.hidden_noted:
-                self.hidden_noted = True
-                self.notes.append(
-                    f"replay lag of {state.hidden_standbys} streaming standby(s) not watched: "
-                    "this role cannot read pg_stat_replication (GRANT pg_monitor TO it)"
-                )
-            step = pacing.throttle_step(
-                state.lags,
-                limit_bytes=s.max_replica_lag_bytes,
-                attempt=attempt,
-                waited_s=self.throttle_wait_s,
-                max_wait_s=s.throttle_max_wait_s,
-                remaining_s=_remaining_ms(self.deadline) / 1000,
-            )
-            if step.stop == "deadline":
-                self._stop("stopped at the deadline; the next run continues where the data stands")
-                return False
-            if step.stop is not None and step.worst is not None:
-                self._stop(
-                    f"stopped: {step.worst.name} is {step.worst.bytes:,} bytes of WAL behind, "
-                    f"above CLEANUP_MAX_REPLICA_LAG_BYTES={s.max_replica_lag_bytes:,}, after "
-                    f"waiting {self.throttle_wait_s:.1f} s in total for replicas "
-                    f"(CLEANUP_THROTTLE_MAX_WAIT_S={s.throttle_max_wait_s:g}); the next run "
-                    "continues where the data stands"
-                )
-                return False
-            if step.wait_s <= 0:
-                break
-            self.throttle_waits += 1
-            self.throttle_wait_s += step.wait_s
-            db.nudge_standbys(self.conn)
-            time.sleep(step.wait_s)
-            attempt += 1
-        return True
-
-    def _pace(self, next_page: int) -> None:
-        """After a batch: charge its WAL to the budget and pay off any debt with a pause.
-
-        Only the WAL written while the batch ran counts (the insert position before and after
-        it): other sessions' WAL during pauses is theirs, and would otherwise slow the run.
-        """
-        if self.wal.rate <= 0:
-            return
-        now = time.monotonic()
-        wal = db.wal_insert_position(self.conn) - self.lsn
-        self.wal, debt_s = self.wal.spend(wal, now - self.spent_at)
-        self.spent_at = now
-        if debt_s <= 0:
-            return
-        pages_left = max(1, self.pages_total - next_page)
-        work_s = self.batch_s / self.pages_done * pages_left if self.pages_done else 0.0
-        pause = pacing.pause_within_deadline(
-            debt_s,
-            remaining_s=_remaining_ms(self.deadline) / 1000 - MIN_BATCH_BUDGET_MS / 1000,
-            work_s=work_s,
-            share=self.span.pages / pages_left,
-        )
-        if pause > 0:
-            time.sleep(pause)
-            self.pacing_wait_s += pause
-
-    def _stop(self, reason: str) -> None:
-        self.status = "partial"
-        self.reason = reason
-
-    def _batch(self, lo: int, hi: int, budget_ms: float) -> None:
-        s, conn = self.settings, self.conn
-        started = time.monotonic()
-        with conn.transaction():
-            # Losing the last batches to a crash only means the next run redoes them, so
-            # there is no need to wait for each commit's WAL flush. With replicas attached,
-            # though, WAL left in WAL buffers cannot be sent, and the lag the throttle reads
-            # would not shrink until the WAL writer's next round: then flush, locally only
-            # (a synchronous standby's wait is what the throttle bounds, not the commit).
-            statement_ms = int(min(s.batch_timeout_ms, budget_ms))
-            # One round trip for the three settings, one for the lock and the row timeout: at
-            # ~250 batches per million rows, each round trip saved is ~3 % of the loop.
-            db.set_local(
-                conn,
-                synchronous_commit="local" if self.replicas else "off",
-                statement_timeout=f"{max(1, statement_ms)}ms",
-                lock_timeout=f"{max(1, s.lock_timeout_ms)}ms",
-            )
-            # The table lock first, with the full lock timeout: a conflict here is a table
-            # lock (DDL, VACUUM FULL), worth waiting for and retrying as a whole. Then rows:
-            # never wait long for one the application holds.
-            db.lock_for_delete_then_row_wait(
-                conn, self.target, row_wait_ms=min(s.lock_timeout_ms, ROW_WAIT_MS)
-            )
-            try:
-                result = db.delete_range(
-                    conn,
-                    self.target,
-                    self.policy,
-                    first_page=lo,
-                    end_page=hi,
-                    count_by_type=self.count_by_type,
-                    list_limit=self.list_budget,
-                    now=self.now,
-                )
-            except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as exc:
-                # A deadlock with an application transaction is a row conflict too: PostgreSQL
-                # rolled this batch back, so split the range as for a long wait.
-                raise _RowLockWait from exc
-        batch_ms = (time.monotonic() - started) * 1000
-        self.max_batch_ms = max(self.max_batch_ms, batch_ms)
-        self.max_batch_rows = max(self.max_batch_rows, result.deleted)
-        self.batch_s += batch_ms / 1000
-        self.span = pacing.next_span(
-            self.limits, self.span, pacing.Observed(hi - lo, result.deleted, batch_ms)
-        )
-        self.batches += 1
-        self.pages_done += hi - lo
-        self.deleted += result.deleted
-        if self.deleted_by_type is not None and result.by_type is not None:
-            for key_type, n in result.by_type.items():
-                name = _type_name(key_type)
-                self.deleted_by_type[name] = self.deleted_by_type.get(name, 0) + n
-        if self.list_budget:
-            self.listing.extend(result.listed[: self.list_budget])
-            self.list_budget = max(0, self.list_budget - len(result.listed))
-        if self.progress is not None:
-            self.progress(Progress(self.pages_done, self.pages_total, self.deleted, self.batches))
-
-
-class _RowLockWait(Exception):
-    """A batch's DELETE waited too long for a row another transaction holds."""
 
 
 def history_row(report: Report) -> db.HistoryRow:
@@ -952,10 +624,6 @@ def history_row(report: Report) -> db.HistoryRow:
         duration_ms=report.duration_ms,
         report_json=report.model_dump_json(),
     )
-
-
-def _type_name(key_type: str | None) -> str:
-    return "(null)" if key_type is None else key_type
 
 
 def _entry(target: db.Target, item: tuple[list[str | None], str | None, float | None]) -> KeyEntry:

@@ -24,7 +24,8 @@ import psycopg
 from pydantic import SecretStr
 
 from handler import __version__, db
-from handler.cleanup import CleanupError, Progress, run_cleanup
+from handler.cleanup import CleanupError, run_cleanup
+from handler.deleteloop import Progress
 from handler.report import TREND_RUNS, Report, TrendPoint, human_bytes, render_text, trend_lines
 from handler.settings import ConfigError, Flags, Settings
 

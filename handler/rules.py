@@ -1,5 +1,6 @@
-"""The rules beyond age, as small pure functions: whether to apply the orphan rule, and how the
-measured counts of the three rules (age, TTL, orphans) add up into the report's figures.
+"""A run's policies, as small pure functions: the safety guard, the notes on configured key
+types that match no key, whether to apply the orphan rule, and how the measured counts of the
+three rules (age, TTL, orphans) add up into the report's figures.
 
 The SQL that applies them lives in db.py (`eligible_predicate`); see docs/rules.md.
 """
@@ -13,6 +14,52 @@ from itertools import pairwise
 
 from handler import db
 from handler.report import BUCKET_LABELS, TenantStats, TypeStats
+from handler.settings import Settings, closest
+
+
+def guard_reason(eligible: int, keys: int, settings: Settings, *, dry_run: bool) -> str | None:
+    """Why the safety guard stops (or, in a dry run, would stop) this run; None when it passes.
+
+    Below CLEANUP_GUARD_MIN_KEYS eligible keys the guard never stops a run: on a small table
+    any fraction is cheap to lose and to see.
+    """
+    fraction = eligible / keys if keys else 0.0
+    if eligible < settings.guard_min_keys or fraction <= settings.max_delete_fraction:
+        return None
+    numbers = (
+        f"{eligible:,} of {keys:,} keys ({fraction:.0%}) are eligible, above "
+        f"CLEANUP_MAX_DELETE_FRACTION={settings.max_delete_fraction:g}"
+    )
+    if dry_run:
+        return (
+            f"safety guard: a live run would stop here: {numbers}. Look at the numbers first "
+            "(is the application still updating the timestamp column?); if they are right, "
+            'run once with --execute --force (event: {"dry_run": false, "force": true}).'
+        )
+    return (
+        f"safety guard: {numbers}. Check that the application still maintains the timestamp "
+        'column; if the numbers are right, rerun once with --force (event: "force": true). '
+        "Nothing was deleted."
+    )
+
+
+def unmatched_type_notes(configured: dict[str, list[str]], existing: list[str]) -> list[str]:
+    """A note for each configured key type that names no key in the table.
+
+    Matching stays exact: the note names the closest existing type, it never applies it.
+    """
+    notes = []
+    for setting, names in configured.items():
+        for name in names:
+            if name in existing:
+                continue
+            hint = closest(name, existing)
+            notes.append(
+                f"{setting}: key type {name!r} matches no key in the table"
+                + (f" (did you mean {hint!r}?)" if hint else "")
+            )
+    return notes
+
 
 # Tenant ids listed in a verbose report: enough to act on, short enough to read.
 MAX_ORPHANED_TENANT_IDS = 20

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from handler import db
-from handler.cleanup import CleanupError, Progress, run_cleanup
+from handler.cleanup import CleanupError, run_cleanup
+from handler.deleteloop import Progress
 from handler.report import BUCKET_LABELS, render_text
 from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, ConfigError, Flags
 from tests.conftest import KeyRow, PgSchema

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from handler.cleanup import Progress
 from handler.cli import (
     EXIT_ABORTED,
     EXIT_BAD_INPUT,
@@ -22,6 +21,7 @@ from handler.cli import (
     main,
     progress_estimate,
 )
+from handler.deleteloop import Progress
 from handler.report import TrendPoint, trend_lines
 from tests.conftest import KeyRow, PgSchema
 

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from handler import observability, rules
-from handler.cleanup import Progress, run_cleanup
+from handler.cleanup import run_cleanup
 from handler.db import TenantCounts
+from handler.deleteloop import Progress
 from handler.notify import sentry as sentry_notify
 from handler.notify.html import render_guard_abort, render_summary, to_plain_text
 from handler.report import render_text

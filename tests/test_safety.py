@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from handler.cleanup import CleanupError, Progress, run_cleanup
+from handler.cleanup import CleanupError, run_cleanup
+from handler.deleteloop import Progress
 from handler.settings import ConfigError, Flags, Settings
 from tests.conftest import KeyRow, PgSchema
 
