@@ -245,6 +245,12 @@ def _assemble(parts: Sequence[str]) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
+def _table_block(title: str, table: tuple[str, list[str]], budget: int) -> str:
+    """A titled table in a <pre> block, rows dropped from the end to fit `budget`."""
+    header, rows = table
+    return _fit_pre(lambda _: f"<b>{title}</b>", header, rows, len(rows), budget)
+
+
 def render_summary(
     report: Report,
     *,
@@ -285,20 +291,12 @@ def render_summary(
     fixed = _assemble([head, body, age, footer])
     # Separators ("\n\n") for the two optional blocks are counted in their budget.
     budget = limit - telegram_len(fixed) - 4
-    types_block = ""
-    if report.by_type:
-        type_header, type_rows = _type_rows(report)
-        types_block = _fit_pre(
-            lambda _: "<b>By key type</b>", type_header, type_rows, len(type_rows), budget
-        )
-        budget -= telegram_len(types_block)
-    tenants_block = ""
-    if report.top_tenants:
-        tenant_header, tenant_rows = _tenant_rows(report)
-        tenants_block = _fit_pre(
-            lambda _: "<b>Top tenants</b>", tenant_header, tenant_rows, len(tenant_rows), budget
-        )
-        budget -= telegram_len(tenants_block)
+    types_block = _table_block("By key type", _type_rows(report), budget) if report.by_type else ""
+    budget -= telegram_len(types_block)
+    tenants_block = (
+        _table_block("Top tenants", _tenant_rows(report), budget) if report.top_tenants else ""
+    )
+    budget -= telegram_len(tenants_block)
     listing_block = ""
     total_keys = len(report.keys) + report.keys_omitted
     if total_keys:
