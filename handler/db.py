@@ -858,11 +858,6 @@ def delete_range(
     return BatchResult(sum(by_type.values()), by_type, listed)
 
 
-def lock_for_delete(conn: Conn, target: Target) -> None:
-    """Take the lock a DELETE takes anyway, so that waiting for it is told apart from rows."""
-    conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target.ident))
-
-
 def lock_for_delete_then_row_wait(conn: Conn, target: Target, *, row_wait_ms: int) -> None:
     """The table lock a DELETE takes (under the current lock_timeout), then, once it is held,
     lock_timeout = row_wait_ms for the rows: two statements in one round trip. A timeout here
