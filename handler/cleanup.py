@@ -16,7 +16,6 @@ from psycopg import errors as pg_errors
 from handler import db, rules
 from handler.deleteloop import DeleteLoop, ProgressFn, remaining_ms, type_name
 from handler.report import (
-    BUCKET_LABELS,
     TREND_RUNS,
     KeyEntry,
     OrphanRule,
@@ -59,15 +58,6 @@ def _table_stats(sizes: db.Sizes, keys: int) -> TableStats:
         index_bytes=sizes.index_bytes,
         total_bytes=sizes.total_bytes,
     )
-
-
-def _age_distribution(counts: list[db.TypeCounts], edges: list[datetime]) -> dict[str, int]:
-    """Cumulative "newer than 1, 7, 14, 30 days" counts -> the five disjoint buckets."""
-    newer = [sum(c.newer_than[edge] for c in counts) for edge in edges]
-    with_ts = sum(c.with_timestamp for c in counts)
-    values = [newer[0], newer[1] - newer[0], newer[2] - newer[1], newer[3] - newer[2]]
-    values.append(with_ts - newer[3])
-    return dict(zip(BUCKET_LABELS, values, strict=True))
 
 
 class _Run:
@@ -259,11 +249,7 @@ class _Run:
                 raise
             note = f"run history not read ({type(exc).__name__}); no trend this run"
             return report.model_copy(update={"notes": [*report.notes, note]})
-        trend = [
-            TrendPoint(finished_at=p.finished_at, keys=p.keys, total_bytes=p.total_bytes)
-            for p in points
-        ]
-        return report.model_copy(update={"trend": trend})
+        return report.model_copy(update={"trend": trend_points(points)})
 
     def _policy(
         self, conn: db.Conn, target: db.Target
@@ -408,6 +394,7 @@ class _Run:
                     [c.key_type for c in counts if c.key_type is not None],
                 )
             )
+        bucket_edges = [edges[d] for d in db.BUCKET_DAYS]
         oldest = min((c.oldest for c in counts if c.oldest), default=None)
         newest = max((c.newest for c in counts if c.newest), default=None)
         fields: dict[str, object] = self._base(target) | {
@@ -416,12 +403,12 @@ class _Run:
             "eligible": eligible,
             "protected": protected,
             "before": _table_stats(before_sizes, keys),
-            "age_distribution": _age_distribution(counts, [edges[d] for d in db.BUCKET_DAYS]),
+            "age_distribution": rules.age_distribution(counts, bucket_edges),
             "no_timestamp": sum(c.keys - c.with_timestamp - c.out_of_range for c in counts),
             "out_of_range_timestamps": sum(c.out_of_range for c in counts),
             "oldest": oldest,
             "newest": newest,
-            **self._rule_fields(target, measured, total, [edges[d] for d in db.BUCKET_DAYS]),
+            **self._rule_fields(target, measured, total, bucket_edges),
         }
 
         guard = (
@@ -607,6 +594,13 @@ class _Run:
         if loop.deleted == eligible:
             return {name: stats.eligible for name, stats in by_type.items()}
         return None
+
+
+def trend_points(runs: list[db.RunPoint]) -> list[TrendPoint]:
+    """The run history's last runs as the report's trend."""
+    return [
+        TrendPoint(finished_at=r.finished_at, keys=r.keys, total_bytes=r.total_bytes) for r in runs
+    ]
 
 
 def history_row(report: Report) -> db.HistoryRow:

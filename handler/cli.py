@@ -24,9 +24,9 @@ import psycopg
 from pydantic import SecretStr
 
 from handler import __version__, db
-from handler.cleanup import CleanupError, run_cleanup
+from handler.cleanup import CleanupError, run_cleanup, trend_points
 from handler.deleteloop import Progress
-from handler.report import TREND_RUNS, Report, TrendPoint, human_bytes, render_text, trend_lines
+from handler.report import TREND_RUNS, Report, human_bytes, render_text, trend_lines
 from handler.settings import ConfigError, Flags, Settings
 
 EXIT_OK = 0
@@ -262,10 +262,7 @@ def history(args: argparse.Namespace, stdout: TextIO) -> int:
         ]
         stdout.write(json.dumps(rows, indent=2) + "\n")
         return EXIT_OK
-    points = [
-        TrendPoint(finished_at=p.finished_at, keys=p.keys, total_bytes=p.total_bytes)
-        for p in recent
-    ]
+    points = trend_points(recent)
     if not points:  # not one run recorded, ever: one line says it
         stdout.write("\n".join(trend_lines(points)) + "\n")
         return EXIT_OK

@@ -123,6 +123,12 @@ def buckets(newer: Sequence[int], with_timestamp: int) -> dict[str, int]:
     return dict(zip(BUCKET_LABELS, values, strict=True))
 
 
+def age_distribution(counts: Sequence[db.TypeCounts], edges: Sequence[datetime]) -> dict[str, int]:
+    """Every key with an in-range timestamp per age bucket."""
+    newer = [sum(c.newer_than[edge] for c in counts) for edge in edges]
+    return buckets(newer, sum(c.with_timestamp for c in counts))
+
+
 def expired_by_age(counts: Sequence[db.TypeCounts], edges: Sequence[datetime]) -> dict[str, int]:
     """The expired keys per age bucket (empty without the TTL rule)."""
     if not any(c.expired_newer_than for c in counts):
