@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import errors as pg_errors
 
-from handler import db, rules
+from handler import db, lifecycle, rules
 from handler.deleteloop import DeleteLoop, ProgressFn, remaining_ms, type_name
 from handler.report import (
     TREND_RUNS,
+    KeptKeys,
     KeyEntry,
     OrphanRule,
     Report,
@@ -34,6 +35,9 @@ from handler.settings import (
     check_database_url,
 )
 
+# The reference deployment's creds table, looked for beside the key table when
+# CLEANUP_AUTH_TABLE is unset.
+DEFAULT_AUTH_TABLE = "whatsapp_auth"
 # VACUUM is skipped with less time than this left: started, it would only be cancelled.
 MIN_VACUUM_BUDGET_MS = 10_000
 
@@ -81,6 +85,7 @@ class _Run:
         self.notes: list[str] = list(settings.config_warnings)
         self.orphan_rule: OrphanRule = "off"
         self.orphaned: list[db.TenantCounts] = []
+        self.auth: db.AuthTable | None = None
 
     def _base(self, target: db.Target | None) -> dict[str, object]:
         s = self.settings
@@ -122,6 +127,7 @@ class _Run:
                 s.timestamp_timezone,
                 expires_column=s.expires_column,
                 tenant_column=s.tenant_column,
+                key_id_column=s.key_id_column,
             )
         except (LookupError, TypeError) as exc:
             raise ConfigError(str(exc)) from None
@@ -157,10 +163,16 @@ class _Run:
 
     def _check_rule_columns(self, target: db.Target) -> None:
         s = self.settings
-        if s.auth_table is not None and target.tenant_column is None:
+        if target.key_type_column is not None and target.key_id_column is None:
+            raise ConfigError(
+                f"column {s.key_id_column} does not exist in {target.qualified}: the key-lifecycle "
+                "rules (pre-key window, own devices, sender keys) need the key id; set "
+                "CLEANUP_KEY_ID_COLUMN"
+            )
+        if s.orphan_rule and target.tenant_column is None:
             raise ConfigError(
                 f"column {s.tenant_column} does not exist in {target.qualified}: the orphan rule "
-                "(CLEANUP_AUTH_TABLE) needs CLEANUP_TENANT_COLUMN in both tables"
+                "(CLEANUP_ORPHAN_RULE) needs CLEANUP_TENANT_COLUMN in both tables"
             )
         if (
             "expires_column" in s.model_fields_set
@@ -260,14 +272,67 @@ class _Run:
         overrides = dict(s.type_retention_days) if s.key_type_column else {}
         days = [self.retention_days, *db.BUCKET_DAYS, *overrides.values(), s.orphan_grace_days]
         now, edges = db.clock(conn, days)
+        self.auth = self._find_auth(conn, target)
         policy = db.Policy(
             cutoff=edges[self.retention_days],
             protected=tuple(s.protected_key_types) if s.key_type_column else (),
             type_cutoffs={t: edges[d] for t, d in overrides.items()},
             expires_now=now if target.expires_column else None,
             orphans=self._orphan_rule(conn, target, edges[s.orphan_grace_days]),
+            lifecycle=self._lifecycle(conn, target),
         )
         return policy, now, edges
+
+    def _find_auth(self, conn: db.Conn, target: db.Target) -> db.AuthTable | None:
+        """The creds table: CLEANUP_AUTH_TABLE, else `whatsapp_auth` beside the key table."""
+        parts = self.settings.auth_table_parts
+        if parts is None:
+            return db.find_auth_table(conn, target.schema, DEFAULT_AUTH_TABLE)
+        return db.find_auth_table(conn, parts[0], parts[1])
+
+    def _lifecycle(self, conn: db.Conn, target: db.Target) -> lifecycle.Lifecycle | None:
+        """The key-lifecycle facts from the creds (docs/key-lifecycle.md), or None without a
+        key-type column. Creds that cannot be read are a note: those tenants keep every
+        pre-key, and their sender keys wait for their groups' memory rows."""
+        s = self.settings
+        if target.key_type_column is None:
+            return None
+        source = s.auth_table or f"{target.schema}.{DEFAULT_AUTH_TABLE}"
+        problem: str | None = None
+        rows: list[tuple[str | None, object]] = []
+        if self.auth is None:
+            problem = f"no auth table {source} (CLEANUP_AUTH_TABLE)"
+        elif target.tenant_column is None:
+            problem = f"{target.qualified} has no tenant column {s.tenant_column}"
+        elif s.tenant_column not in self.auth.columns or s.creds_column not in self.auth.columns:
+            problem = (
+                f"{self.auth.qualified} lacks column {s.tenant_column} or {s.creds_column} "
+                "(CLEANUP_TENANT_COLUMN, CLEANUP_CREDS_COLUMN)"
+            )
+        elif (kind := self.auth.columns[s.creds_column]) not in db.JSON_TYPES | db.TEXT_TYPES:
+            problem = f"{self.auth.qualified}.{s.creds_column} is {kind}, not JSON or text"
+        else:
+            try:
+                rows = db.read_creds(conn, self.auth, s.tenant_column, s.creds_column)
+            except psycopg.Error as exc:
+                if conn.broken:
+                    raise
+                problem = f"{self.auth.qualified} not readable ({type(exc).__name__})"
+        facts, problems = lifecycle.build(
+            rows, window=s.prekey_window, prekey_age_only=s.prekey_age_only
+        )
+        if s.prekey_age_only:
+            self.notes.append(
+                "CLEANUP_PREKEY_AGE_ONLY=true: pre-keys go by age alone, including ones the "
+                "server may still hand out (their first messages then fail)"
+            )
+        elif problem is not None:
+            self.notes.append(f"creds not read, so every pre-key is kept: {problem}")
+        for why, tenants in sorted(problems.items()):
+            self.notes.append(
+                f"pre-keys of {tenants:,} tenant{'' if tenants == 1 else 's'} kept: {why}"
+            )
+        return facts
 
     def _retention_for(self, key_type: str | None, policy: db.Policy) -> int | None:
         """A type's retention in days; None for a protected type. A NULL type: the default."""
@@ -284,19 +349,23 @@ class _Run:
         do not need it.
         """
         s = self.settings
-        parts = s.auth_table_parts
-        if parts is None or s.auth_table is None:
+        if not s.orphan_rule:
             return None
-        orphans = db.Orphans(parts[0], parts[1], cutoff)
+        auth_table = s.auth_table or f"{target.schema}.{DEFAULT_AUTH_TABLE}"
         problem, has_tenants = None, False
-        try:
-            has_tenants = db.auth_has_tenants(conn, target, orphans)
-        except psycopg.Error as exc:
-            if conn.broken:
-                raise
-            problem = _AUTH_PROBLEMS.get(type(exc), type(exc).__name__)
+        if self.auth is None:
+            problem = "no such table"
+            orphans = None
+        else:
+            orphans = db.Orphans(self.auth.schema, self.auth.name, cutoff)
+            try:
+                has_tenants = db.auth_has_tenants(conn, target, orphans)
+            except psycopg.Error as exc:
+                if conn.broken:
+                    raise
+                problem = _AUTH_PROBLEMS.get(type(exc), type(exc).__name__)
         refusal = rules.orphan_refusal(
-            auth_table=s.auth_table,
+            auth_table=auth_table,
             problem=problem,
             has_tenants=has_tenants,
             orphaned_tenants=0,
@@ -312,10 +381,10 @@ class _Run:
     def _check_orphan_share(self, policy: db.Policy, tenants: list[db.TenantCounts]) -> db.Policy:
         """The policy without the orphan rule when it would orphan too many tenants."""
         self.orphaned = rules.orphaned_tenants(tenants)
-        if policy.orphans is None or self.settings.auth_table is None:
+        if policy.orphans is None:
             return policy
         refusal = rules.orphan_refusal(
-            auth_table=self.settings.auth_table,
+            auth_table=f"{policy.orphans.schema}.{policy.orphans.table}",
             problem=None,
             has_tenants=True,
             orphaned_tenants=len(self.orphaned),
@@ -344,9 +413,9 @@ class _Run:
             "expires_column": target.expires_column,
             "expired": total.expired,
             "expired_by_age": rules.expired_by_age(measured.types, bucket_edges),
-            "auth_table": s.auth_table,
+            "auth_table": self.auth.qualified if self.auth else s.auth_table,
             "orphan_rule": self.orphan_rule,
-            "orphan_grace_days": s.orphan_grace_days if s.auth_table else None,
+            "orphan_grace_days": s.orphan_grace_days if s.orphan_rule else None,
             "orphaned": total.orphaned,
             "orphaned_tenants": len(ids),
             "orphaned_tenant_ids": ids[: rules.MAX_ORPHANED_TENANT_IDS]
@@ -408,6 +477,7 @@ class _Run:
             "out_of_range_timestamps": sum(c.out_of_range for c in counts),
             "oldest": oldest,
             "newest": newest,
+            "kept": _kept(counts, policy),
             **self._rule_fields(target, measured, total, bucket_edges),
         }
 
@@ -594,6 +664,16 @@ class _Run:
         if loop.deleted == eligible:
             return {name: stats.eligible for name, stats in by_type.items()}
         return None
+
+
+def _kept(counts: list[db.TypeCounts], policy: db.Policy) -> list[KeptKeys]:
+    """What the key lifecycle kept of the aged (or expired) keys, per type and reason."""
+    kept = []
+    for reason, (key_type, why) in lifecycle.KEEP_REASONS.items():
+        n = sum(c.kept.get(reason, 0) for c in counts if c.key_type not in policy.protected)
+        if n:
+            kept.append(KeptKeys(key_type=key_type, keys=n, reason=why))
+    return kept
 
 
 def trend_points(runs: list[db.RunPoint]) -> list[TrendPoint]:

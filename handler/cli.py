@@ -175,11 +175,9 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             url = stack.enter_context(_demo_database(args.demo_rows, stderr))
         if url is not None:
             settings = settings.model_copy(update={"database_url": SecretStr(url)})
-        if args.demo and settings.auth_table is None:
-            from handler.demo import DEMO_AUTH_TABLE  # noqa: PLC0415 - demo only
-
-            # The demo seeds an auth table: show the orphan rule too.
-            settings = settings.model_copy(update={"auth_table": DEMO_AUTH_TABLE})
+        if args.demo and "orphan_rule" not in settings.model_fields_set:
+            # The demo seeds a logged-out tenant: show the (opt-in) orphan rule too.
+            settings = settings.model_copy(update={"orphan_rule": True})
         progress = _ProgressLine(stderr, enabled=not args.no_progress and not flags.dry_run)
         try:
             report = run_cleanup(settings, flags, progress=progress)

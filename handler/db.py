@@ -16,7 +16,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
 
+from handler.lifecycle import MAX_ID_DIGITS, KeepReason, Lifecycle
 from handler.pacing import Lag
 
 Conn = psycopg.Connection[TupleRow]
@@ -59,6 +61,8 @@ class Target:
     naive_expires: bool = False
     # The tenant column, when the table has the configured one.
     tenant_column: str | None = None
+    # The key id column, when the table has the configured one (the key-lifecycle rules).
+    key_id_column: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -97,9 +101,15 @@ class Policy:
     type_cutoffs: dict[str, datetime] = field(default_factory=dict)
     expires_now: datetime | None = None
     orphans: Orphans | None = None
+    # The key-lifecycle rules (docs/key-lifecycle.md): keys Baileys still needs, kept whatever
+    # their age. None: not applied (no key-type or key-id column).
+    lifecycle: Lifecycle | None = None
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"cutoff": self.cutoff, "protected": list(self.protected)}
+        if self.lifecycle is not None:
+            params["kc_windows"] = Jsonb({t: list(w) for t, w in self.lifecycle.windows.items()})
+            params["kc_own"] = Jsonb({t: list(u) for t, u in self.lifecycle.own_users.items()})
         if self.expires_now is not None:
             params["expires_now"] = self.expires_now
         if self.orphans is not None:
@@ -180,6 +190,7 @@ def resolve_target(
     *,
     expires_column: str | None = None,
     tenant_column: str | None = None,
+    key_id_column: str | None = None,
 ) -> Target:
     """Find the table in the catalog and check its columns; raise LookupError/TypeError.
 
@@ -263,6 +274,7 @@ def resolve_target(
         expires_column=expires_column if expires_type is not None else None,
         naive_expires=expires_type == TIMESTAMP,
         tenant_column=tenant_column if tenant_column in columns else None,
+        key_id_column=key_id_column if key_id_column in columns else None,
     )
 
 
@@ -435,13 +447,104 @@ def _orphaned(target: Target, policy: Policy) -> sql.Composable:
     )
 
 
+def _column(target: Target, column: str | None) -> sql.Composable:
+    """A key-table column qualified by the table, for use inside a correlated subquery."""
+    return sql.Identifier(target.schema, target.name, column or "")
+
+
+def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Composable]:
+    """Per reason, TRUE for the keys Baileys still needs (docs/key-lifecycle.md).
+
+    Each part tests its key type first; a row matches at most one part. The per-tenant facts
+    come from the run's two JSON parameters (kc_windows, kc_own), read once from the creds.
+    """
+    lc = policy.lifecycle
+    if lc is None or target.key_type_column is None or target.key_id_column is None:
+        return {}
+    kt = sql.SQL("{}::text").format(_column(target, target.key_type_column))
+    kid = _column(target, target.key_id_column)
+    tenant = (
+        sql.SQL("{}::text").format(_tenant(target))
+        if target.tenant_column is not None
+        else sql.SQL("NULL::text")
+    )
+    own = sql.SQL("(%(kc_own)s::jsonb -> {tenant})").format(tenant=tenant)
+
+    def is_type(name: str) -> sql.Composable:
+        return sql.SQL("{kt} = {name}").format(kt=kt, name=sql.Literal(name))
+
+    parts: dict[KeepReason, sql.Composable] = {}
+    if not lc.prekey_age_only:
+        window = sql.SQL("(%(kc_windows)s::jsonb -> {tenant})").format(tenant=tenant)
+        # CASE, not AND: SQL does not promise to test the pattern before the cast.
+        number = sql.SQL("CASE WHEN {kid} ~ {pattern} THEN {kid}::bigint END").format(
+            kid=kid, pattern=sql.Literal(f"^[0-9]{{1,{MAX_ID_DIGITS}}}$")
+        )
+        # A non-numeric id compares as NULL: kept.
+        parts["prekey_window"] = sql.SQL(
+            "({is_pk} AND {w} IS NOT NULL AND coalesce(NOT ({n} < ({w} ->> 0)::bigint "
+            "OR {n} > ({w} ->> 1)::bigint), true))"
+        ).format(is_pk=is_type("pre-key"), w=window, n=number)
+        parts["prekey_no_creds"] = sql.SQL("({is_pk} AND {w} IS NULL)").format(
+            is_pk=is_type("pre-key"), w=window
+        )
+
+    def own_user(user: sql.Composable) -> sql.Composable:
+        # `?` asks whether the tenant's own users hold this one; `_1` (LID) and other domain
+        # suffixes of the signal address are cut first (Signal/libsignal.ts).
+        return sql.SQL("({own} ? split_part({user}, '_', 1))").format(own=own, user=user)
+
+    parts["own_session"] = sql.SQL("({is_s} AND coalesce({mine}, false))").format(
+        is_s=is_type("session"),
+        mine=own_user(sql.SQL("split_part({}, '.', 1)").format(kid)),
+    )
+    same_tenant = (
+        sql.SQL("kc_m.{col} = {tenant} AND ").format(
+            col=sql.Identifier(target.tenant_column), tenant=_tenant(target)
+        )
+        if target.tenant_column is not None
+        else sql.SQL("")
+    )
+    # Unknown own users (no creds): every sender key might be ours, so each waits for its
+    # group's memory row to go first.
+    parts["own_sender_key"] = sql.SQL(
+        "({is_sk} AND coalesce({mine}, true) AND EXISTS (SELECT 1 FROM {table} AS kc_m "
+        "WHERE {same_tenant}kc_m.{kt_col}::text = 'sender-key-memory' "
+        "AND kc_m.{kid_col} = split_part({kid}, '::', 1)))"
+    ).format(
+        is_sk=is_type("sender-key"),
+        mine=own_user(sql.SQL("split_part({}, '::', 2)").format(kid)),
+        table=target.ident,
+        same_tenant=same_tenant,
+        kt_col=sql.Identifier(target.key_type_column),
+        kid_col=sql.Identifier(target.key_id_column),
+        kid=kid,
+    )
+    parts["index"] = sql.SQL("({is_t} AND {kid} = '__index')").format(
+        is_t=is_type("tctoken"), kid=kid
+    )
+    return parts
+
+
+def lifecycle_keep(target: Target, policy: Policy) -> sql.Composable:
+    """TRUE for a key the age and TTL rules must leave: one that Baileys still needs."""
+    parts = lifecycle_parts(target, policy)
+    if not parts:
+        return sql.SQL("false")
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(parts.values()))
+
+
 def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
     """The one definition of "may be deleted", used to list and delete (measure() counts by
-    the same parts): aged or expired and not protected, or orphaned (protected or not)."""
-    return sql.SQL("((({aged} OR {expired}) AND NOT {protected}) OR {orphaned})").format(
+    the same parts): aged or expired, not protected and not needed by Baileys (the key
+    lifecycle), or orphaned (protected or not)."""
+    return sql.SQL(
+        "((({aged} OR {expired}) AND NOT {protected} AND NOT {keep}) OR {orphaned})"
+    ).format(
         aged=_aged(target, policy),
         expired=_expired(target, policy),
         protected=_protected(target),
+        keep=lifecycle_keep(target, policy),
         orphaned=_orphaned(target, policy),
     )
 
@@ -489,6 +592,8 @@ class TypeCounts:
     orphaned: int = 0  # keys the orphan rule takes (some are eligible by the others too)
     orphan_extra: int = 0  # orphaned keys the age and TTL rules leave
     protected_orphaned: int = 0  # of `protected`, the ones the orphan rule takes anyway
+    # Aged or expired keys the key lifecycle keeps, per reason (not in `eligible`).
+    kept: dict[KeepReason, int] = field(default_factory=dict)
 
     def older_than(self, edge: datetime) -> int:
         return self.with_timestamp - self.newer_than[edge]
@@ -598,6 +703,29 @@ def measure(
     else:
         inner += [sql.SQL("0 AS x"), sql.SQL("0 AS xts")]
         inner += [sql.SQL("0 AS {}").format(sql.Identifier(f"xn{i}")) for i in range(len(distinct))]
+    # The key lifecycle: per reason, the aged or expired keys it keeps (lk in all), and of those
+    # the ones quiet since the orphan grace cutoff (lkq), for the orphan rule's union. Each part
+    # tests its key type first, so other rows cost a comparison or two.
+    parts = lifecycle_parts(target, policy)
+    due = sql.SQL("({} OR {})").format(_aged(target, policy), expired)
+    inner += [
+        sql.SQL("count(*) FILTER (WHERE {part} AND {due}) AS {name}").format(
+            part=part, due=due, name=sql.Identifier(f"k_{reason}")
+        )
+        for reason, part in parts.items()
+    ]
+    if parts and orphans:
+        inner.append(
+            sql.SQL(
+                "count(*) FILTER (WHERE {keep} AND {due} AND {ts} >= {first} "
+                "AND {ts} < %(orphan_cutoff)s) AS lkq"
+            ).format(keep=lifecycle_keep(target, policy), due=due, ts=ts, first=FIRST_TIMESTAMP)
+        )
+    else:
+        inner.append(sql.SQL("0 AS lkq"))
+    kept_sum = (
+        sql.SQL(" + ").join(sql.Identifier(f"k_{r}") for r in parts) if parts else sql.SQL("0")
+    )
 
     def col(prefix: str, edge: datetime) -> sql.Composable:
         return sql.Identifier(f"{prefix}{index[edge]}")
@@ -632,7 +760,7 @@ def measure(
     # timestamp older than an edge are xts - xn(edge).
     derived = sql.SQL(
         """
-        SELECT g.*, {protected} AS p, {lost} AS lost,
+        SELECT g.*, {protected} AS p, {lost} AS lost, {kept_sum} AS lk,
                with_ts - {n_cut} + x - (xts - {xn_cut}) AS u,
                CASE WHEN tn IS NULL THEN 0 ELSE with_ts - {n_grace} END AS q,
                CASE WHEN tn IS NULL THEN 0
@@ -642,6 +770,7 @@ def measure(
     ).format(
         protected=protected,
         lost=lost,
+        kept_sum=kept_sum,
         n_cut=at("n", lambda c: c),
         xn_cut=at("xn", lambda c: c),
         n_grace=col("n", grace),
@@ -661,15 +790,16 @@ def measure(
         sql.SQL("max(newest)"),
         total("oor"),
         *(total(f"n{i}") for i in range(len(distinct))),
-        total("CASE WHEN p THEN 0 ELSE u END"),  # eligible by age or TTL
+        total("CASE WHEN p THEN 0 ELSE u - lk END"),  # eligible by age or TTL
         total("CASE WHEN p THEN u ELSE 0 END"),  # protected from them
         total("CASE WHEN p THEN 0 ELSE x END"),  # expired
         total("CASE WHEN lost THEN q ELSE 0 END"),  # orphaned
-        total("CASE WHEN NOT lost THEN 0 WHEN p THEN q ELSE q - qu END"),  # orphan_extra
+        total("CASE WHEN NOT lost THEN 0 WHEN p THEN q ELSE q - (qu - lkq) END"),  # orphan_extra
         total("CASE WHEN lost AND p THEN qu ELSE 0 END"),  # protected_orphaned
         sql.SQL("coalesce(bool_and(lost), false)"),
         total("CASE WHEN p THEN 0 ELSE xts END"),
         *(total(f"CASE WHEN p THEN 0 ELSE xn{i} END") for i in range(len(distinct))),
+        *(total(f"CASE WHEN p THEN 0 ELSE k_{r} END") for r in parts),
     ]
     if by_tenant:
         head = sql.SQL("kt, tn, GROUPING(kt)")
@@ -720,7 +850,10 @@ def measure(
                 orphan_extra=extra[4],
                 protected_orphaned=extra[5],
                 expired_with_timestamp=extra[7],
-                expired_newer_than=dict(zip(distinct, extra[8:], strict=True)) if ttl else {},
+                expired_newer_than=dict(zip(distinct, extra[8 : 8 + n], strict=True))
+                if ttl
+                else {},
+                kept=dict(zip(parts, extra[8 + n :], strict=True)),
             )
         )
     return Measurement(types, tenants)
@@ -747,6 +880,84 @@ def auth_has_tenants(conn: Conn, target: Target, orphans: Orphans) -> bool:
         )
     )
     return bool(row[0])
+
+
+@dataclass(frozen=True)
+class AuthTable:
+    """The table of the tenants' Baileys creds: one row per connected tenant."""
+
+    schema: str
+    name: str
+    columns: dict[str, str]  # name -> type
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+
+def find_auth_table(conn: Conn, schema: str | None, name: str) -> AuthTable | None:
+    """The auth table as PostgreSQL resolves the name (the search path when unqualified), with
+    its columns; None when there is no such table or view visible to this role."""
+    row = conn.execute(
+        """
+        SELECT c.oid, n.nspname, c.relname
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relname = %(name)s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+          AND CASE WHEN %(schema)s::text IS NULL
+                   THEN n.nspname = ANY (current_schemas(false))
+                   ELSE n.nspname = %(schema)s END
+        ORDER BY array_position(current_schemas(false), n.nspname::text)
+        LIMIT 1
+        """,
+        {"schema": schema, "name": name},
+    ).fetchone()
+    if row is None:
+        return None
+    columns: dict[str, str] = dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+            (row[0],),
+        ).fetchall()
+    )
+    return AuthTable(row[1], row[2], columns)
+
+
+# Creds column types read as JSON in the database; text ones are parsed by the job.
+JSON_TYPES = frozenset({"jsonb", "json"})
+TEXT_TYPES = frozenset({"text", "character varying"})
+
+
+def read_creds(
+    conn: Conn, auth: AuthTable, tenant_column: str, creds_column: str
+) -> list[tuple[str | None, object]]:
+    """(tenant, creds) per auth row: only the pre-key counters and `me` of a JSON object (the
+    rest of the creds, private keys included, never leaves the database), or the raw value
+    when it is not an object (a JSON string holding it, or text) for the caller to parse."""
+    kind = auth.columns[creds_column]
+    creds = sql.Identifier(creds_column)
+    value: sql.Composable
+    if kind in JSON_TYPES:
+        value = sql.SQL(
+            "CASE WHEN jsonb_typeof({c}::jsonb) = 'object' THEN jsonb_build_object("
+            "'nextPreKeyId', {c}::jsonb -> 'nextPreKeyId', "
+            "'firstUnuploadedPreKeyId', {c}::jsonb -> 'firstUnuploadedPreKeyId', "
+            "'me', jsonb_build_object('id', {c}::jsonb -> 'me' -> 'id', "
+            "'lid', {c}::jsonb -> 'me' -> 'lid')) ELSE {c}::jsonb END"
+        ).format(c=creds)
+    else:
+        value = sql.SQL("{}::text").format(creds)
+    rows = conn.execute(
+        sql.SQL("SELECT {tenant}::text, {value} FROM {auth}").format(
+            tenant=sql.Identifier(tenant_column), value=value, auth=auth.ident
+        )
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 def _listing_columns(target: Target, now_param: str = "now") -> sql.Composable:

@@ -13,16 +13,17 @@ from contextlib import contextmanager
 
 import psycopg
 
-from handler.schema import REFERENCE_AUTH_TABLE, reference_schema, seed_keys, seed_rules
+from handler.schema import reference_schema, seed_keys, seed_rules
 
 DEMO_ROWS = 40_000
 # Stretches the seed's age ranges so that about 40% of the keys are past a 30-day retention:
 # enough to show a real cleanup, below the 50% safety guard.
 DEMO_AGE_SCALE = 0.6
-# The demo run sets CLEANUP_AUTH_TABLE to this table (unless set), so all three rules show:
-# one tenant logged out (5% of the keys, a quarter of the tenants, below the refusal limit),
-# 3% of the keys expired by their TTL. Age, TTL and orphans together stay below the guard.
-DEMO_AUTH_TABLE = REFERENCE_AUTH_TABLE
+# The demo run turns the orphan rule on (unless CLEANUP_ORPHAN_RULE is set): one tenant logged
+# out (5% of the keys, a quarter of the tenants, below the refusal limit). 3% of the keys carry
+# an expired TTL, which the (opt-in) TTL rule would take. Each tenant's creds hold its pre-key
+# counters and own JIDs, so the report shows what the key lifecycle keeps. All of it together
+# stays below the guard.
 DEMO_LOGGED_OUT_TENANT = "company-logged-out"
 
 

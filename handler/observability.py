@@ -76,6 +76,7 @@ def publish_report(report: Report) -> None:
     metrics.add_metric(name="KeysProtected", unit=count, value=report.protected)
     # Parts of KeysEligible (a key eligible by two rules counts in both, once in KeysEligible).
     metrics.add_metric(name="KeysExpired", unit=count, value=report.expired)
+    metrics.add_metric(name="KeysKept", unit=count, value=sum(k.keys for k in report.kept))
     metrics.add_metric(name="KeysOrphaned", unit=count, value=report.orphaned)
     metrics.add_metric(name="OrphanedTenants", unit=count, value=report.orphaned_tenants)
     metrics.add_metric(name="ReclaimableBytes", unit=size, value=report.reclaimable_bytes)
@@ -142,6 +143,8 @@ def report_fields(report: Report) -> dict[str, Any]:
         fields["out_of_range_timestamps"] = report.out_of_range_timestamps
     if report.guard_triggered:
         fields["guard_triggered"] = True
+    if report.kept:
+        fields["kept"] = [k.model_dump() for k in report.kept]
     if report.expires_column is not None:
         fields["expired"] = report.expired
     if report.orphan_rule != "off":

@@ -50,6 +50,15 @@ class TypeStats(_Model):
     retention_days: int | None = None  # None: protected, never aged out
     expired: int = 0  # eligible by the TTL rule (some are old enough for the age rule too)
     orphaned: int = 0  # eligible by the orphan rule (protected types included)
+    kept: int = 0  # old enough, but kept because Baileys still needs them (Report.kept)
+
+
+class KeptKeys(_Model):
+    """Keys old enough for the age (or TTL) rule that the key lifecycle keeps, and why."""
+
+    key_type: str
+    keys: int
+    reason: str
 
 
 class TenantStats(_Model):
@@ -107,6 +116,9 @@ class Report(_Model):
     oldest: datetime | None = None
     newest: datetime | None = None
     by_type: dict[str, TypeStats] = Field(default_factory=dict)
+    # Keys past the retention that Baileys still needs, per type and reason (not eligible):
+    # docs/key-lifecycle.md.
+    kept: list[KeptKeys] = Field(default_factory=list)
     # The TTL rule: the column used (None: none), and the unprotected keys whose expiry passed,
     # in all and per age bucket. They are part of `eligible`, each key counted once there.
     expires_column: str | None = None
@@ -188,6 +200,11 @@ def trend_lines(points: list[TrendPoint]) -> list[str]:
         f"keys {len(points)} runs: {first.keys:,} → {last.keys:,}",
         f"size {len(points)} runs: {human_bytes_pair(first.total_bytes, last.total_bytes)}",
     ]
+
+
+def kept_lines(report: Report) -> list[str]:
+    """`pre-key: kept 782: the server may still hand them out (…)`, one line per reason."""
+    return [f"{k.key_type}: kept {k.keys:,}: {k.reason}" for k in report.kept]
 
 
 def listing_line(entry: KeyEntry, key_type_column: str | None) -> str:
@@ -306,6 +323,9 @@ def render_text(report: Report) -> str:
 
     if r.by_type:
         lines += ["", *_type_table(r)]
+    if r.kept:
+        lines += ["", "kept past the retention, because Baileys still needs them:"]
+        lines.extend(f"  {line}" for line in kept_lines(r))
 
     if r.top_tenants:
         width = max(8, *(len(t.tenant or "(null)") for t in r.top_tenants))

@@ -156,6 +156,7 @@ def type_stats(c: db.TypeCounts, retention_days: int | None, *, orphans: bool) -
         retention_days=retention_days,
         expired=c.expired,
         orphaned=c.orphaned if orphans else 0,
+        kept=0 if retention_days is None else sum(c.kept.values()),
     )
 
 

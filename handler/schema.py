@@ -128,7 +128,17 @@ def seed_keys(
 INSERT INTO {t} (company_id, key_type, key_id, value, created_at, updated_at)
 SELECT 'company-' || (1 + g %% %(companies)s),
        k.key_type,
-       k.key_type || ':' || g,
+       -- Key ids as Baileys writes them (docs/key-lifecycle.md): pre-keys by number, sessions
+       -- by signal address (user.device), sender keys as group::user::device, memory rows and
+       -- device lists by JID.
+       CASE k.key_type
+         WHEN 'pre-key' THEN g::text
+         WHEN 'session' THEN (5500000000000 + g) || '.0'
+         WHEN 'sender-key' THEN '120363' || (g %% 997) || '@g.us::' || (5500000000000 + g) || '::0'
+         WHEN 'sender-key-memory' THEN '120363' || g || '@g.us'
+         WHEN 'device-list' THEN (5500000000000 + g)::text
+         ELSE k.key_type || ':' || g
+       END,
        jsonb_build_object('k', repeat(md5(g::text), %(pad)s), 'n', g),
        now() - make_interval(secs => k.age * 86400) - interval '1 hour',
        now() - make_interval(secs => k.age * 86400)
@@ -183,15 +193,50 @@ def seed_rules(
     with conn.cursor() as cur:
         cur.execute("SELECT setseed(%s)", (seed,))
         cur.execute(reference_auth_schema(auth_table))
+        cur.execute(sql.SQL("ALTER TABLE {t} DISABLE TRIGGER {trg}").format(t=t, trg=trigger))
+        # Each tenant's creds as Baileys keeps them: the pre-key counters just past its highest
+        # pre-key id (all uploaded), and its own JIDs. Its own devices' sessions, its own sender
+        # key for a group it sent to (with the group's memory row) and the tctoken index are
+        # written as old as the oldest keys: the key lifecycle keeps them all the same.
         cur.execute(
             sql.SQL(
-                "INSERT INTO {auth} (company_id, creds) "
-                "SELECT DISTINCT company_id, '{{}}'::jsonb FROM {t} "
-                "WHERE company_id <> ALL (%s::text[])"
+                """
+INSERT INTO {auth} (company_id, creds)
+SELECT company_id, jsonb_build_object(
+         'nextPreKeyId', next_id, 'firstUnuploadedPreKeyId', next_id,
+         'me', jsonb_build_object('id', own || ':3@s.whatsapp.net', 'lid', own_lid || ':3@lid'))
+FROM (
+  SELECT company_id,
+         coalesce(max(key_id::bigint) FILTER (WHERE key_type = 'pre-key'), 0) + 1 AS next_id,
+         (5400000000000 + dense_rank() OVER (ORDER BY company_id))::text AS own,
+         (9000000000000 + dense_rank() OVER (ORDER BY company_id))::text AS own_lid
+  FROM {t} WHERE company_id <> ALL (%(without)s::text[]) GROUP BY company_id
+) AS tenants
+"""
             ).format(auth=sql.Identifier(auth_table), t=t),
-            (list(without_creds),),
+            {"without": list(without_creds)},
         )
-        cur.execute(sql.SQL("ALTER TABLE {t} DISABLE TRIGGER {trg}").format(t=t, trg=trigger))
+        cur.execute(
+            sql.SQL(
+                """
+INSERT INTO {t} (company_id, key_type, key_id, value, updated_at)
+SELECT a.company_id, k.key_type, k.key_id, '{{"k": "x"}}'::jsonb, now() - interval '90 days'
+FROM {auth} AS a
+CROSS JOIN LATERAL (
+  SELECT split_part(a.creds -> 'me' ->> 'id', ':', 1) AS own,
+         split_part(a.creds -> 'me' ->> 'lid', ':', 1) AS own_lid
+) AS me
+CROSS JOIN LATERAL (VALUES
+  ('session', me.own || '.0'),
+  ('session', me.own_lid || '_1.0'),
+  ('sender-key', '120363999@g.us::' || me.own_lid || '_1::3'),
+  ('sender-key-memory', '120363999@g.us'),
+  ('tctoken', '__index')
+) AS k(key_type, key_id)
+ON CONFLICT DO NOTHING
+"""
+            ).format(auth=sql.Identifier(auth_table), t=t)
+        )
         if logged_out is not None:
             cur.execute(
                 sql.SQL(

@@ -35,6 +35,10 @@ SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 # only CLEANUP_UNPROTECT_KEY_TYPES, which accepts nothing but these names, lifts it.
 DEFAULT_PROTECTED_KEY_TYPES = ("app-state-sync-key", "app-state-sync-version", "lid-mapping")
 MAX_RETENTION_DAYS = 3650
+# Baileys' INITIAL_PREKEY_COUNT (src/Defaults/index.ts): the largest single upload. A window
+# below it could delete pre-keys of the last upload that the server still holds.
+INITIAL_PREKEY_COUNT = 812
+DEFAULT_PREKEY_WINDOW = 1000
 
 
 _EMPTY_MEANS_NONE = frozenset({"CLEANUP_KEY_TYPE_COLUMN", "CLEANUP_EXPIRES_COLUMN"})
@@ -209,14 +213,27 @@ class Settings(BaseModel):
     max_delete_fraction: float = Field(0.5, gt=0, le=1, alias="CLEANUP_MAX_DELETE_FRACTION")
     guard_min_keys: int = Field(1000, ge=0, alias="CLEANUP_GUARD_MIN_KEYS")
     dry_run_scheduled: bool = Field(False, alias="CLEANUP_DRY_RUN")
-    # The TTL column: a key whose expiry has passed is deleted whatever its age. Used when the
-    # table has the column; empty ignores it.
-    expires_column: Identifier | None = Field("expires_at", alias="CLEANUP_EXPIRES_COLUMN")
-    # One row per connected tenant; empty (the default) turns the orphan rule off.
+    # The TTL rule (opt-in): a key whose expiry has passed is deleted whatever its age. Off by
+    # default: the reference adapter stamps 7-day TTLs on sessions and pre-keys, which would
+    # silently override the retention (docs/key-lifecycle.md).
+    expires_column: Identifier | None = Field(None, alias="CLEANUP_EXPIRES_COLUMN")
+    # One row per connected tenant holding its Baileys creds. Unset: `whatsapp_auth` beside
+    # the key table, when it exists. The pre-key window and the own-device rules read it.
     auth_table: Annotated[str | None, AfterValidator(_optional_table)] = Field(
         None, alias="CLEANUP_AUTH_TABLE"
     )
+    creds_column: Identifier = Field("creds", alias="CLEANUP_CREDS_COLUMN")
     tenant_column: Identifier = Field("company_id", alias="CLEANUP_TENANT_COLUMN")
+    key_id_column: Identifier = Field("key_id", alias="CLEANUP_KEY_ID_COLUMN")
+    # Pre-keys kept per tenant below the first un-uploaded id: the newest uploaded ones, which
+    # the server may still hand out. Baileys uploads 812 at most at once (INITIAL_PREKEY_COUNT).
+    prekey_window: int = Field(
+        DEFAULT_PREKEY_WINDOW, ge=INITIAL_PREKEY_COUNT, le=1_000_000, alias="CLEANUP_PREKEY_WINDOW"
+    )
+    # The old rule, opt-in only: pre-keys by updated_at alone, which breaks first messages.
+    prekey_age_only: bool = Field(False, alias="CLEANUP_PREKEY_AGE_ONLY")
+    # The orphaned-tenant rule (opt-in): keys of tenants without an auth row.
+    orphan_rule: bool = Field(False, alias="CLEANUP_ORPHAN_RULE")
     orphan_grace_days: RetentionDays = Field(1, alias="CLEANUP_ORPHAN_GRACE_DAYS")
     max_orphan_tenant_fraction: float = Field(
         0.5, gt=0, le=1, alias="CLEANUP_MAX_ORPHAN_TENANT_FRACTION"

@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 from pytest_httpserver import HTTPServer
 
 from handler.db import LOCK_CLASS
-from handler.schema import reference_schema
+from handler.schema import reference_auth_schema, reference_schema
 from handler.settings import Settings
 
 # TEST_DATABASE_NAME lets CI use a database that does not exist yet, proving that the workers
@@ -133,6 +133,16 @@ class PgSchema:
         with self.connect() as conn:
             conn.execute(reference_schema(table))
 
+    def add_auth(self, creds_by_tenant: Mapping[str, object]) -> None:
+        """The reference auth table beside the key table, one creds row per tenant."""
+        with self.connect() as conn:
+            conn.execute(reference_auth_schema())
+            for tenant, value in creds_by_tenant.items():
+                conn.execute(
+                    "INSERT INTO whatsapp_auth (company_id, creds) VALUES (%s, %s)",
+                    (tenant, psycopg.types.json.Jsonb(value)),
+                )
+
     def insert_keys(self, rows: Iterable[KeyRow], table: str = "whatsapp_keys") -> None:
         """Insert keys whose updated_at is `age_days` before the database's now()."""
         with self.connect() as conn, conn.cursor() as cur:
@@ -176,6 +186,25 @@ class PgSchema:
             ).fetchone()
             assert row is not None
             return int(row[0])
+
+
+# The account's own JIDs in test creds (creds.me.id, creds.me.lid).
+ME = "5511000000001"
+ME_LID = "100000000001"
+
+
+def baileys_creds(
+    next_id: int, first_unuploaded: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Creds as Baileys keeps them: the pre-key counters (all uploaded unless
+    `first_unuploaded` says otherwise) and the account's own JIDs."""
+    return {
+        "nextPreKeyId": next_id,
+        "firstUnuploadedPreKeyId": next_id if first_unuploaded is None else first_unuploaded,
+        "me": {"id": f"{ME}:12@s.whatsapp.net", "lid": f"{ME_LID}:12@lid"},
+        "registrationId": 42,
+        **extra,
+    }
 
 
 @dataclass(frozen=True)

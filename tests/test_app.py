@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from conftest import KeyRow, PgSchema
+from conftest import KeyRow, PgSchema, baileys_creds
 from notify_support import CHAT_ID, TOKEN, FakeBot, SentryEndpoint, reset_sentry
 from psycopg.conninfo import make_conninfo
 from pytest_httpserver import HTTPServer
@@ -56,16 +56,19 @@ def scheduled_event(**detail: Any) -> dict[str, Any]:
 
 
 OLD = [KeyRow("c1", "session", f"old-s{i}", 60) for i in range(40)]
-OLD += [KeyRow("c2", "pre-key", f"old-p{i}", 45) for i in range(30)]
+# Pre-key ids as Baileys numbers them; c2's creds (seed_mixed) put the newest 1,000 uploaded
+# ids at 2,000..2,999, so these old ones go, and the fresh ones below stay by age.
+OLD += [KeyRow("c2", "pre-key", str(i), 45) for i in range(1, 31)]
 PROTECTED = [KeyRow("c1", "app-state-sync-key", f"sync{i}", 90) for i in range(10)]
 PROTECTED += [KeyRow("c2", "lid-mapping", f"lid{i}", 100) for i in range(5)]
 FRESH = [KeyRow("c1", "session", f"new-s{i}", 1) for i in range(100)]
-FRESH += [KeyRow("c2", "pre-key", f"new-p{i}", 5) for i in range(50)]
+FRESH += [KeyRow("c2", "pre-key", str(1000 + i), 5) for i in range(50)]
 
 
 def seed_mixed(pg: PgSchema) -> None:
     """70 keys past the 30-day retention, 15 old but protected, 150 fresh: 30% eligible."""
     pg.create_reference_table()
+    pg.add_auth({"c1": baileys_creds(1), "c2": baileys_creds(3000)})
     pg.insert_keys(OLD + PROTECTED + FRESH)
 
 

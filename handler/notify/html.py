@@ -22,6 +22,7 @@ from handler.report import (
     Report,
     TableStats,
     human_bytes,
+    kept_lines,
     listing_line,
     trend_lines,
 )
@@ -276,6 +277,7 @@ def render_summary(
     figures = [
         _counts(report, warning_threshold),
         *filter(None, [_rules(report)]),
+        *(f"<b>Kept</b> {esc(_clip(line, _MAX_REASON))}" for line in kept_lines(report)),
         _duration_line(report),
         *_sizes(report),
         "<b>Trend:</b> " + esc(" · ".join(trend_lines(report.trend))),

@@ -1,0 +1,145 @@
+"""What Baileys still needs, per key type: pure policies over the tenants' creds.
+
+The facts behind each rule, with the Baileys source paths, are in docs/key-lifecycle.md. In
+short: a pre-key row is written once and never touched, so its age says nothing about whether
+WhatsApp's server still hands it out; the creds counters do. The account's own devices and our
+own sender keys are identified by the user part of `creds.me.id` / `creds.me.lid`.
+
+The SQL that applies these (db.lifecycle_keep) takes the result as two JSON parameters, so each
+batch's DELETE re-checks the rule against the counters read once per run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Keys the job keeps for the key lifecycle, and why (the report shows one line per reason).
+KeepReason = Literal["prekey_window", "prekey_no_creds", "own_session", "own_sender_key", "index"]
+
+KEEP_REASONS: dict[KeepReason, tuple[str, str]] = {
+    # reason: (key type, why, as the report says it)
+    "prekey_window": (
+        "pre-key",
+        "the server may still hand them out (not yet uploaded, or among the newest uploaded)",
+    ),
+    "prekey_no_creds": (
+        "pre-key",
+        "their tenant has no readable creds counters (no auth row, or see notes)",
+    ),
+    "own_session": ("session", "sessions with the account's own devices"),
+    "own_sender_key": (
+        "sender-key",
+        "our own sender keys whose group still has its sender-key-memory row",
+    ),
+    "index": ("tctoken", "Baileys' token index (__index)"),
+}
+
+# Ids compared as numbers are at most this many digits: larger ones (or any other text) are
+# not Baileys pre-key ids, and are kept. Baileys' ids fit 3 bytes on the wire (xmppPreKey).
+MAX_ID_DIGITS = 15
+
+
+@dataclass(frozen=True)
+class Creds:
+    """What the job reads of one tenant's Baileys creds."""
+
+    next_prekey_id: int
+    first_unuploaded_prekey_id: int
+    own_users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """The per-tenant facts each batch's DELETE checks (see db.lifecycle_keep).
+
+    `windows`: tenant -> [lowest kept id, highest kept id] of its pre-keys; a tenant absent
+    from it keeps every pre-key. `own_users`: tenant -> the user parts of its own JIDs; a
+    tenant absent from it has unknown own devices: its sender keys are all treated as our own.
+    """
+
+    windows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    own_users: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    prekey_age_only: bool = False
+
+
+def jid_user(jid: object) -> str | None:
+    """`5511999:12@s.whatsapp.net` -> `5511999`; `1000_1:3@lid` -> `1000` (Baileys' jidDecode
+    keeps the user before `:`; the signal address adds `_<domain>` for LID and hosted users)."""
+    if not isinstance(jid, str) or "@" not in jid:
+        return None
+    user = jid.split("@", 1)[0].split(":", 1)[0].split("_", 1)[0]
+    return user or None
+
+
+def _counter(value: object) -> int | None:
+    """A creds counter: a positive integer, as JSON number or decimal text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 1 else None
+    if isinstance(value, str) and value.isdigit() and len(value) <= MAX_ID_DIGITS:
+        return int(value) or None
+    return None
+
+
+def parse_creds(raw: object) -> Creds | str:
+    """The counters and own users of one creds value, or why they cannot be read.
+
+    `raw` is what the auth table holds: a JSON object (jsonb/json), or text holding JSON (also
+    JSON text stored as a JSON string, as some adapters do).
+    """
+    value = raw
+    for _ in range(2):  # text, or a JSON string holding the object
+        if isinstance(value, str | bytes):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return "creds are not JSON"
+    if not isinstance(value, Mapping):
+        return "creds are not a JSON object"
+    next_id = _counter(value.get("nextPreKeyId"))
+    first = _counter(value.get("firstUnuploadedPreKeyId"))
+    if next_id is None or first is None:
+        return "creds have no pre-key counters"
+    if first > next_id:
+        # Baileys keeps firstUnuploadedPreKeyId <= nextPreKeyId (Utils/signal.ts getNextPreKeys)
+        return "creds counters are inconsistent"
+    me = value.get("me")
+    users = []
+    if isinstance(me, Mapping):
+        users = [u for u in (jid_user(me.get("id")), jid_user(me.get("lid"))) if u]
+    return Creds(next_id, first, tuple(dict.fromkeys(users)))
+
+
+def prekey_window(creds: Creds, window: int) -> tuple[int, int]:
+    """The pre-key ids to keep: the newest `window` uploaded ids, every generated id not yet
+    uploaded, and so the newest id (nextPreKeyId - 1), which Baileys checks at login.
+
+    Ids above it are left over from an earlier registration (a re-paired account starts again
+    from 1); ids below it were uploaded long enough ago that the server has handed them out.
+    """
+    return creds.first_unuploaded_prekey_id - window, creds.next_prekey_id - 1
+
+
+def build(
+    rows: Iterable[tuple[str | None, object]], *, window: int, prekey_age_only: bool
+) -> tuple[Lifecycle, dict[str, int]]:
+    """The Lifecycle from the auth table's (tenant, creds) rows, and the count of tenants per
+    problem (creds not readable: those tenants keep every pre-key)."""
+    windows: dict[str, tuple[int, int]] = {}
+    own: dict[str, tuple[str, ...]] = {}
+    problems: dict[str, int] = {}
+    for tenant, raw in rows:
+        if tenant is None:
+            continue
+        creds = parse_creds(raw)
+        if isinstance(creds, str):
+            problems[creds] = problems.get(creds, 0) + 1
+            continue
+        windows[tenant] = prekey_window(creds, window)
+        if creds.own_users:
+            own[tenant] = creds.own_users
+    return Lifecycle(windows, own, prekey_age_only), problems
