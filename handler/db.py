@@ -462,7 +462,7 @@ def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Comp
     if lc is None or target.key_type_column is None or target.key_id_column is None:
         return {}
     kt = sql.SQL("{}::text").format(_column(target, target.key_type_column))
-    kid = _column(target, target.key_id_column)
+    kid = sql.SQL("{}::text").format(_column(target, target.key_id_column))
     tenant = (
         sql.SQL("{}::text").format(_tenant(target))
         if target.tenant_column is not None
@@ -510,7 +510,7 @@ def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Comp
     parts["own_sender_key"] = sql.SQL(
         "({is_sk} AND coalesce({mine}, true) AND EXISTS (SELECT 1 FROM {table} AS kc_m "
         "WHERE {same_tenant}kc_m.{kt_col}::text = 'sender-key-memory' "
-        "AND kc_m.{kid_col} = split_part({kid}, '::', 1)))"
+        "AND kc_m.{kid_col}::text = split_part({kid}, '::', 1)))"
     ).format(
         is_sk=is_type("sender-key"),
         mine=own_user(sql.SQL("split_part({}, '::', 2)").format(kid)),

@@ -15,18 +15,30 @@ from handler.cleanup import CleanupError, run_cleanup
 from handler.deleteloop import Progress
 from handler.report import BUCKET_LABELS, render_text
 from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, ConfigError, Flags
-from tests.conftest import KeyRow, PgSchema
+from tests.conftest import KeyRow, PgSchema, baileys_creds
 
 LIVE = Flags(dry_run=False)
 TYPES = ("pre-key", "session", "sender-key", "app-state-sync-key", "lid-mapping", "tctoken")
 
 
 def mixed_rows(n: int = 300) -> list[KeyRow]:
-    """Ages 0..59 days across types; with 30-day retention about half are past the cutoff."""
+    """Ages 0..59 days across types; with 30-day retention about half are past the cutoff.
+
+    Pre-key ids are numbers far below the creds' window (AGE_CREDS), so the age rule decides.
+    """
     return [
-        KeyRow(f"c{i % 3}", TYPES[i % len(TYPES)], f"k{i}", age=(i * 7) % 60 + 0.5)
+        KeyRow(
+            f"c{i % 3}",
+            TYPES[i % len(TYPES)],
+            str(i) if TYPES[i % len(TYPES)] == "pre-key" else f"k{i}",
+            age=(i * 7) % 60 + 0.5,
+        )
         for i in range(n)
     ]
+
+
+# Every tenant's creds: uploaded pre-keys up to 99,999, so the window is 99,000..99,999.
+AGE_CREDS = {f"c{i}": baileys_creds(100_000) for i in range(3)}
 
 
 def expected_survivors(
@@ -46,6 +58,7 @@ def expected_survivors(
 @pytest.fixture
 def table(pg: PgSchema) -> list[KeyRow]:
     pg.create_reference_table()
+    pg.add_auth(AGE_CREDS)
     rows = mixed_rows()
     pg.insert_keys(rows)
     return rows
@@ -394,6 +407,7 @@ def test_custom_table_and_columns(pg: PgSchema) -> None:
         CLEANUP_TABLE="auth_keys",
         CLEANUP_TIMESTAMP_COLUMN="last_used",
         CLEANUP_KEY_TYPE_COLUMN="type",
+        CLEANUP_KEY_ID_COLUMN="id",
         CLEANUP_RETENTION_DAYS="20",
         CLEANUP_TIMESTAMP_TIMEZONE="UTC",
     )
@@ -402,6 +416,14 @@ def test_custom_table_and_columns(pg: PgSchema) -> None:
     assert report.by_type["lid-mapping"].deleted == 0
     assert report.by_type["lid-mapping"].keys == 40
     assert pg.count("auth_keys") == 59
+
+
+def test_key_type_column_without_a_key_id_column_is_refused(pg: PgSchema) -> None:
+    """The key lifecycle cannot tell which pre-keys the server holds without the key id."""
+    with pg.connect() as conn:
+        conn.execute("CREATE TABLE k (tenant text, key_type text, updated_at timestamptz)")
+    with pytest.raises(ConfigError, match="column key_id does not exist.*CLEANUP_KEY_ID_COLUMN"):
+        run_cleanup(pg.settings(CLEANUP_TABLE="k"), LIVE)
 
 
 def test_table_without_key_type_column_deletes_by_age_only(pg: PgSchema) -> None:
@@ -545,8 +567,10 @@ def test_property_exactly_expected_rows_survive(
     with pg.connect() as conn:
         conn.execute("DROP TABLE IF EXISTS whatsapp_keys CASCADE")
         conn.execute("DROP FUNCTION IF EXISTS whatsapp_keys_touch() CASCADE")
+        conn.execute("DROP TABLE IF EXISTS whatsapp_auth")
     pg.create_reference_table()
-    keys = [KeyRow("c", t, f"k{i}", age) for i, (t, age) in enumerate(rows)]
+    pg.add_auth({"c": AGE_CREDS["c0"]})
+    keys = [KeyRow("c", t, str(i), age) for i, (t, age) in enumerate(rows)]
     # Keep ages off the cutoff's edge: the run's now() is a few ms after the insert's.
     keys = [k for k in keys if abs(k.age - retention) > 0.001]
     pg.insert_keys(keys)

@@ -170,8 +170,12 @@ def test_console_script_runs_the_demo_as_json() -> None:
     assert 3000 < keys < 3300
     assert 0 < report["deleted"] < keys
     assert report["after"]["keys"] == keys - report["deleted"]
-    # All three rules show: age, TTL, and the logged-out tenant's keys, protected types too.
-    assert report["expired"] > 0
+    # The rules show: age, the key lifecycle's kept keys with their reasons, and the
+    # logged-out tenant's keys (the demo turns the orphan rule on). TTL is opt-in: off.
+    assert (report["expires_column"], report["expired"]) == (None, 0)
+    kept = {k["key_type"] for k in report["kept"]}
+    assert {"pre-key", "session", "sender-key", "tctoken"} <= kept
+    assert all(k["keys"] > 0 and k["reason"] for k in report["kept"])
     assert (report["orphan_rule"], report["orphaned_tenants"]) == ("applied", 1)
     assert report["orphaned"] > 0
     app_state = report["by_type"]["app-state-sync-key"]

@@ -80,6 +80,7 @@ def test_timestamp_column_is_compared_in_the_zone_the_application_writes(
     settings = pg.settings(
         DATABASE_URL=with_timezone(pg, "Asia/Tokyo"),
         CLEANUP_TABLE="naive_keys",
+        CLEANUP_KEY_ID_COLUMN="id",
         CLEANUP_TIMESTAMP_TIMEZONE=writer_zone,
     )
     report = run_cleanup(settings, FORCE)
@@ -91,7 +92,7 @@ def test_live_run_on_a_timestamp_column_without_its_zone_refuses_naming_the_sett
     pg: PgSchema,
 ) -> None:
     naive_table(pg, "UTC", [40, 50])
-    settings = pg.settings(CLEANUP_TABLE="naive_keys")
+    settings = pg.settings(CLEANUP_TABLE="naive_keys", CLEANUP_KEY_ID_COLUMN="id")
     with pytest.raises(ConfigError, match="CLEANUP_TIMESTAMP_TIMEZONE") as caught:
         run_cleanup(settings, FORCE)
     assert "\n" not in str(caught.value)
@@ -102,7 +103,7 @@ def test_dry_run_on_a_timestamp_column_without_its_zone_goes_ahead_with_a_note(
     pg: PgSchema,
 ) -> None:
     naive_table(pg, "UTC", [40, 1])
-    report = run_cleanup(pg.settings(CLEANUP_TABLE="naive_keys"), DRY)
+    report = run_cleanup(pg.settings(CLEANUP_TABLE="naive_keys", CLEANUP_KEY_ID_COLUMN="id"), DRY)
     assert report.status == "completed"
     assert report.eligible == 1
     assert any("CLEANUP_TIMESTAMP_TIMEZONE" in note for note in report.notes)

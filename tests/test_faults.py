@@ -34,7 +34,7 @@ from urllib.parse import quote, urlencode
 
 import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from conftest import KeyRow, PgSchema
+from conftest import KeyRow, PgSchema, baileys_creds
 from notify_support import (
     CHAT_ID,
     TOKEN,
@@ -68,7 +68,8 @@ def key_rows(value: str = "secret") -> list[KeyRow]:
         KeyRow(
             "c1",
             "session" if i % 2 else "pre-key",
-            f"k{i:04d}",
+            # Pre-key ids are numbers, far below the window of the creds (CREDS).
+            f"k{i:04d}" if i % 2 else str(i),
             40 if i % EVERY == 0 else 3,
             {"k": f"{value}-{i}", "pad": PAD},
         )
@@ -82,6 +83,8 @@ def key_rows(value: str = "secret") -> list[KeyRow]:
     return rows
 
 
+# c1's creds: its pre-keys are all uploaded long ago, so their age decides.
+CREDS = {"c1": baileys_creds(100_000)}
 ROWS = key_rows()
 SURVIVORS = {r.ident for r in ROWS if r.age < 30 or r.key_type == "app-state-sync-key"}
 ELIGIBLE = len(ROWS) - len(SURVIVORS)
@@ -199,6 +202,7 @@ def notify_env(
 @pytest.fixture
 def seeded(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
     pg.create_reference_table()
+    pg.add_auth(CREDS)
     pg.insert_keys(ROWS)
     set_lambda_env(monkeypatch, pg, CLEANUP_BATCH_SIZE="10")
     return pg
@@ -595,6 +599,7 @@ def test_no_canary_leaves_through_any_channel(
     canaries = (db_password, token, dsn_key, key_value)
 
     pg.create_reference_table()
+    pg.add_auth(CREDS)
     pg.insert_keys(key_rows(value=key_value))
     bot = FakeBot(bot_server).install(token)
     database_url = (

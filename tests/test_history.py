@@ -9,7 +9,7 @@ import pytest
 from handler.cleanup import run_cleanup
 from handler.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from handler.settings import Flags
-from tests.conftest import KeyRow, PgSchema
+from tests.conftest import KeyRow, PgSchema, baileys_creds
 
 LIVE = Flags(dry_run=False)
 
@@ -17,6 +17,7 @@ LIVE = Flags(dry_run=False)
 @pytest.fixture
 def seeded(pg: PgSchema) -> PgSchema:
     pg.create_reference_table()
+    pg.add_auth({"c": baileys_creds(1)})
     pg.insert_keys([KeyRow("c", "session", f"k{i}", 10 * i + 5) for i in range(10)])
     return pg
 
