@@ -585,7 +585,7 @@ class TypeCounts:
     out_of_range: int = 0  # infinity, -infinity, BC dates, years past 9999: never deleted
     eligible: int = 0  # by the age and TTL rules (each key once)
     protected: int = 0  # kept by protection from the age and TTL rules
-    expired: int = 0  # unprotected keys whose expiry has passed (some are aged too)
+    expired: int = 0  # unprotected keys whose expiry has passed and that the lifecycle leaves
     # edge -> expired keys with an in-range timestamp at or after it (for the age buckets)
     expired_newer_than: dict[datetime, int] = field(default_factory=dict)
     expired_with_timestamp: int = 0
@@ -714,6 +714,14 @@ def measure(
         )
         for reason, part in parts.items()
     ]
+    if parts and ttl:
+        inner.append(
+            sql.SQL("count(*) FILTER (WHERE {keep} AND {x}) AS lkx").format(
+                keep=lifecycle_keep(target, policy), x=expired
+            )
+        )
+    else:
+        inner.append(sql.SQL("0 AS lkx"))
     if parts and orphans:
         inner.append(
             sql.SQL(
@@ -792,7 +800,7 @@ def measure(
         *(total(f"n{i}") for i in range(len(distinct))),
         total("CASE WHEN p THEN 0 ELSE u - lk END"),  # eligible by age or TTL
         total("CASE WHEN p THEN u ELSE 0 END"),  # protected from them
-        total("CASE WHEN p THEN 0 ELSE x END"),  # expired
+        total("CASE WHEN p THEN 0 ELSE x - lkx END"),  # expired, less what Baileys needs
         total("CASE WHEN lost THEN q ELSE 0 END"),  # orphaned
         total("CASE WHEN NOT lost THEN 0 WHEN p THEN q ELSE q - (qu - lkq) END"),  # orphan_extra
         total("CASE WHEN lost AND p THEN qu ELSE 0 END"),  # protected_orphaned

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from handler import observability, rules
 from handler.cleanup import run_cleanup
@@ -25,7 +26,7 @@ from handler.notify.html import render_guard_abort, render_summary, to_plain_tex
 from handler.report import render_text
 from handler.schema import reference_auth_schema
 from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, ConfigError, Flags, Settings
-from tests.conftest import PgSchema
+from tests.conftest import PgSchema, baileys_creds
 
 LIVE = Flags(dry_run=False)
 FORCE = Flags(dry_run=False, force=True)
@@ -68,11 +69,23 @@ def create_auth(pg: PgSchema, *tenants: str, table: str = "whatsapp_auth") -> No
 
 def add_tenant(conn: psycopg.Connection, tenant: str, table: str = "whatsapp_auth") -> None:  # type: ignore[type-arg]
     conn.execute(
-        sql.SQL("INSERT INTO {} (company_id, creds) VALUES (%s, '{{}}')").format(
-            sql.Identifier(table)
-        ),
-        (tenant,),
+        sql.SQL("INSERT INTO {} (company_id, creds) VALUES (%s, %s)").format(sql.Identifier(table)),
+        (tenant, Jsonb(CREDS)),
     )
+
+
+# Every connected tenant's creds: pre-keys uploaded up to 99,999, so the numeric pre-key ids
+# below are far from the window, and the rules under test decide.
+CREDS = baileys_creds(100_000)
+
+
+def on(pg: PgSchema, **env: str) -> Settings:
+    """Settings with the rules this file tests turned on: TTL (CLEANUP_EXPIRES_COLUMN) and,
+    where an auth table is named, the orphan rule; both are opt-in."""
+    defaults = {"CLEANUP_EXPIRES_COLUMN": "expires_at"}
+    if env.get("CLEANUP_AUTH_TABLE"):
+        defaults["CLEANUP_ORPHAN_RULE"] = "true"
+    return pg.settings(**(defaults | env))
 
 
 def age_or_ttl(k: Key, retention: float = 30, overrides: dict[str, int] | None = None) -> bool:
@@ -91,7 +104,7 @@ def keys_table(pg: PgSchema) -> PgSchema:
 
 TTL_KEYS = [
     Key("a", "session", "young-expired", 2, -1),
-    Key("a", "pre-key", "young-expired-2", 0.5, -0.01),
+    Key("a", "device-list", "young-expired-2", 0.5, -0.01),
     Key("a", "session", "young-live", 2, 1),
     Key("a", "session", "young-no-ttl", 2),
     Key("a", "session", "old-live", 40, 10),  # the age rule takes it
@@ -103,7 +116,7 @@ TTL_KEYS = [
 
 def test_ttl_rule_deletes_expired_keys_whatever_their_age(keys_table: PgSchema) -> None:
     insert(keys_table, TTL_KEYS)
-    report = run_cleanup(keys_table.settings(), LIVE)
+    report = run_cleanup(on(keys_table), LIVE)
 
     deleted = {"young-expired", "young-expired-2", "old-live", "old-expired"}
     assert keys_table.key_set() == {k.ident for k in TTL_KEYS if k.key_id not in deleted}
@@ -112,7 +125,7 @@ def test_ttl_rule_deletes_expired_keys_whatever_their_age(keys_table: PgSchema) 
     assert report.expired == 3  # unprotected keys whose expiry passed
     assert report.protected == 2  # both protected keys: kept from the TTL (and age) rule
     assert report.by_type["session"].expired == 1
-    assert report.by_type["pre-key"].expired == 1
+    assert report.by_type["device-list"].expired == 1
     assert report.by_type["sender-key"].expired == 1
     assert report.by_type["session"].eligible == 2
     assert report.by_type["app-state-sync-key"].expired == 0
@@ -125,7 +138,7 @@ def test_ttl_rule_deletes_expired_keys_whatever_their_age(keys_table: PgSchema) 
 
 def test_ttl_dry_run_counts_what_the_live_run_deletes(keys_table: PgSchema) -> None:
     insert(keys_table, TTL_KEYS)
-    dry = run_cleanup(keys_table.settings(), Flags(verbose=True))
+    dry = run_cleanup(on(keys_table), Flags(verbose=True))
     assert dry.eligible == 4
     assert dry.expired == 3
     assert {e.key["key_id"] for e in dry.keys} == {
@@ -139,7 +152,7 @@ def test_ttl_dry_run_counts_what_the_live_run_deletes(keys_table: PgSchema) -> N
 
 def test_empty_expires_setting_ignores_the_column(keys_table: PgSchema) -> None:
     insert(keys_table, TTL_KEYS)
-    report = run_cleanup(keys_table.settings(CLEANUP_EXPIRES_COLUMN=""), LIVE)
+    report = run_cleanup(on(keys_table, CLEANUP_EXPIRES_COLUMN=""), LIVE)
     assert report.expires_column is None
     assert report.expired == 0
     assert report.expired_by_age == {}
@@ -155,7 +168,7 @@ def test_ttl_column_of_a_wrong_type_is_a_clear_error(pg: PgSchema) -> None:
         )
         conn.execute("INSERT INTO whatsapp_keys VALUES ('a', 'session', 'k', '{}', now(), 'soon')")
     with pytest.raises(ConfigError, match=r"expires_at is text, not a timestamp"):
-        run_cleanup(pg.settings(), LIVE)
+        run_cleanup(on(pg), LIVE)
     assert pg.count() == 1
 
 
@@ -174,7 +187,7 @@ def test_table_without_the_default_ttl_column_runs_by_age(pg: PgSchema) -> None:
     assert report.deleted == 1
     assert not any("CLEANUP_EXPIRES_COLUMN" in note for note in report.notes)
     # Named explicitly, a missing column is worth a note (a typo would silently drop the rule).
-    named = run_cleanup(pg.settings(CLEANUP_EXPIRES_COLUMN="expire_at"), LIVE)
+    named = run_cleanup(on(pg, CLEANUP_EXPIRES_COLUMN="expire_at"), LIVE)
     assert any("CLEANUP_EXPIRES_COLUMN=expire_at: no such column" in n for n in named.notes)
 
 
@@ -191,7 +204,7 @@ def test_out_of_range_expiry_never_deletes_and_never_breaks_the_run(
             "('a', 'session', 'year-1', '{}', now(), '0001-01-01 00:00:00+00'), "
             "('a', 'session', 'expired', '{}', now(), now() - interval '1 hour')"
         )
-    report = run_cleanup(keys_table.settings(), LIVE)
+    report = run_cleanup(on(keys_table), LIVE)
     assert report.status == "completed"
     assert report.deleted == report.expired == 1
     assert {k[2] for k in keys_table.key_set()} == {"minus-infinity", "infinity", "bc", "year-1"}
@@ -217,7 +230,7 @@ def test_expiry_extended_during_the_run_survives(keys_table: PgSchema) -> None:
                 )
             extended.append(p)
 
-    settings_ = keys_table.settings(CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000")
+    settings_ = on(keys_table, CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000")
     report = run_cleanup(settings_, LIVE, progress=extend)
     assert extended
     assert extended[0].pages_done < extended[0].pages_total
@@ -237,8 +250,8 @@ def test_naive_ttl_column_needs_the_zone_for_a_live_run(pg: PgSchema) -> None:
             "(now() AT TIME ZONE 'America/New_York') - interval '1 hour')"
         )
     with pytest.raises(ConfigError, match=r"expires_at is timestamp without time zone"):
-        run_cleanup(pg.settings(), LIVE)
-    report = run_cleanup(pg.settings(CLEANUP_TIMESTAMP_TIMEZONE="America/New_York"), LIVE)
+        run_cleanup(on(pg), LIVE)
+    report = run_cleanup(on(pg, CLEANUP_TIMESTAMP_TIMEZONE="America/New_York"), LIVE)
     assert report.deleted == report.expired == 1
 
 
@@ -267,13 +280,13 @@ def test_orphan_rule_deletes_keys_of_logged_out_tenants_protected_included(
     insert(keys_table, ORPHAN_KEYS)
     create_auth(keys_table, "a", "b")
     report = run_cleanup(
-        keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth"), Flags(dry_run=False, verbose=True)
+        on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), Flags(dry_run=False, verbose=True)
     )
 
     gone = {"a-old", "c-young", "c-old", "c-protected", "c-protected-old", "c-expired-within-grace"}
     assert {k[2] for k in keys_table.key_set()} == {k.key_id for k in ORPHAN_KEYS} - gone
     assert report.orphan_rule == "applied"
-    assert report.auth_table == "whatsapp_auth"
+    assert report.auth_table == f"{keys_table.schema}.whatsapp_auth"
     assert report.orphan_grace_days == 1
     assert report.orphaned == 4  # c's keys untouched for a day; the expired one is TTL's
     assert report.orphaned_tenants == 1
@@ -299,7 +312,7 @@ def test_orphan_ids_are_listed_only_in_verbose_runs_and_at_most_twenty(
     keys += [Key(f"here-{i:02d}", "session", "k", 5) for i in range(30)]
     insert(keys_table, keys)
     create_auth(keys_table, *(f"here-{i:02d}" for i in range(30)))
-    settings_ = keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth")
+    settings_ = on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth")
     quiet = run_cleanup(settings_, Flags())
     assert quiet.orphaned_tenants == 25
     assert quiet.orphaned_tenant_ids == []
@@ -331,7 +344,8 @@ def test_tenant_reconnecting_during_the_run_keeps_its_keys(keys_table: PgSchema)
                 add_tenant(app, "c")
             first.append(p)
 
-    settings_ = keys_table.settings(
+    settings_ = on(
+        keys_table,
         CLEANUP_AUTH_TABLE="whatsapp_auth",
         CLEANUP_BATCH_SIZE="20",
         CLEANUP_GUARD_MIN_KEYS="100000",
@@ -351,25 +365,26 @@ def test_tenant_reconnecting_during_the_run_keeps_its_keys(keys_table: PgSchema)
 def test_empty_auth_table_refuses_the_orphan_rule_and_age_goes_on(keys_table: PgSchema) -> None:
     insert(keys_table, ORPHAN_KEYS)
     create_auth(keys_table)
-    report = run_cleanup(keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
+    report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
     assert report.orphan_rule == "refused"
     assert any("auth table whatsapp_auth has no tenant rows" in n for n in report.notes)
     assert report.orphaned == 0
-    assert report.deleted == 3  # a-old and c-old by age, c-expired-within-grace by TTL
+    # a-old by age, c-expired-within-grace by TTL; c-old is a pre-key of a tenant without
+    # creds, which the key lifecycle keeps from age and TTL (only the orphan rule takes it).
+    assert report.deleted == 2
     assert {k[2] for k in keys_table.key_set()} == {k.key_id for k in ORPHAN_KEYS} - {
         "a-old",
-        "c-old",
         "c-expired-within-grace",
     }
 
 
 def test_missing_auth_table_refuses_the_orphan_rule(keys_table: PgSchema) -> None:
     insert(keys_table, ORPHAN_KEYS)
-    report = run_cleanup(keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auht"), LIVE)
+    report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auht"), LIVE)
     assert report.status == "completed"
     assert report.orphan_rule == "refused"
     assert any("whatsapp_auht is not readable (no such table)" in n for n in report.notes)
-    assert report.deleted == 3
+    assert report.deleted == 2  # as with an empty auth table
 
 
 def test_auth_table_without_the_tenant_column_refuses_the_orphan_rule(
@@ -379,10 +394,10 @@ def test_auth_table_without_the_tenant_column_refuses_the_orphan_rule(
     with keys_table.connect() as conn:
         conn.execute("CREATE TABLE whatsapp_auth (tenant text PRIMARY KEY)")
         conn.execute("INSERT INTO whatsapp_auth VALUES ('a')")
-    report = run_cleanup(keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
+    report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
     assert report.orphan_rule == "refused"
     assert any("no tenant column" in n for n in report.notes)
-    assert report.deleted == 3
+    assert report.deleted == 2  # as with an empty auth table
 
 
 @pytest.fixture
@@ -400,7 +415,8 @@ def no_auth_grant(keys_table: PgSchema) -> Iterator[Settings]:
             sql.SQL("GRANT SELECT, DELETE ON whatsapp_keys TO {}").format(sql.Identifier(role))
         )
     try:
-        yield keys_table.settings(
+        yield on(
+            keys_table,
             DATABASE_URL=keys_table.dsn + f" user={role}",
             CLEANUP_AUTH_TABLE="whatsapp_auth",
             CLEANUP_HISTORY="false",
@@ -420,44 +436,44 @@ def test_unreadable_auth_table_refuses_the_orphan_rule_without_failing(
     assert report.status == "completed"
     assert report.orphan_rule == "refused"
     assert any("permission denied" in n for n in report.notes)
-    assert report.deleted == 3
+    assert report.deleted == 2  # as with an empty auth table
 
 
 def test_too_many_orphaned_tenants_refuses_the_orphan_rule(keys_table: PgSchema) -> None:
     insert(keys_table, ORPHAN_KEYS)
     create_auth(keys_table, "a")  # b and c: 2 of 3 tenants, above one half
-    report = run_cleanup(keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
+    report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
     assert report.orphan_rule == "refused"
     assert report.orphaned == 0
     assert report.orphaned_tenants == 2
     note = next(n for n in report.notes if n.startswith("orphan rule refused"))
     assert "2 of 3 tenants with keys (67%)" in note
     assert "It would have taken 6 keys" in note
-    assert report.deleted == 3
+    assert report.deleted == 2  # as with an empty auth table
     # The operator raises the limit: now the rule applies.
     raised = run_cleanup(
-        keys_table.settings(
-            CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_MAX_ORPHAN_TENANT_FRACTION="0.7"
+        on(
+            keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_MAX_ORPHAN_TENANT_FRACTION="0.7"
         ),
         LIVE,
     )
     assert raised.orphan_rule == "applied"
-    assert raised.orphaned == 5  # c-old went by age in the first run
+    assert raised.orphaned == 6  # c-old too: the lifecycle kept it from the age rule
     assert {k[0] for k in keys_table.key_set()} == {"a", "c"}  # c-within-grace stays
 
 
 def test_bad_auth_table_name_is_a_settings_error(pg: PgSchema) -> None:
     with pytest.raises(ConfigError, match="CLEANUP_AUTH_TABLE"):
-        pg.settings(CLEANUP_AUTH_TABLE="whatsapp_auth; drop table x")
+        on(pg, CLEANUP_AUTH_TABLE="whatsapp_auth; drop table x")
     with pytest.raises(ConfigError, match="CLEANUP_AUTH_TABLE"):
-        pg.settings(CLEANUP_AUTH_TABLE="pg_catalog.pg_authid")
+        on(pg, CLEANUP_AUTH_TABLE="pg_catalog.pg_authid")
 
 
 def test_orphan_rule_needs_the_tenant_column_in_the_key_table(keys_table: PgSchema) -> None:
     create_auth(keys_table, "a")
     with pytest.raises(ConfigError, match=r"column tenant does not exist"):
         run_cleanup(
-            keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_TENANT_COLUMN="tenant"),
+            on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_TENANT_COLUMN="tenant"),
             LIVE,
         )
 
@@ -474,7 +490,8 @@ def test_guard_counts_every_rule_together(keys_table: PgSchema) -> None:
     keys += [Key("gone", "session", f"orph{i}", 2) for i in range(10)]
     insert(keys_table, keys)
     create_auth(keys_table, "a")
-    settings_ = keys_table.settings(
+    settings_ = on(
+        keys_table,
         CLEANUP_GUARD_MIN_KEYS="10",
         CLEANUP_AUTH_TABLE="whatsapp_auth",
         CLEANUP_MAX_ORPHAN_TENANT_FRACTION="0.5",
@@ -503,7 +520,7 @@ def test_key_eligible_by_several_rules_is_counted_once(keys_table: PgSchema) -> 
     keys += [Key("a", "session", f"keep{i}", 2) for i in range(5)]
     insert(keys_table, keys)
     create_auth(keys_table, "a")
-    report = run_cleanup(keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
+    report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
     assert report.eligible == report.deleted == 5
     assert report.expired == report.orphaned == 5
     assert report.by_type["session"].eligible == 5
@@ -520,7 +537,7 @@ def test_top_tenants_by_key_count_with_eligible_and_orphaned(keys_table: PgSchem
     insert(keys_table, keys)
     create_auth(keys_table, "big", "mid", *(f"small{i}" for i in range(6)))
     report = run_cleanup(
-        keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_TOP_TENANTS="3"),
+        on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_TOP_TENANTS="3"),
         Flags(),
     )
     top = [(t.tenant, t.keys, t.eligible, t.orphaned) for t in report.top_tenants]
@@ -535,10 +552,8 @@ def test_top_tenants_by_key_count_with_eligible_and_orphaned(keys_table: PgSchem
 
 def test_top_tenants_off_with_zero_and_without_a_tenant_column(keys_table: PgSchema) -> None:
     insert(keys_table, [Key("a", "session", "k", 2)])
-    assert run_cleanup(keys_table.settings(CLEANUP_TOP_TENANTS="0"), Flags()).top_tenants == []
-    assert (
-        run_cleanup(keys_table.settings(CLEANUP_TENANT_COLUMN="tenant"), Flags()).top_tenants == []
-    )
+    assert run_cleanup(on(keys_table, CLEANUP_TOP_TENANTS="0"), Flags()).top_tenants == []
+    assert run_cleanup(on(keys_table, CLEANUP_TENANT_COLUMN="tenant"), Flags()).top_tenants == []
 
 
 def test_rule_metrics_and_log_fields(
@@ -546,7 +561,7 @@ def test_rule_metrics_and_log_fields(
 ) -> None:
     insert(keys_table, ORPHAN_KEYS)
     create_auth(keys_table, "a", "b")
-    report = run_cleanup(keys_table.settings(CLEANUP_AUTH_TABLE="whatsapp_auth"), Flags())
+    report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), Flags())
     observability.publish_report(report)
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     (main,) = [b for b in blobs if "KeysExpired" in b]
@@ -561,9 +576,7 @@ def test_tenant_ids_never_reach_sentry(keys_table: PgSchema) -> None:
     insert(keys_table, [Key("tenant-canary", "session", "k", 2)])
     create_auth(keys_table, "someone")
     report = run_cleanup(
-        keys_table.settings(
-            CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_MAX_ORPHAN_TENANT_FRACTION="1"
-        ),
+        on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_MAX_ORPHAN_TENANT_FRACTION="1"),
         Flags(verbose=True),
     )
     assert report.top_tenants
@@ -655,7 +668,7 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
         conn.execute("DROP TABLE IF EXISTS whatsapp_keys, whatsapp_auth CASCADE")
         conn.execute("DROP FUNCTION IF EXISTS whatsapp_keys_touch() CASCADE")
     pg.create_reference_table()
-    keys = [Key(t, kt, f"k{i}", age, exp) for i, (t, kt, age, exp) in enumerate(rows)]
+    keys = [Key(t, kt, str(i), age, exp) for i, (t, kt, age, exp) in enumerate(rows)]
     # Keep ages and expiries off the edges: the run's now() is a few ms after the insert's.
     keys = [
         k
@@ -667,7 +680,8 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
     create_auth(pg, *sorted(connected))
     overrides = {"pre-key": pre_key_days} if pre_key_days else {}
     report = run_cleanup(
-        pg.settings(
+        on(
+            pg,
             CLEANUP_AUTH_TABLE="whatsapp_auth",
             CLEANUP_MAX_ORPHAN_TENANT_FRACTION="1",
             CLEANUP_BATCH_SIZE=str(batch),
@@ -677,7 +691,14 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
         FORCE,
     )
     survivors = pg.key_set()
-    by_rules = {k.ident for k in keys if age_or_ttl(k, overrides=overrides)}
+    # A tenant without creds keeps its pre-keys from age and TTL (the key lifecycle); the
+    # orphan rule still takes them.
+    by_rules = {
+        k.ident
+        for k in keys
+        if age_or_ttl(k, overrides=overrides)
+        and not (k.key_type == "pre-key" and k.company not in connected)
+    }
     for k in keys:
         if k.company in connected and k.ident not in by_rules:
             assert k.ident in survivors, k  # the orphan rule never takes a connected tenant's key
@@ -688,7 +709,13 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
     assert survivors == expected
     assert report.deleted == report.eligible == len(keys) - len(expected)
     # The measuring pass counts what the DELETEs did, rule by rule.
-    assert report.expired == sum(1 for k in keys if k.expired() and k.key_type not in PROTECTED)
+    assert report.expired == sum(
+        1
+        for k in keys
+        if k.expired()
+        and k.key_type not in PROTECTED
+        and not (k.key_type == "pre-key" and k.company not in connected)
+    )
     assert report.orphaned == len(orphaned)
     kept = {
         k.ident
@@ -701,7 +728,10 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
 
 def test_rule_settings_defaults_empty_values_and_bad_values() -> None:
     defaults = Settings.from_env({})
-    assert defaults.expires_column == "expires_at"
+    # TTL and orphans are opt-in (docs/key-lifecycle.md); the creds are read by default.
+    assert (defaults.expires_column, defaults.orphan_rule) == (None, False)
+    assert (defaults.prekey_window, defaults.prekey_age_only) == (1000, False)
+    assert (defaults.creds_column, defaults.key_id_column) == ("creds", "key_id")
     assert (defaults.auth_table, defaults.auth_table_parts) == (None, None)
     assert (defaults.tenant_column, defaults.orphan_grace_days) == ("company_id", 1)
     assert (defaults.max_orphan_tenant_fraction, defaults.top_tenants) == (0.5, 5)
@@ -719,6 +749,10 @@ def test_rule_settings_defaults_empty_values_and_bad_values() -> None:
         ("CLEANUP_MAX_ORPHAN_TENANT_FRACTION", "1.5"),
         ("CLEANUP_TOP_TENANTS", "-1"),
         ("CLEANUP_EXPIRES_COLUMN", "updated_at"),
+        ("CLEANUP_PREKEY_WINDOW", "811"),
+        ("CLEANUP_CREDS_COLUMN", "creds;"),
+        ("CLEANUP_KEY_ID_COLUMN", "key id"),
+        ("CLEANUP_ORPHAN_RULE", "maybe"),
     ]:
         with pytest.raises(ConfigError, match=name):
             Settings.from_env({name: value})
