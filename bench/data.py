@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from handler.schema import KEY_MIX, REFERENCE_TABLE, reference_schema
+from handler.schema import KEY_MIX, REFERENCE_TABLE, baileys_key_id, reference_schema
 
 RETENTION_DAYS = 30
 # Stretches every age range of KEY_MIX so that about half of the rows are older than the
@@ -64,7 +64,8 @@ def seed(conn: Conn, rows: int, *, seed_value: float = 0.42, companies: int = CO
     """Insert `rows` keys: types by KEY_MIX share, ages uniform in the type's (scaled) range.
 
     Every row draws its own type and age, so old rows are scattered through the heap as in a
-    real table. key_id embeds the series number, so the primary key cannot conflict.
+    real table. key_id embeds the series number, so the primary key cannot conflict; its shape
+    is Baileys' own (pre-keys by number), so the key lifecycle's rules see real ids.
     """
     lowers = []
     acc = 0.0
@@ -85,7 +86,7 @@ def seed(conn: Conn, rows: int, *, seed_value: float = 0.42, companies: int = CO
         sql.SQL(
             """
 INSERT INTO {t} (company_id, key_type, key_id, value, created_at, updated_at)
-SELECT 'company-' || (1 + g %% %(companies)s), key_type, key_type || ':' || g,
+SELECT 'company-' || (1 + g %% %(companies)s), key_type, {key_id},
        jsonb_build_object('k', repeat(md5(g::text), 6 + g %% 6), 'n', g),
        now() - make_interval(secs => age * 86400) - interval '1 hour',
        now() - make_interval(secs => age * 86400)
@@ -96,7 +97,7 @@ FROM (
         FROM generate_series(1, %(rows)s) AS g) AS pick
 ) AS keyed
 """
-        ).format(t=sql.Identifier(REFERENCE_TABLE)),
+        ).format(t=sql.Identifier(REFERENCE_TABLE), key_id=baileys_key_id("key_type", "g")),
         params,
     )
 

@@ -1,4 +1,7 @@
-"""What the TTL and orphan rules (and the top-tenants figures) cost, against the age rule alone.
+"""What the rules beyond age cost: the key lifecycle (creds read, pre-key window, own devices,
+sender keys), TTL, orphans and the top-tenants figures, against the age rule alone and against
+the defaults before the key lifecycle ("before": the same code with the creds never read, which
+turns every lifecycle check off, as the engine ran until the key-lifecycle issue).
 
     uv run python -m bench.rules --rows 1000000      # ~5 min on 2 cores
     uv run python -m bench.rules --smoke             # 20k rows, a few seconds
@@ -22,12 +25,13 @@ Results: bench/results/rules-<rows>.md and .json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +39,10 @@ import psycopg
 
 from bench import measure as bench_measure
 from bench.data import build_template, drop_database, fresh_copy
+from handler import cleanup
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
-from handler.schema import REFERENCE_AUTH_TABLE, REFERENCE_TABLE, seed_rules
+from handler.schema import REFERENCE_TABLE, seed_rules
 from handler.settings import Flags, Settings
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -46,14 +51,19 @@ ORPHANED_TENANTS = [f"company-{i}" for i in range(1, 11)]  # 1% of the tenants
 EXPIRED_SHARE = 0.05
 FUTURE_SHARE = 0.05
 
-# name -> settings beyond the base; the age rule is always on.
+TTL = {"CLEANUP_EXPIRES_COLUMN": "expires_at"}
+NO_TOP = {"CLEANUP_TOP_TENANTS": "0"}
+# name -> settings beyond the base; the age rule is always on. Names ending in BEFORE run with
+# the key lifecycle off.
+BEFORE = " (before)"
+AGE = "age" + BEFORE
 CONFIGS: dict[str, dict[str, str]] = {
-    "age": {"CLEANUP_EXPIRES_COLUMN": "", "CLEANUP_TOP_TENANTS": "0"},
-    "age + top tenants": {"CLEANUP_EXPIRES_COLUMN": ""},
-    "age + TTL": {"CLEANUP_TOP_TENANTS": "0"},
-    "defaults (age + TTL + top tenants)": {},
-    "age + TTL + orphans": {"CLEANUP_TOP_TENANTS": "0", "CLEANUP_AUTH_TABLE": REFERENCE_AUTH_TABLE},
-    "all (defaults + auth table)": {"CLEANUP_AUTH_TABLE": REFERENCE_AUTH_TABLE},
+    AGE: NO_TOP,
+    "age + key lifecycle": NO_TOP,
+    "old defaults: age + TTL + top tenants" + BEFORE: TTL,
+    "defaults: age + key lifecycle + top tenants": {},
+    "age + key lifecycle + TTL": TTL | NO_TOP,
+    "all: defaults + TTL + orphans": TTL | {"CLEANUP_ORPHAN_RULE": "true"},
 }
 DRY = Flags(dry_run=True, force=True)
 LIVE = Flags(dry_run=False, force=True)
@@ -79,10 +89,26 @@ def add_rules_data(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     )
 
 
+@contextlib.contextmanager
+def lifecycle_for(config: str) -> Iterator[None]:
+    """The engine as it ran before the key lifecycle, for configurations named so: the creds
+    are never read, and no lifecycle check enters the measuring pass or the DELETEs."""
+    if not config.endswith(BEFORE):
+        yield
+        return
+    original = cleanup._Run._lifecycle
+    cleanup._Run._lifecycle = lambda self, conn, target: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cleanup._Run._lifecycle = original  # type: ignore[method-assign]
+
+
 def _timed_dry_run(url: str, config: str) -> tuple[float, dict[str, Any]]:
-    started = time.monotonic()
-    report = run_cleanup(settings_for(url, config), DRY)
-    elapsed = time.monotonic() - started
+    with lifecycle_for(config):
+        started = time.monotonic()
+        report = run_cleanup(settings_for(url, config), DRY)
+        elapsed = time.monotonic() - started
     if report.status != "completed":
         raise RuntimeError(f"{config}: dry run ended {report.status}: {report.reason}")
     figures = {
@@ -91,6 +117,7 @@ def _timed_dry_run(url: str, config: str) -> tuple[float, dict[str, Any]]:
         "orphaned": report.orphaned,
         "orphaned_tenants": report.orphaned_tenants,
         "orphan_rule": report.orphan_rule,
+        "kept": sum(k.keys for k in report.kept),
     }
     return elapsed, figures
 
@@ -116,7 +143,7 @@ def measuring_pass(base_url: str, template: str, repeats: int) -> dict[str, Any]
                 elapsed, figures[config] = _timed_dry_run(url, config)
                 times[config].append(elapsed)
     count_ms = statistics.median(counts) * 1000
-    age_ms = statistics.median(times["age"]) * 1000
+    age_ms = statistics.median(times[AGE]) * 1000
     return {
         "count_ms": round(count_ms, 1),
         "configs": {
@@ -138,7 +165,10 @@ def delete_loop(base_url: str, template: str, config: str, index: int) -> dict[s
     def progress(_: Progress) -> None:
         ticks.append(time.monotonic())
 
-    with fresh_copy(base_url, template, f"{template}_live{index}", timestamp_index=False) as url:
+    with (
+        fresh_copy(base_url, template, f"{template}_live{index}", timestamp_index=False) as url,
+        lifecycle_for(config),
+    ):
         started = time.monotonic()
         report = run_cleanup(settings_for(url, config), LIVE, progress=progress)
         wall = time.monotonic() - started
@@ -173,16 +203,23 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"Sequential count(*) of the same table: {m['count_ms']:,.0f} ms (median).",
         "",
-        "| configuration | median ms | vs age alone | vs count(*) | eligible | expired | "
+        "| configuration | median ms | vs age alone | vs count(*) | eligible | kept | expired | "
         "orphaned keys | orphaned tenants |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, c in m["configs"].items():
         lines.append(
             f"| {name} | {c['median_ms']:,.0f} | {c['vs_age']:.2f}x | {c['vs_count']:.2f}x | "
-            f"{c['eligible']:,} | {c['expired']:,} | {c['orphaned']:,} | "
+            f"{c['eligible']:,} | {c['kept']:,} | {c['expired']:,} | {c['orphaned']:,} | "
             f"{c['orphaned_tenants']:,} |"
         )
+    old = m["configs"]["old defaults: age + TTL + top tenants" + BEFORE]["median_ms"]
+    new = m["configs"]["defaults: age + key lifecycle + top tenants"]["median_ms"]
+    lines += [
+        "",
+        f"Defaults now against the defaults before the key lifecycle: {new / old:.2f}x "
+        "(target: at most 1.1x).",
+    ]
     lines += [
         "",
         "## Delete loop (a live run, forced; fresh copy per configuration)",
@@ -197,6 +234,14 @@ def render(result: dict[str, Any]) -> str:
             f"| {name} | {d['deleted']:,} | {d['batches']:,} | {d['max_batch_ms']:,} | "
             f"{d['loop_ms']:,.0f} | {per_k} | {d['wall_ms']:,.0f} |"
         )
+    before = result["delete"][AGE]["loop_ms_per_1k_deleted"]
+    after = result["delete"]["age + key lifecycle"]["loop_ms_per_1k_deleted"]
+    if before and after:
+        lines += [
+            "",
+            f"Delete loop per key, key lifecycle against age alone: {after / before:.2f}x "
+            "(target: at most 1.1x).",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -108,7 +108,10 @@ class Policy:
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"cutoff": self.cutoff, "protected": list(self.protected)}
         if self.lifecycle is not None:
-            params["kc_windows"] = Jsonb({t: list(w) for t, w in self.lifecycle.windows.items()})
+            # Two maps rather than one of pairs: each row then costs one lookup per bound.
+            windows = self.lifecycle.windows
+            params["kc_lo"] = Jsonb({t: w[0] for t, w in windows.items()})
+            params["kc_hi"] = Jsonb({t: w[1] for t, w in windows.items()})
             params["kc_own"] = Jsonb({t: list(u) for t, u in self.lifecycle.own_users.items()})
         if self.expires_now is not None:
             params["expires_now"] = self.expires_now
@@ -149,6 +152,11 @@ def connect(dsn: str, *, connect_timeout_s: int) -> Conn:
     # Reports read the same whatever the server's default zone, and `now() - interval` is
     # exactly N x 24 hours: UTC has no daylight-saving shifts.
     conn.execute("SET TimeZone = 'UTC'")
+    # No JIT: the measuring pass is one scan whose plan cost passes jit_optimize_above_cost at
+    # 300k rows, and compiling it took 0.3-0.5 s with the key lifecycle's expressions, more
+    # than the whole scan; without it the pass ran faster at 1M rows with the old rules too
+    # (bench/results/rules-1000000.md).
+    conn.execute("SET jit = off")
     return conn
 
 
@@ -453,40 +461,39 @@ def _column(target: Target, column: str | None) -> sql.Composable:
 
 
 def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Composable]:
-    """Per reason, TRUE for the keys Baileys still needs (docs/key-lifecycle.md).
+    """Per reason, TRUE for the keys Baileys still needs (docs/key-lifecycle.md); OR-ed
+    together, they are what the age and TTL rules must leave.
 
-    Each part tests its key type first; a row matches at most one part. The per-tenant facts
-    come from the run's two JSON parameters (kc_windows, kc_own), read once from the creds.
+    Each part tests its key type first; a row matches at most one part. `prekey_window` keeps
+    every pre-key that is not provably outside its tenant's window, so it includes the
+    tenants without readable creds; `prekey_no_creds` (below) tells those apart for the
+    report. The per-tenant facts come from the run's JSON parameters (kc_lo, kc_hi, kc_own),
+    read once from the creds.
+
+    Cost: each row pays one key-type comparison per part; a pre-key two JSON lookups and a
+    digit test (ltrim, a third of a regular expression's cost here).
     """
     lc = policy.lifecycle
     if lc is None or target.key_type_column is None or target.key_id_column is None:
         return {}
-    kt = sql.SQL("{}::text").format(_column(target, target.key_type_column))
     kid = sql.SQL("{}::text").format(_column(target, target.key_id_column))
-    tenant = (
-        sql.SQL("{}::text").format(_tenant(target))
-        if target.tenant_column is not None
-        else sql.SQL("NULL::text")
-    )
+    tenant = _tenant_text(target)
     own = sql.SQL("(%(kc_own)s::jsonb -> {tenant})").format(tenant=tenant)
-
-    def is_type(name: str) -> sql.Composable:
-        return sql.SQL("{kt} = {name}").format(kt=kt, name=sql.Literal(name))
-
     parts: dict[KeepReason, sql.Composable] = {}
     if not lc.prekey_age_only:
-        window = sql.SQL("(%(kc_windows)s::jsonb -> {tenant})").format(tenant=tenant)
-        # CASE, not AND: SQL does not promise to test the pattern before the cast.
-        number = sql.SQL("CASE WHEN {kid} ~ {pattern} THEN {kid}::bigint END").format(
-            kid=kid, pattern=sql.Literal(f"^[0-9]{{1,{MAX_ID_DIGITS}}}$")
-        )
-        # A non-numeric id compares as NULL: kept.
+        # CASE, not AND: SQL does not promise to test the digits before the cast. A
+        # non-numeric id, or a tenant without a window (its bounds NULL), compares as NULL:
+        # kept.
         parts["prekey_window"] = sql.SQL(
-            "({is_pk} AND {w} IS NOT NULL AND coalesce(NOT ({n} < ({w} ->> 0)::bigint "
-            "OR {n} > ({w} ->> 1)::bigint), true))"
-        ).format(is_pk=is_type("pre-key"), w=window, n=number)
-        parts["prekey_no_creds"] = sql.SQL("({is_pk} AND {w} IS NULL)").format(
-            is_pk=is_type("pre-key"), w=window
+            "({is_pk} AND coalesce(CASE WHEN ltrim({kid}, '0123456789') = '' "
+            "AND length({kid}) BETWEEN 1 AND {digits} THEN NOT ({kid}::bigint < "
+            "(%(kc_lo)s::jsonb -> {tenant})::bigint OR {kid}::bigint > "
+            "(%(kc_hi)s::jsonb -> {tenant})::bigint) END, true))"
+        ).format(
+            is_pk=_is_type(target, "pre-key"),
+            kid=kid,
+            digits=sql.Literal(MAX_ID_DIGITS),
+            tenant=tenant,
         )
 
     def own_user(user: sql.Composable) -> sql.Composable:
@@ -495,7 +502,7 @@ def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Comp
         return sql.SQL("({own} ? split_part({user}, '_', 1))").format(own=own, user=user)
 
     parts["own_session"] = sql.SQL("({is_s} AND coalesce({mine}, false))").format(
-        is_s=is_type("session"),
+        is_s=_is_type(target, "session"),
         mine=own_user(sql.SQL("split_part({}, '.', 1)").format(kid)),
     )
     same_tenant = (
@@ -512,7 +519,7 @@ def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Comp
         "WHERE {same_tenant}kc_m.{kt_col}::text = 'sender-key-memory' "
         "AND kc_m.{kid_col}::text = split_part({kid}, '::', 1)))"
     ).format(
-        is_sk=is_type("sender-key"),
+        is_sk=_is_type(target, "sender-key"),
         mine=own_user(sql.SQL("split_part({}, '::', 2)").format(kid)),
         table=target.ident,
         same_tenant=same_tenant,
@@ -521,9 +528,32 @@ def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Comp
         kid=kid,
     )
     parts["index"] = sql.SQL("({is_t} AND {kid} = '__index')").format(
-        is_t=is_type("tctoken"), kid=kid
+        is_t=_is_type(target, "tctoken"), kid=kid
     )
     return parts
+
+
+def _tenant_text(target: Target) -> sql.Composable:
+    if target.tenant_column is None:
+        return sql.SQL("NULL::text")
+    return sql.SQL("{}::text").format(_tenant(target))
+
+
+def _is_type(target: Target, name: str) -> sql.Composable:
+    return sql.SQL("{kt}::text = {name}").format(
+        kt=_column(target, target.key_type_column), name=sql.Literal(name)
+    )
+
+
+def prekeys_without_creds(target: Target, policy: Policy) -> sql.Composable | None:
+    """TRUE for a pre-key whose tenant has no window (creds not read); None when the pre-key
+    window does not apply. A part of `prekey_window`, counted apart for the report."""
+    lc = policy.lifecycle
+    if lc is None or lc.prekey_age_only or "prekey_window" not in lifecycle_parts(target, policy):
+        return None
+    return sql.SQL("({is_pk} AND (%(kc_lo)s::jsonb -> {tenant}) IS NULL)").format(
+        is_pk=_is_type(target, "pre-key"), tenant=_tenant_text(target)
+    )
 
 
 def lifecycle_keep(target: Target, policy: Policy) -> sql.Composable:
@@ -703,36 +733,68 @@ def measure(
     else:
         inner += [sql.SQL("0 AS x"), sql.SQL("0 AS xts")]
         inner += [sql.SQL("0 AS {}").format(sql.Identifier(f"xn{i}")) for i in range(len(distinct))]
-    # The key lifecycle: per reason, the aged or expired keys it keeps (lk in all), and of those
-    # the ones quiet since the orphan grace cutoff (lkq), for the orphan rule's union. Each part
-    # tests its key type first, so other rows cost a comparison or two.
+    # The key lifecycle: each row's reason to be kept (kc_code, 0: none), decided once, and only
+    # for the rows the age or TTL rule would take (in steady state a day's worth: the rest pay
+    # one comparison). Per reason the kept keys (lk in all); of those the expired ones (lkx, for
+    # the TTL figure) and the ones quiet since the orphan grace cutoff (lkq, for the orphan
+    # rule's union).
     parts = lifecycle_parts(target, policy)
-    due = sql.SQL("({} OR {})").format(_aged(target, policy), expired)
-    inner += [
-        sql.SQL("count(*) FILTER (WHERE {part} AND {due}) AS {name}").format(
-            part=part, due=due, name=sql.Identifier(f"k_{reason}")
-        )
-        for reason, part in parts.items()
-    ]
-    if parts and ttl:
-        inner.append(
-            sql.SQL("count(*) FILTER (WHERE {keep} AND {x}) AS lkx").format(
-                keep=lifecycle_keep(target, policy), x=expired
+    reasons: list[KeepReason] = list(parts)
+    no_creds = prekeys_without_creds(target, policy)
+    source: sql.Composable = target.ident
+    if parts:
+        whens = [
+            sql.SQL("WHEN {part} THEN {code}").format(part=part, code=sql.Literal(i + 1))
+            for i, part in enumerate(parts.values())
+        ]
+        if no_creds is not None:
+            # Checked first: a pre-key without creds is also inside prekey_window.
+            reasons.append("prekey_no_creds")
+            whens.insert(0, sql.SQL("WHEN {} THEN {}").format(no_creds, sql.Literal(len(reasons))))
+        # Only the columns the pass reads: `*` would carry every value along (~300 bytes a row).
+        used = [
+            c
+            for c in (
+                target.key_type_column,
+                target.timestamp_column,
+                target.tenant_column if by_tenant else None,
+                target.expires_column if ttl else None,
             )
+            if c is not None
+        ]
+        source = sql.SQL(
+            "(SELECT {cols}, CASE WHEN {due} THEN CASE {whens} ELSE 0 END ELSE 0 END AS kc_code "
+            # OFFSET 0 keeps the planner from inlining kc_code into each count that reads it.
+            "FROM {table} OFFSET 0) AS kc_rows"
+        ).format(
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in dict.fromkeys(used)),
+            due=sql.SQL("({} OR {})").format(_aged(target, policy), expired),
+            whens=sql.SQL(" ").join(whens),
+            table=target.ident,
         )
-    else:
-        inner.append(sql.SQL("0 AS lkx"))
-    if parts and orphans:
-        inner.append(
-            sql.SQL(
-                "count(*) FILTER (WHERE {keep} AND {due} AND {ts} >= {first} "
-                "AND {ts} < %(orphan_cutoff)s) AS lkq"
-            ).format(keep=lifecycle_keep(target, policy), due=due, ts=ts, first=FIRST_TIMESTAMP)
+    inner += [
+        sql.SQL("count(*) FILTER (WHERE kc_code = {code}) AS {name}").format(
+            code=sql.Literal(i + 1), name=sql.Identifier(f"k{i + 1}")
         )
-    else:
-        inner.append(sql.SQL("0 AS lkq"))
+        for i in range(len(reasons))
+    ]
+    inner.append(
+        sql.SQL("count(*) FILTER (WHERE kc_code > 0 AND {x}) AS lkx").format(x=expired)
+        if parts and ttl
+        else sql.SQL("0 AS lkx")
+    )
+    inner.append(
+        sql.SQL(
+            "count(*) FILTER (WHERE kc_code > 0 AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s) "
+            "AS lkq"
+        ).format(ts=ts, first=FIRST_TIMESTAMP)
+        if parts and orphans
+        else sql.SQL("0 AS lkq")
+    )
     kept_sum = (
-        sql.SQL(" + ").join(sql.Identifier(f"k_{r}") for r in parts) if parts else sql.SQL("0")
+        sql.SQL(" + ").join(sql.Identifier(f"k{i + 1}") for i in range(len(reasons)))
+        if reasons
+        else sql.SQL("0")
     )
 
     def col(prefix: str, edge: datetime) -> sql.Composable:
@@ -749,7 +811,12 @@ def measure(
     def lower(c: datetime) -> datetime:
         return min(c, grace)
 
-    tenant = sql.SQL("{}::text").format(_tenant(target)) if by_tenant else sql.SQL("NULL::text")
+    # Unqualified: the rows may come from the kc_rows subquery.
+    tenant = (
+        sql.SQL("{}::text").format(sql.Identifier(target.tenant_column or ""))
+        if by_tenant
+        else sql.SQL("NULL::text")
+    )
     lost = sql.SQL("false")
     joined: sql.Composable = sql.SQL("g")
     if orphans and policy.orphans is not None:
@@ -807,7 +874,7 @@ def measure(
         sql.SQL("coalesce(bool_and(lost), false)"),
         total("CASE WHEN p THEN 0 ELSE xts END"),
         *(total(f"CASE WHEN p THEN 0 ELSE xn{i} END") for i in range(len(distinct))),
-        *(total(f"CASE WHEN p THEN 0 ELSE k_{r} END") for r in parts),
+        *(total(f"CASE WHEN p THEN 0 ELSE k{i + 1} END") for i in range(len(reasons))),
     ]
     if by_tenant:
         head = sql.SQL("kt, tn, GROUPING(kt)")
@@ -818,7 +885,7 @@ def measure(
     query = sql.SQL(
         """
         WITH g AS (
-          SELECT {kt} AS kt, {tenant} AS tn, {inner} FROM {table} GROUP BY 1, 2
+          SELECT {kt} AS kt, {tenant} AS tn, {inner} FROM {source} GROUP BY 1, 2
         ), d AS ({derived})
         SELECT {head}, {outer} FROM d GROUP BY {group}
         """
@@ -826,7 +893,7 @@ def measure(
         kt=_key_type(target),
         tenant=tenant,
         inner=sql.SQL(", ").join(inner),
-        table=target.ident,
+        source=source,
         derived=derived,
         head=head,
         outer=sql.SQL(", ").join(outer),
@@ -861,10 +928,16 @@ def measure(
                 expired_newer_than=dict(zip(distinct, extra[8 : 8 + n], strict=True))
                 if ttl
                 else {},
-                kept=dict(zip(parts, extra[8 + n :], strict=True)),
+                kept=_kept_by_reason(reasons, extra[8 + n :]),
             )
         )
     return Measurement(types, tenants)
+
+
+def _kept_by_reason(reasons: list[KeepReason], counts: Sequence[int]) -> dict[KeepReason, int]:
+    """The measured lifecycle counts per reason (prekey_window without the pre-keys of tenants
+    without creds: the query gives those their own code)."""
+    return dict(zip(reasons, counts, strict=True))
 
 
 def auth_has_tenants(conn: Conn, target: Target, orphans: Orphans) -> bool:

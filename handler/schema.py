@@ -93,6 +93,24 @@ KEY_MIX: tuple[tuple[str, float, float, float], ...] = (
 )
 
 
+def baileys_key_id(key_type: str, n: str) -> sql.Composable:
+    """SQL for a key id as Baileys writes it (docs/key-lifecycle.md), unique per series number:
+    pre-keys by number, sessions by signal address (user.device), sender keys as
+    group::user::device, memory rows and device lists by JID. `key_type` and `n` are SQL
+    expressions of the caller's query (never user input)."""
+    return sql.SQL(
+        """CASE {kt}
+         WHEN 'pre-key' THEN {n}::text
+         WHEN 'session' THEN (5500000000000 + {n}) || '.0'
+         WHEN 'sender-key'
+           THEN '120363' || ({n} %% 997) || '@g.us::' || (5500000000000 + {n}) || '::0'
+         WHEN 'sender-key-memory' THEN '120363' || {n} || '@g.us'
+         WHEN 'device-list' THEN (5500000000000 + {n})::text
+         ELSE {kt} || ':' || {n}
+       END"""
+    ).format(kt=sql.SQL(key_type), n=sql.SQL(n))
+
+
 def seed_keys(
     conn: psycopg.Connection[tuple[object, ...]],
     rows: int,
@@ -128,17 +146,7 @@ def seed_keys(
 INSERT INTO {t} (company_id, key_type, key_id, value, created_at, updated_at)
 SELECT 'company-' || (1 + g %% %(companies)s),
        k.key_type,
-       -- Key ids as Baileys writes them (docs/key-lifecycle.md): pre-keys by number, sessions
-       -- by signal address (user.device), sender keys as group::user::device, memory rows and
-       -- device lists by JID.
-       CASE k.key_type
-         WHEN 'pre-key' THEN g::text
-         WHEN 'session' THEN (5500000000000 + g) || '.0'
-         WHEN 'sender-key' THEN '120363' || (g %% 997) || '@g.us::' || (5500000000000 + g) || '::0'
-         WHEN 'sender-key-memory' THEN '120363' || g || '@g.us'
-         WHEN 'device-list' THEN (5500000000000 + g)::text
-         ELSE k.key_type || ':' || g
-       END,
+       {key_id},
        jsonb_build_object('k', repeat(md5(g::text), %(pad)s), 'n', g),
        now() - make_interval(secs => k.age * 86400) - interval '1 hour',
        now() - make_interval(secs => k.age * 86400)
@@ -153,7 +161,7 @@ CROSS JOIN LATERAL (
 ) AS k
 ON CONFLICT DO NOTHING
 """
-            ).format(t=sql.Identifier(table)),
+            ).format(t=sql.Identifier(table), key_id=baileys_key_id("k.key_type", "g")),
             {
                 "companies": companies,
                 "pad": pad,
@@ -207,7 +215,8 @@ SELECT company_id, jsonb_build_object(
          'me', jsonb_build_object('id', own || ':3@s.whatsapp.net', 'lid', own_lid || ':3@lid'))
 FROM (
   SELECT company_id,
-         coalesce(max(key_id::bigint) FILTER (WHERE key_type = 'pre-key'), 0) + 1 AS next_id,
+         coalesce(max(CASE WHEN key_id ~ '^[0-9]{{1,15}}$' THEN key_id::bigint END)
+                  FILTER (WHERE key_type = 'pre-key'), 0) + 1 AS next_id,
          (5400000000000 + dense_rank() OVER (ORDER BY company_id))::text AS own,
          (9000000000000 + dense_rank() OVER (ORDER BY company_id))::text AS own_lid
   FROM {t} WHERE company_id <> ALL (%(without)s::text[]) GROUP BY company_id
