@@ -460,18 +460,18 @@ def _column(target: Target, column: str | None) -> sql.Composable:
     return sql.Identifier(target.schema, target.name, column or "")
 
 
-def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Composable]:
-    """Per reason, TRUE for the keys Baileys still needs (docs/key-lifecycle.md); OR-ed
-    together, they are what the age and TTL rules must leave.
+# Per key type, the lifecycle's reasons to keep a key of that type, first match wins.
+Branches = dict[str, list[tuple[KeepReason, sql.Composable]]]
 
-    Each part tests its key type first; a row matches at most one part. `prekey_window` keeps
-    every pre-key that is not provably outside its tenant's window, so it includes the
-    tenants without readable creds; `prekey_no_creds` (below) tells those apart for the
-    report. The per-tenant facts come from the run's JSON parameters (kc_lo, kc_hi, kc_own),
-    read once from the creds.
 
-    Cost: each row pays one key-type comparison per part; a pre-key two JSON lookups and a
-    digit test (ltrim, a third of a regular expression's cost here).
+def lifecycle_branches(target: Target, policy: Policy) -> Branches:
+    """Per key type, the conditions under which Baileys still needs a key of that type, each
+    with its reason (docs/key-lifecycle.md); {} when the lifecycle does not apply.
+
+    The per-tenant facts come from the run's JSON parameters (kc_lo, kc_hi, kc_own), read once
+    from the creds. Callers dispatch on the key type once (`CASE key_type WHEN ...`), so a row
+    of another type costs a few comparisons. Cost of a pre-key: a digit test (ltrim, a third
+    of a regular expression's cost here), two casts and up to three JSON lookups.
     """
     lc = policy.lifecycle
     if lc is None or target.key_type_column is None or target.key_id_column is None:
@@ -479,32 +479,38 @@ def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Comp
     kid = sql.SQL("{}::text").format(_column(target, target.key_id_column))
     tenant = _tenant_text(target)
     own = sql.SQL("(%(kc_own)s::jsonb -> {tenant})").format(tenant=tenant)
-    parts: dict[KeepReason, sql.Composable] = {}
+    lo = sql.SQL("(%(kc_lo)s::jsonb -> {tenant})").format(tenant=tenant)
+    hi = sql.SQL("(%(kc_hi)s::jsonb -> {tenant})").format(tenant=tenant)
+    branches: Branches = {}
     if not lc.prekey_age_only:
-        # CASE, not AND: SQL does not promise to test the digits before the cast. A
-        # non-numeric id, or a tenant without a window (its bounds NULL), compares as NULL:
-        # kept.
-        parts["prekey_window"] = sql.SQL(
-            "({is_pk} AND coalesce(CASE WHEN ltrim({kid}, '0123456789') = '' "
-            "AND length({kid}) BETWEEN 1 AND {digits} THEN NOT ({kid}::bigint < "
-            "(%(kc_lo)s::jsonb -> {tenant})::bigint OR {kid}::bigint > "
-            "(%(kc_hi)s::jsonb -> {tenant})::bigint) END, true))"
-        ).format(
-            is_pk=_is_type(target, "pre-key"),
-            kid=kid,
-            digits=sql.Literal(MAX_ID_DIGITS),
-            tenant=tenant,
-        )
+        branches["pre-key"] = [
+            # No window for the tenant: creds not read. Kept, and told apart in the report.
+            ("prekey_no_creds", sql.SQL("{lo} IS NULL").format(lo=lo)),
+            # CASE, not AND: SQL does not promise to test the digits before the cast. A
+            # non-numeric id compares as NULL: kept.
+            (
+                "prekey_window",
+                sql.SQL(
+                    "coalesce(CASE WHEN ltrim({kid}, '0123456789') = '' AND length({kid}) "
+                    "BETWEEN 1 AND {digits} THEN NOT ({kid}::bigint < {lo}::bigint "
+                    "OR {kid}::bigint > {hi}::bigint) END, true)"
+                ).format(kid=kid, digits=sql.Literal(MAX_ID_DIGITS), lo=lo, hi=hi),
+            ),
+        ]
 
     def own_user(user: sql.Composable) -> sql.Composable:
         # `?` asks whether the tenant's own users hold this one; `_1` (LID) and other domain
         # suffixes of the signal address are cut first (Signal/libsignal.ts).
         return sql.SQL("({own} ? split_part({user}, '_', 1))").format(own=own, user=user)
 
-    parts["own_session"] = sql.SQL("({is_s} AND coalesce({mine}, false))").format(
-        is_s=_is_type(target, "session"),
-        mine=own_user(sql.SQL("split_part({}, '.', 1)").format(kid)),
-    )
+    branches["session"] = [
+        (
+            "own_session",
+            sql.SQL("coalesce({}, false)").format(
+                own_user(sql.SQL("split_part({}, '.', 1)").format(kid))
+            ),
+        )
+    ]
     same_tenant = (
         sql.SQL("kc_m.{col} = {tenant} AND ").format(
             col=sql.Identifier(target.tenant_column), tenant=_tenant(target)
@@ -514,23 +520,25 @@ def lifecycle_parts(target: Target, policy: Policy) -> dict[KeepReason, sql.Comp
     )
     # Unknown own users (no creds): every sender key might be ours, so each waits for its
     # group's memory row to go first.
-    parts["own_sender_key"] = sql.SQL(
-        "({is_sk} AND coalesce({mine}, true) AND EXISTS (SELECT 1 FROM {table} AS kc_m "
-        "WHERE {same_tenant}kc_m.{kt_col}::text = 'sender-key-memory' "
-        "AND kc_m.{kid_col}::text = split_part({kid}, '::', 1)))"
-    ).format(
-        is_sk=_is_type(target, "sender-key"),
-        mine=own_user(sql.SQL("split_part({}, '::', 2)").format(kid)),
-        table=target.ident,
-        same_tenant=same_tenant,
-        kt_col=sql.Identifier(target.key_type_column),
-        kid_col=sql.Identifier(target.key_id_column),
-        kid=kid,
-    )
-    parts["index"] = sql.SQL("({is_t} AND {kid} = '__index')").format(
-        is_t=_is_type(target, "tctoken"), kid=kid
-    )
-    return parts
+    branches["sender-key"] = [
+        (
+            "own_sender_key",
+            sql.SQL(
+                "(coalesce({mine}, true) AND EXISTS (SELECT 1 FROM {table} AS kc_m "
+                "WHERE {same_tenant}kc_m.{kt_col}::text = 'sender-key-memory' "
+                "AND kc_m.{kid_col}::text = split_part({kid}, '::', 1)))"
+            ).format(
+                mine=own_user(sql.SQL("split_part({}, '::', 2)").format(kid)),
+                table=target.ident,
+                same_tenant=same_tenant,
+                kt_col=sql.Identifier(target.key_type_column),
+                kid_col=sql.Identifier(target.key_id_column),
+                kid=kid,
+            ),
+        )
+    ]
+    branches["tctoken"] = [("index", sql.SQL("{kid} = '__index'").format(kid=kid))]
+    return branches
 
 
 def _tenant_text(target: Target) -> sql.Composable:
@@ -539,29 +547,34 @@ def _tenant_text(target: Target) -> sql.Composable:
     return sql.SQL("{}::text").format(_tenant(target))
 
 
-def _is_type(target: Target, name: str) -> sql.Composable:
-    return sql.SQL("{kt}::text = {name}").format(
-        kt=_column(target, target.key_type_column), name=sql.Literal(name)
-    )
-
-
-def prekeys_without_creds(target: Target, policy: Policy) -> sql.Composable | None:
-    """TRUE for a pre-key whose tenant has no window (creds not read); None when the pre-key
-    window does not apply. A part of `prekey_window`, counted apart for the report."""
-    lc = policy.lifecycle
-    if lc is None or lc.prekey_age_only or "prekey_window" not in lifecycle_parts(target, policy):
-        return None
-    return sql.SQL("({is_pk} AND (%(kc_lo)s::jsonb -> {tenant}) IS NULL)").format(
-        is_pk=_is_type(target, "pre-key"), tenant=_tenant_text(target)
+def lifecycle_case(
+    target: Target,
+    branches: Branches,
+    per_type: Callable[[list[tuple[KeepReason, sql.Composable]]], sql.Composable],
+    default: sql.Composable,
+) -> sql.Composable:
+    """`CASE key_type WHEN 'pre-key' THEN ... END`: one dispatch on the key type."""
+    return sql.SQL("CASE {kt}::text {whens} ELSE {default} END").format(
+        kt=_column(target, target.key_type_column),
+        whens=sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}").format(sql.Literal(key_type), per_type(conds))
+            for key_type, conds in branches.items()
+        ),
+        default=default,
     )
 
 
 def lifecycle_keep(target: Target, policy: Policy) -> sql.Composable:
     """TRUE for a key the age and TTL rules must leave: one that Baileys still needs."""
-    parts = lifecycle_parts(target, policy)
-    if not parts:
+    branches = lifecycle_branches(target, policy)
+    if not branches:
         return sql.SQL("false")
-    return sql.SQL("({})").format(sql.SQL(" OR ").join(parts.values()))
+    return lifecycle_case(
+        target,
+        branches,
+        lambda conds: sql.SQL("({})").format(sql.SQL(" OR ").join(c for _, c in conds)),
+        sql.SQL("false"),
+    )
 
 
 def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
@@ -738,19 +751,21 @@ def measure(
     # one comparison). Per reason the kept keys (lk in all); of those the expired ones (lkx, for
     # the TTL figure) and the ones quiet since the orphan grace cutoff (lkq, for the orphan
     # rule's union).
-    parts = lifecycle_parts(target, policy)
-    reasons: list[KeepReason] = list(parts)
-    no_creds = prekeys_without_creds(target, policy)
+    branches = lifecycle_branches(target, policy)
+    reasons: list[KeepReason] = [r for conds in branches.values() for r, _ in conds]
     source: sql.Composable = target.ident
-    if parts:
-        whens = [
-            sql.SQL("WHEN {part} THEN {code}").format(part=part, code=sql.Literal(i + 1))
-            for i, part in enumerate(parts.values())
-        ]
-        if no_creds is not None:
-            # Checked first: a pre-key without creds is also inside prekey_window.
-            reasons.append("prekey_no_creds")
-            whens.insert(0, sql.SQL("WHEN {} THEN {}").format(no_creds, sql.Literal(len(reasons))))
+    if branches:
+        code = iter(range(1, len(reasons) + 1))
+        by_type = lifecycle_case(
+            target,
+            branches,
+            lambda conds: sql.SQL("CASE {} ELSE 0 END").format(
+                sql.SQL(" ").join(
+                    sql.SQL("WHEN {} THEN {}").format(c, sql.Literal(next(code))) for _, c in conds
+                )
+            ),
+            sql.SQL("0"),
+        )
         # Only the columns the pass reads: `*` would carry every value along (~300 bytes a row).
         used = [
             c
@@ -763,13 +778,13 @@ def measure(
             if c is not None
         ]
         source = sql.SQL(
-            "(SELECT {cols}, CASE WHEN {due} THEN CASE {whens} ELSE 0 END ELSE 0 END AS kc_code "
+            "(SELECT {cols}, CASE WHEN {due} THEN {by_type} ELSE 0 END AS kc_code "
             # OFFSET 0 keeps the planner from inlining kc_code into each count that reads it.
             "FROM {table} OFFSET 0) AS kc_rows"
         ).format(
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in dict.fromkeys(used)),
             due=sql.SQL("({} OR {})").format(_aged(target, policy), expired),
-            whens=sql.SQL(" ").join(whens),
+            by_type=by_type,
             table=target.ident,
         )
     inner += [
@@ -780,7 +795,7 @@ def measure(
     ]
     inner.append(
         sql.SQL("count(*) FILTER (WHERE kc_code > 0 AND {x}) AS lkx").format(x=expired)
-        if parts and ttl
+        if branches and ttl
         else sql.SQL("0 AS lkx")
     )
     inner.append(
@@ -788,7 +803,7 @@ def measure(
             "count(*) FILTER (WHERE kc_code > 0 AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s) "
             "AS lkq"
         ).format(ts=ts, first=FIRST_TIMESTAMP)
-        if parts and orphans
+        if branches and orphans
         else sql.SQL("0 AS lkq")
     )
     kept_sum = (
