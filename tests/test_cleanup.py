@@ -422,7 +422,7 @@ def test_key_type_column_without_a_key_id_column_is_refused(pg: PgSchema) -> Non
     """The key lifecycle cannot tell which pre-keys the server holds without the key id."""
     with pg.connect() as conn:
         conn.execute("CREATE TABLE k (tenant text, key_type text, updated_at timestamptz)")
-    with pytest.raises(ConfigError, match="column key_id does not exist.*CLEANUP_KEY_ID_COLUMN"):
+    with pytest.raises(ConfigError, match=r"column key_id does not exist.*CLEANUP_KEY_ID_COLUMN"):
         run_cleanup(pg.settings(CLEANUP_TABLE="k"), LIVE)
 
 
