@@ -188,6 +188,17 @@ def server_version(conn: Conn) -> int:
     return conn.info.server_version
 
 
+def table_columns(conn: Conn, oid: int) -> dict[str, str]:
+    """A relation's live columns: name -> type as format_type spells it."""
+    return dict(
+        conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+            (oid,),
+        ).fetchall()
+    )
+
+
 def resolve_target(
     conn: Conn,
     schema: str | None,
@@ -227,16 +238,7 @@ def resolve_target(
         raise LookupError(f"refusing {nspname}.{relname}: it is a system table")
     if relkind != "r":
         raise LookupError(f"{nspname}.{relname} is not an ordinary table (relkind {relkind})")
-    columns: dict[str, str] = dict(
-        conn.execute(
-            """
-            SELECT attname, format_type(atttypid, atttypmod)
-            FROM pg_attribute
-            WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
-            """,
-            (oid,),
-        ).fetchall()
-    )
+    columns = table_columns(conn, oid)
     ts_type = columns.get(timestamp_column)
     if ts_type is None:
         raise LookupError(f"column {timestamp_column} does not exist in {nspname}.{relname}")
@@ -1014,13 +1016,7 @@ def find_auth_table(conn: Conn, schema: str | None, name: str) -> AuthTable | No
     ).fetchone()
     if row is None:
         return None
-    columns: dict[str, str] = dict(
-        conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
-            (row[0],),
-        ).fetchall()
-    )
+    columns = table_columns(conn, row[0])
     return AuthTable(row[1], row[2], columns)
 
 
