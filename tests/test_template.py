@@ -213,7 +213,7 @@ def test_default_schedule_is_daily_at_three_for_both_the_rule_and_the_monitor() 
         ("30 2 * * *", "cron(30 2 * * ? *)"),
         ("0 4 * * MON-FRI", "cron(0 4 ? * MON-FRI *)"),
         ("15 1 * * SAT,SUN", "cron(15 1 ? * SAT,SUN *)"),
-        ("0 5 1,15 * *", "cron(0 5 1,15 * ? *)"),
+        ("0 5 * * MON,WED,FRI", "cron(0 5 ? * MON,WED,FRI *)"),
         ("0 */6 * * *", "cron(0 */6 * * ? *)"),
     ],
 )
