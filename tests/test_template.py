@@ -37,6 +37,23 @@ class _NoValue:
 NO_VALUE = _NoValue()
 
 
+def check_parameter(name: str, value: str) -> None:
+    """What CloudFormation checks of one parameter value: pattern, allowed values, bounds."""
+    spec = TEMPLATE["Parameters"][name]
+    pattern = spec.get("AllowedPattern")
+    if pattern is not None and not re.fullmatch(pattern, value):
+        raise ValueError(f"parameter {name}={value!r} does not match its AllowedPattern")
+    allowed = spec.get("AllowedValues")
+    if allowed is not None and value not in [str(v) for v in allowed]:
+        raise ValueError(f"parameter {name}={value!r} is not one of its AllowedValues")
+    if spec["Type"] == "Number":
+        number = float(value)
+        if "MinValue" in spec and number < float(spec["MinValue"]):
+            raise ValueError(f"parameter {name}={value!r} is below its MinValue")
+        if "MaxValue" in spec and number > float(spec["MaxValue"]):
+            raise ValueError(f"parameter {name}={value!r} is above its MaxValue")
+
+
 class Stack:
     """The template resolved for one set of parameter values."""
 
@@ -46,9 +63,7 @@ class Stack:
         }
         values |= REQUIRED | parameters
         for name, value in values.items():
-            pattern = TEMPLATE["Parameters"][name].get("AllowedPattern")
-            if pattern is not None and not re.fullmatch(pattern, value):
-                raise ValueError(f"parameter {name}={value!r} does not match its AllowedPattern")
+            check_parameter(name, value)
         self.params: dict[str, Any] = values | {
             "AWS::StackName": STACK,
             "AWS::Region": "eu-west-1",
