@@ -53,6 +53,10 @@ build-KeysCleanupFunction: requirements
 	$(PIP_INSTALL) --target "$(ARTIFACTS_DIR)" -r "$(REQUIREMENTS)"
 	rm -rf "$(REQUIREMENTS)" "$(ARTIFACTS_DIR)/bin"
 	tar -c --exclude='__pycache__' --exclude='*.pyc' handler | tar -x -C "$(ARTIFACTS_DIR)"
+	# The commit the artifact is built from, for Sentry's `release` (handler/notify/sentry.py);
+	# "-dirty" when the tree has changes. Nothing outside a git checkout.
+	git describe --always --abbrev=12 --dirty --exclude='*' >"$(ARTIFACTS_DIR)/handler/BUILD_COMMIT" \
+		2>/dev/null || rm -f "$(ARTIFACTS_DIR)/handler/BUILD_COMMIT"
 
 # --- make invoke: the function as Lambda runs it, on this machine, without Docker ------------
 # tools/invoke.py builds the function with the recipe above for this machine's architecture,

@@ -60,6 +60,13 @@ for name in ("handler/__init__.py", "handler/app.py", "handler/cleanup.py", "han
     if not (art / name).is_file():
         problems.append(f"missing {name}")
 
+# The commit for Sentry's release (Makefile): this checkout's HEAD.
+build_commit = art / "handler" / "BUILD_COMMIT"
+if not build_commit.is_file():
+    problems.append("no handler/BUILD_COMMIT")
+elif not re.fullmatch(r"[0-9a-f]{12}(-dirty)?", build_commit.read_text().strip()):
+    problems.append(f"handler/BUILD_COMMIT is {build_commit.read_text().strip()!r}")
+
 # psycopg's C implementation, built for aarch64 and CPython 3.13, and the version psycopg wants.
 binaries = sorted((art / "psycopg_binary").glob("_psycopg.cpython-313-aarch64-linux-gnu.so"))
 if not binaries:

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard, cast
 
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler import notify
@@ -74,6 +75,27 @@ def is_scheduled_event(event: object) -> TypeGuard[Mapping[str, Any]]:
     )
 
 
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+
+
+def requested_mode(event: object, env: Mapping[str, str] | None = None) -> str:
+    """The mode an event asks for, read before the settings and the flags are validated.
+
+    A run that fails on bad settings or flags is still counted under the mode it was meant to
+    run in (the dashboard and the alarms watch the scheduled mode), never under "unknown":
+    the schedule is live unless its detail or CLEANUP_DRY_RUN says dry, anything else is dry
+    unless it says `"dry_run": false`. parse_event decides the same for a valid event.
+    """
+    env = os.environ if env is None else env
+    if is_scheduled_event(event):
+        detail = event.get("detail")
+        asked_dry = isinstance(detail, Mapping) and detail.get("dry_run") is True
+        setting = env.get("CLEANUP_DRY_RUN", "").strip().lower() in _TRUE
+        return "dry_run" if asked_dry or setting else "live"
+    live = isinstance(event, Mapping) and event.get("dry_run") is False
+    return "live" if live else "dry_run"
+
+
 def parse_event(event: object, settings: Settings) -> Request:
     """Validate an invocation event into flags. Raises ConfigError naming the bad field."""
     if is_scheduled_event(event):
@@ -108,16 +130,15 @@ def _log_progress(progress: Progress) -> None:
     )
 
 
-@logger.inject_lambda_context(clear_state=True)
+# The scheduled event's `id` correlates every log line of its run; other events have none.
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Run the cleanup once; return the report as JSON-ready dict, or raise."""
     lambda_end = time.monotonic() + context.get_remaining_time_in_millis() / 1000
     notify_deadline = lambda_end - NOTIFY_RESERVE_S
-    scheduled_id = event.get("id") if is_scheduled_event(event) else None
-    logger.set_correlation_id(
-        scheduled_id if isinstance(scheduled_id, str) else context.aws_request_id
-    )
-    mode = "unknown"
+    if not is_scheduled_event(event) or not isinstance(logger.get_correlation_id(), str):
+        logger.set_correlation_id(context.aws_request_id)
+    mode = requested_mode(event)
     settings: Settings | None = None
     notify.start_invocation()
     try:
@@ -151,7 +172,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             budget_ms=round((deadline - time.monotonic()) * 1000),
             margin_ms=settings.deadline_margin_ms,
         )
-        with notify.cron_monitor(settings):
+        # Only the schedule checks in to the Crons monitor: a run by hand (a dry run from the
+        # console, a failing experiment) must not mark the scheduled job missed or failed.
+        monitor = notify.cron_monitor(settings) if request.scheduled else contextlib.nullcontext()
+        with monitor:
             report = run_cleanup(
                 settings,
                 flags,

@@ -103,7 +103,7 @@ def publish_report(report: Report) -> None:
 
 
 def publish_failure(mode: str) -> None:
-    """Count a run that raised. `mode` is `unknown` when the flags themselves were invalid."""
+    """Count a run that raised, under the mode it asked for (handler.app.requested_mode)."""
     metrics.clear_metrics()
     _count_run(mode, "failed")
 

@@ -25,8 +25,8 @@ MARGIN_H = 1
 
 def _field(text: str, low: int, high: int, names: list[str] | None = None) -> set[int]:
     values: set[int] = set()
-    for part in text.split(","):
-        part, _, step_text = part.partition("/")
+    for item in text.split(","):
+        part, _, step_text = item.partition("/")
         step = int(step_text) if step_text else 1
         if part == "*":
             start, end = low, high

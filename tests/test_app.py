@@ -316,8 +316,9 @@ def test_failed_run_is_counted_as_failed(
         invoke({"dry_run": "yes"})
     blobs = emf_blobs(capsys.readouterr().out)
     run = runs_metric(blobs)
-    # The flags never parsed, so the mode is unknown; no report metrics were emitted.
-    assert (run["status"], run["mode"]) == ("failed", "unknown")
+    # The flags never parsed: the run counts in the mode a manual event defaults to (dry);
+    # no report metrics were emitted.
+    assert (run["status"], run["mode"]) == ("failed", "dry_run")
     assert not [b for b in blobs if "KeysDeleted" in b]
 
 

@@ -294,7 +294,8 @@ def assert_failure_reported(bot: FakeBot, sentry: SentryEndpoint, error_type: st
     assert event["level"] == "error"
     assert FAILED_TAGS.items() <= event["tags"].items()
     assert [v["type"] for v in event["exception"]["values"]] == [error_type]
-    assert [c["status"] for c in sentry.checkins()] == ["in_progress", "error"]
+    # A run by hand: the Crons monitor belongs to the schedule (tests/test_operator_run.py).
+    assert sentry.checkins() == []
 
 
 # --- the connection is killed mid-run ------------------------------------------------------------
@@ -531,7 +532,7 @@ def test_close_deadline_returns_partial_before_it_and_still_notifies(
     (message,) = [e for e in sentry.events() if e.get("message") == SENTRY_RUN_MESSAGE]
     assert message["level"] == "warning"
     assert (message["tags"]["status"], message["tags"]["mode"]) == ("partial", "live")
-    assert [c["status"] for c in sentry.checkins()] == ["in_progress", "ok"]
+    assert sentry.checkins() == []  # a run by hand does not check in
 
 
 def test_close_deadline_with_a_margin_below_the_notify_reserve_still_notifies(

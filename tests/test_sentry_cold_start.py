@@ -79,6 +79,12 @@ def cold_invocation(event: dict[str, Any], env: dict[str, str]) -> dict[str, Any
     return outcome
 
 
+def scheduled_dry_run() -> dict[str, Any]:
+    """The scheduled event, as a dry run: only the schedule checks in to the Crons monitor."""
+    event: dict[str, Any] = json.loads((ROOT / "events" / "scheduled.json").read_text())
+    return {**event, "detail": {"dry_run": True}}
+
+
 def lambda_extra(event: dict[str, Any]) -> dict[str, Any]:
     """What only AwsLambdaIntegration adds to an event: the invocation's Lambda context."""
     extra: dict[str, Any] = event.get("extra", {}).get("lambda", {})
@@ -90,7 +96,7 @@ def test_first_invocation_failure_reaches_sentry_with_the_lambda_context(
 ) -> None:
     unreachable = f"postgresql://cleanup:{DB_PASSWORD}@127.0.0.1:1/app"
     outcome = cold_invocation(
-        {"dry_run": True},
+        scheduled_dry_run(),
         {"SENTRY_DSN": sentry.dsn, "DATABASE_URL": unreachable, "CLEANUP_CONNECT_TIMEOUT_S": "2"},
     )
 
@@ -114,7 +120,7 @@ def test_first_invocation_run_message_and_checkins_reach_sentry(
     pg.create_reference_table()
     pg.insert_keys([KeyRow("c1", "session", "old", 40), KeyRow("c1", "session", "new", 1)])
 
-    outcome = cold_invocation({"dry_run": True}, pg.env(SENTRY_DSN=sentry.dsn))
+    outcome = cold_invocation(scheduled_dry_run(), pg.env(SENTRY_DSN=sentry.dsn))
 
     assert outcome == {"initialised_at_import": True, "status": "completed"}
     (event,) = sentry.events()

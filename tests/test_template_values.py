@@ -128,9 +128,7 @@ def test_every_time_zone_the_template_offers_is_one_the_function_accepts() -> No
         ({"TelegramChatId": "-1001234567890"}, "TelegramChatNeedsAToken"),
     ],
 )
-def test_a_half_configured_telegram_fails_the_deploy(
-    parameters: dict[str, str], rule: str
-) -> None:
+def test_a_half_configured_telegram_fails_the_deploy(parameters: dict[str, str], rule: str) -> None:
     assert broken_rules(**parameters) == [rule]
 
 
@@ -180,7 +178,8 @@ def test_inside_a_vpc_the_role_gets_the_network_interface_actions_and_no_more() 
         "ec2:UnassignPrivateIpAddresses",
     }
     logs = [(a, r) for a, r in _actions(inside) if a.startswith("logs:")]
-    assert logs and all(r == "<FunctionLogGroup.Arn>" for _, r in logs)
+    assert logs
+    assert all(r == "<FunctionLogGroup.Arn>" for _, r in logs)
     assert not any(a.startswith("ec2:") for a, _ in _actions(outside))
 
 

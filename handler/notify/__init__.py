@@ -18,9 +18,9 @@ itself works) and never changes the outcome of a run.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 from handler.notify import html, secrets, sentry, telegram
 from handler.observability import logger
@@ -101,25 +101,38 @@ def init_from_env() -> None:
 
 @contextmanager
 def cron_monitor(settings: Settings) -> Iterator[None]:
-    """Sentry Crons check-ins around a run: in_progress, then ok, or error (and re-raise).
+    """Sentry Crons check-ins around a scheduled run: in_progress, then ok, or error (re-raised).
 
-    Without Sentry this is a no-op. A failed check-in is logged and never affects the run.
+    Without Sentry this is a no-op. The SDK's own `monitor` sends the check-ins (and times the
+    run); it is entered and left by hand here only so that a failed check-in is logged and never
+    fails, or masks the error of, the run it watches.
     """
     init(settings)
     if not sentry.enabled():
         yield
         return
-    check_in_id = _checkin(settings, "in_progress")
-    started = time.monotonic()
+    monitor = sentry.monitor(settings)
+    if not _guarded("in_progress", monitor.__enter__):
+        yield
+        return
     try:
         yield
-    except BaseException:
-        _checkin(settings, "error", check_in_id, time.monotonic() - started)
+    except BaseException as exc:
+        _guarded("error", partial(monitor.__exit__, type(exc), exc, exc.__traceback__))
         raise
     # No flush here: the check-in is queued, and after_run / on_failure flush once, after
     # Telegram, within the notifications' deadline. Flushing now would let a hung Sentry
     # spend the time the Telegram message needs.
-    _checkin(settings, "ok", check_in_id, time.monotonic() - started)
+    _guarded("ok", partial(monitor.__exit__, None, None, None))
+
+
+def _guarded(status: str, send: Callable[[], object]) -> bool:
+    try:
+        send()
+    except Exception as exc:  # a check-in must never fail the run it watches
+        logger.warning("sentry check-in failed", status=status, error_type=type(exc).__name__)
+        return False
+    return True
 
 
 def after_run(report: Report, settings: Settings, *, deadline: float | None) -> None:
@@ -230,19 +243,6 @@ def _internal_error(where: str, err: BaseException) -> None:
             _flush(None)
     except Exception as exc:  # nothing left to tell; the log line above stands
         logger.warning("sentry capture failed", error_type=type(exc).__name__)
-
-
-def _checkin(
-    settings: Settings,
-    status: str,
-    check_in_id: str | None = None,
-    duration_s: float | None = None,
-) -> str | None:
-    try:
-        return sentry.checkin(settings, status, check_in_id=check_in_id, duration_s=duration_s)
-    except Exception as exc:  # a check-in must never fail the run it watches
-        logger.warning("sentry check-in failed", status=status, error_type=type(exc).__name__)
-        return None
 
 
 def _flush(deadline: float | None) -> None:

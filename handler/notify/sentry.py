@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import sentry_sdk
-from sentry_sdk.crons import capture_checkin
 from sentry_sdk.integrations.atexit import AtexitIntegration
 from sentry_sdk.integrations.aws_lambda import AwsLambdaIntegration
 from sentry_sdk.integrations.dedupe import DedupeIntegration
 from sentry_sdk.integrations.excepthook import ExcepthookIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 
+from handler import __version__
 from handler.notify import secrets
 from handler.report import Report
 from handler.settings import Settings
@@ -32,6 +33,8 @@ Level = Literal["info", "warning"]
 MESSAGE = "WhatsApp session keys cleanup completed"
 COMPONENT = "cleanup"
 OPERATION = "session_keys_cleanup"
+# Written into the artifact by the Makefile (`git rev-parse`); absent in a checkout.
+BUILD_COMMIT = Path(__file__).resolve().parent.parent / "BUILD_COMMIT"
 # Flushing waits for the background transport; an unreachable Sentry must not hold the run.
 MAX_FLUSH_S = 2.0
 
@@ -40,12 +43,24 @@ def _scrub(event: Any, _hint: Any) -> Any:
     return secrets.redact_obj(event)
 
 
+def release() -> str:
+    """`keys-cleanup@<version>+<commit>`: the package version and the commit the artifact was
+    built from (handler/BUILD_COMMIT, written by the Makefile's build); the version alone when
+    the code does not come from a build (a checkout, the tests)."""
+    try:
+        commit = BUILD_COMMIT.read_text(encoding="utf-8").strip()
+    except OSError:
+        commit = ""
+    return f"keys-cleanup@{__version__}" + (f"+{commit}" if commit else "")
+
+
 def init(settings: Settings, dsn: str) -> None:
     """Initialise the SDK for this process. The caller resolves the DSN and checks idempotence."""
     secrets.register_url(dsn, with_user=True)  # a DSN's user part is its key
     sentry_sdk.init(
         dsn=dsn,
         environment=settings.sentry_environment,
+        release=release(),
         # An explicit set instead of the defaults: no http.client breadcrumbs (the Bot API URL
         # holds the token), no list of installed packages on every event, no argv; and init
         # takes milliseconds instead of probing every auto-enabling integration.
@@ -140,19 +155,10 @@ def monitor_config(settings: Settings) -> MonitorConfig:
     }
 
 
-def checkin(
-    settings: Settings,
-    status: str,
-    *,
-    check_in_id: str | None = None,
-    duration_s: float | None = None,
-) -> str | None:
-    return capture_checkin(
-        monitor_slug=settings.sentry_monitor_slug,
-        check_in_id=check_in_id,
-        status=status,
-        duration=duration_s,
-        monitor_config=monitor_config(settings),
+def monitor(settings: Settings) -> sentry_sdk.monitor:
+    """The SDK's check-in context manager for the scheduled job's monitor."""
+    return sentry_sdk.monitor(
+        monitor_slug=settings.sentry_monitor_slug, monitor_config=monitor_config(settings)
     )
 
 

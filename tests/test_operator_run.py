@@ -1,0 +1,157 @@
+"""What a run tells the operator, against a real PostgreSQL and a local Sentry: a failed run is
+counted under the mode it asked for, only the schedule checks in to the Crons monitor, and
+Sentry events carry the build's release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PgSchema
+from notify_support import SentryEndpoint, reset_sentry
+from pytest_httpserver import HTTPServer
+from test_app import emf_blobs, invoke, runs_metric, scheduled_event, seed_mixed, set_lambda_env
+
+from handler import __version__
+from handler.app import requested_mode
+from handler.notify import sentry as sentry_module
+from handler.settings import ConfigError
+
+UNREACHABLE = "postgresql://cleanup:pw@127.0.0.1:1/app"
+
+
+@pytest.fixture
+def mixed(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
+    seed_mixed(pg)
+    set_lambda_env(monkeypatch, pg)
+    return pg
+
+
+@pytest.fixture
+def sentry(httpserver: HTTPServer) -> Iterator[SentryEndpoint]:
+    reset_sentry()
+    yield SentryEndpoint(httpserver).install()
+    reset_sentry()
+
+
+# --- a failed run keeps its mode ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "env", "mode"),
+    [
+        pytest.param(
+            "scheduled", {"CLEANUP_MAX_DELETE_FRACTION": "0"}, "live", id="schedule-bad-setting"
+        ),
+        pytest.param(
+            "scheduled",
+            {"CLEANUP_MAX_DELETE_FRACTION": "0", "CLEANUP_DRY_RUN": "true"},
+            "dry_run",
+            id="dry-schedule-bad-setting",
+        ),
+        pytest.param({"dry_run": False, "retention_days": 0}, {}, "live", id="live-bad-flag"),
+        pytest.param({"dry_run": True, "retention": 40}, {}, "dry_run", id="dry-unknown-flag"),
+        pytest.param({"dry_run": "no"}, {}, "dry_run", id="flag-of-the-wrong-type"),
+    ],
+)
+def test_a_run_refused_for_its_settings_or_flags_is_counted_in_its_mode(
+    mixed: PgSchema,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    event: object,
+    env: dict[str, str],
+    mode: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError):
+        invoke(scheduled_event() if event == "scheduled" else event)
+    run = runs_metric(emf_blobs(capsys.readouterr().out))
+    # The dashboard's "failed" line and the alarms watch the scheduled mode's series.
+    assert (run["status"], run["mode"]) == ("failed", mode)
+
+
+def test_the_requested_mode_agrees_with_the_parsed_request() -> None:
+    assert requested_mode(scheduled_event(), {}) == "live"
+    assert requested_mode(scheduled_event(dry_run=True), {}) == "dry_run"
+    assert requested_mode(scheduled_event(), {"CLEANUP_DRY_RUN": "TRUE"}) == "dry_run"
+    assert requested_mode({}, {}) == "dry_run"
+    assert requested_mode({"dry_run": False}, {"CLEANUP_DRY_RUN": "true"}) == "live"
+    assert requested_mode([], {}) == "dry_run"
+
+
+def test_a_failed_scheduled_run_is_counted_live_when_the_database_is_unreachable(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", UNREACHABLE)
+    monkeypatch.setenv("CLEANUP_CONNECT_TIMEOUT_S", "2")
+    with pytest.raises(Exception, match="connect"):
+        invoke(scheduled_event())
+    run = runs_metric(emf_blobs(capsys.readouterr().out))
+    assert (run["status"], run["mode"]) == ("failed", "live")
+
+
+# --- Sentry Crons: the schedule only --------------------------------------------------------------
+
+
+def test_a_dry_run_by_hand_reports_to_sentry_without_a_check_in(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    invoke({"dry_run": True})
+    assert sentry.checkins() == []
+    assert [e["level"] for e in sentry.events()] == ["info"]
+
+
+def test_a_failed_run_by_hand_leaves_the_monitor_alone(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    monkeypatch.setenv("DATABASE_URL", UNREACHABLE)
+    monkeypatch.setenv("CLEANUP_CONNECT_TIMEOUT_S", "2")
+    with pytest.raises(Exception, match="connect"):
+        invoke({"dry_run": True})
+    assert sentry.checkins() == []
+    (failure,) = sentry.events()
+    assert failure["level"] == "error"
+
+
+def test_a_failed_scheduled_run_checks_in_an_error(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    monkeypatch.setenv("DATABASE_URL", UNREACHABLE)
+    monkeypatch.setenv("CLEANUP_CONNECT_TIMEOUT_S", "2")
+    with pytest.raises(Exception, match="connect"):
+        invoke(scheduled_event())
+    checkins = sentry.checkins()
+    assert [c["status"] for c in checkins] == ["in_progress", "error"]
+    assert checkins[0]["check_in_id"] == checkins[1]["check_in_id"]
+    assert checkins[1]["duration"] >= 0
+
+
+# --- release ------------------------------------------------------------------------------------
+
+
+def test_sentry_events_carry_the_release_of_the_build(
+    mixed: PgSchema,
+    monkeypatch: pytest.MonkeyPatch,
+    sentry: SentryEndpoint,
+    tmp_path: Path,
+) -> None:
+    build_commit = tmp_path / "BUILD_COMMIT"
+    build_commit.write_text("0123456789ab\n")
+    monkeypatch.setattr(sentry_module, "BUILD_COMMIT", build_commit)
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    invoke(scheduled_event())
+    release = f"keys-cleanup@{__version__}+0123456789ab"
+    assert {e.get("release") for e in sentry.events()} == {release}
+    assert {c.get("release") for c in sentry.checkins()} == {release}
+
+
+def test_without_a_build_the_release_is_the_package_version(tmp_path: Path) -> None:
+    assert sentry_module.BUILD_COMMIT.name == "BUILD_COMMIT"
+    assert not sentry_module.BUILD_COMMIT.exists(), "a checkout has no BUILD_COMMIT"
+    assert sentry_module.release() == f"keys-cleanup@{__version__}"
