@@ -338,7 +338,7 @@ class Settings(BaseModel):
         # An empty value means "not set", except where empty has a meaning of its own:
         # no key-type column.
         values = {k: v for k, v in values.items() if v.strip() != "" or k in _EMPTY_MEANS_NONE}
-        values["config_warnings"] = tuple(unknown_variables(env, names))
+        values["config_warnings"] = (*unknown_variables(env, names), *half_configured(values))
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
@@ -364,6 +364,20 @@ class Settings(BaseModel):
     @property
     def auth_table_parts(self) -> tuple[str | None, str] | None:
         return None if self.auth_table is None else _split_table(self.auth_table)
+
+
+def half_configured(values: Mapping[str, Any]) -> list[str]:
+    """A warning when Telegram has a token but no chat, or a chat but no token: it stays off."""
+    token = "TELEGRAM_BOT_TOKEN" in values or "TELEGRAM_BOT_TOKEN_PARAMETER" in values
+    chat = "TELEGRAM_CHAT_ID" in values
+    if token and not chat:
+        return ["Telegram is off: a bot token is set but TELEGRAM_CHAT_ID is empty"]
+    if chat and not token:
+        return [
+            "Telegram is off: TELEGRAM_CHAT_ID is set but neither TELEGRAM_BOT_TOKEN nor "
+            "TELEGRAM_BOT_TOKEN_PARAMETER is"
+        ]
+    return []
 
 
 def unknown_variables(env: Mapping[str, str], known: set[str]) -> list[str]:

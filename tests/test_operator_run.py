@@ -12,7 +12,15 @@ import pytest
 from conftest import PgSchema
 from notify_support import SentryEndpoint, reset_sentry
 from pytest_httpserver import HTTPServer
-from test_app import emf_blobs, invoke, runs_metric, scheduled_event, seed_mixed, set_lambda_env
+from test_app import (
+    captured_logs,
+    emf_blobs,
+    invoke,
+    runs_metric,
+    scheduled_event,
+    seed_mixed,
+    set_lambda_env,
+)
 
 from handler import __version__
 from handler.app import requested_mode
@@ -155,3 +163,37 @@ def test_without_a_build_the_release_is_the_package_version(tmp_path: Path) -> N
     assert sentry_module.BUILD_COMMIT.name == "BUILD_COMMIT"
     assert not sentry_module.BUILD_COMMIT.exists(), "a checkout has no BUILD_COMMIT"
     assert sentry_module.release() == f"keys-cleanup@{__version__}"
+
+
+# --- Telegram half configured -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({"TELEGRAM_BOT_TOKEN": "123456:secret-token-value"}, "TELEGRAM_CHAT_ID is empty"),
+        (
+            {"TELEGRAM_BOT_TOKEN_PARAMETER": "arn:aws:secretsmanager:eu-west-1:1:secret:t"},
+            "TELEGRAM_CHAT_ID is empty",
+        ),
+        ({"TELEGRAM_CHAT_ID": "-1001234567890"}, "TELEGRAM_BOT_TOKEN"),
+    ],
+)
+def test_a_half_configured_telegram_is_a_warning_and_a_report_note(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], missing: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TELEGRAM_NOTIFY_DRY_RUN", "true")
+    with captured_logs() as logs:
+        result = invoke({"dry_run": True})
+    (note,) = [n for n in result["notes"] if n.startswith("Telegram is off")]
+    assert missing in note
+    warnings = [r for r in logs() if r["level"] == "WARNING"]
+    assert [w.get("detail") for w in warnings] == [note]
+    assert "secret-token-value" not in str(logs()) + str(result)
+
+
+def test_a_fully_configured_or_absent_telegram_adds_no_note(mixed: PgSchema) -> None:
+    result = invoke({"dry_run": True})
+    assert not [n for n in result["notes"] if "Telegram" in n]
