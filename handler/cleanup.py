@@ -83,6 +83,7 @@ class _Run:
         self.retention_days = flags.retention_days or settings.retention_days
         self.started = time.monotonic()
         self.notes: list[str] = list(settings.config_warnings)
+        self.live_run_would_fail = False
         self.orphan_rule: OrphanRule = "off"
         self.orphaned: list[db.TenantCounts] = []
         self.auth: db.AuthTable | None = None
@@ -106,7 +107,12 @@ class _Run:
 
     def _report(self, **fields: object) -> Report:
         return Report.model_validate(
-            {**fields, "notes": list(self.notes), "duration_ms": self._duration_ms()}
+            {
+                **fields,
+                "notes": list(self.notes),
+                "live_run_would_fail": self.live_run_would_fail,
+                "duration_ms": self._duration_ms(),
+            }
         )
 
     def execute(self, conn: db.Conn) -> Report:
@@ -133,6 +139,8 @@ class _Run:
             raise ConfigError(str(exc)) from None
         self._check_rule_columns(target)
         self._check_timezone(target)
+        if self.flags.dry_run:
+            self._check_live_privileges(conn, target)
 
         if not db.try_lock(conn, target):
             return self._report(
@@ -182,6 +190,26 @@ class _Run:
             self.notes.append(
                 f"CLEANUP_EXPIRES_COLUMN={s.expires_column}: no such column in "
                 f"{target.qualified}; the TTL rule is off"
+            )
+
+    def _check_live_privileges(self, conn: db.Conn, target: db.Target) -> None:
+        """A dry run says when the same run live would fail, or lose its history, for a grant.
+
+        A dry run needs only SELECT; without this, a role that cannot delete reports "would
+        delete 4,117" and the first live run fails with permission denied.
+        """
+        s = self.settings
+        history = s.history_table_parts if s.history_enabled else None
+        fatal, lacking = db.missing_live_privileges(conn, target, history)
+        if fatal:
+            self.live_run_would_fail = True
+            self.notes.append(
+                "a live run would fail: this role lacks " + ", ".join(fatal) + " (see the grants "
+                "in docs/safety.md#least-privilege)"
+            )
+        if lacking:
+            self.notes.append(
+                "a live run would not record its run history: this role lacks " + ", ".join(lacking)
             )
 
     def _check_timezone(self, target: db.Target) -> None:

@@ -33,6 +33,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 3
+EXIT_LIVE_WOULD_FAIL = 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,7 +142,10 @@ class _ProgressLine:
 
 
 def exit_code(report: Report) -> int:
-    """3 when the safety guard stopped the run, or would stop it live (a dry run); else 0."""
+    """4 when a dry run found that a live run would fail for a missing privilege; 3 when the
+    safety guard stopped the run, or would stop it live (a dry run); else 0."""
+    if report.live_run_would_fail:
+        return EXIT_LIVE_WOULD_FAIL
     return EXIT_ABORTED if report.stopped_by_guard else EXIT_OK
 
 

@@ -1201,6 +1201,57 @@ def history_exists(conn: Conn, schema: str | None, name: str) -> bool:
     return _one(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident,)))[0] is True
 
 
+def missing_live_privileges(
+    conn: Conn, target: Target, history: tuple[str | None, str] | None
+) -> tuple[list[str], list[str]]:
+    """What a live run needs that this role lacks: (fatal, history), as `PRIVILEGE on object`.
+
+    Fatal: DELETE on the key table (the first batch would fail with permission denied).
+    History (a live run goes on without it, with a note): SELECT and INSERT on the history
+    table and USAGE on its id sequence, or CREATE on the schema it would be created in.
+    """
+    fatal: list[str] = []
+    if not _one(conn.execute("SELECT has_table_privilege(%s::oid, 'DELETE')", (target.oid,)))[0]:
+        fatal.append(f"DELETE on {target.qualified}")
+    if history is None:
+        return fatal, []
+    schema, name = history
+    ident = history_ident(schema, name).as_string(conn)
+    row = _one(
+        conn.execute(
+            """
+            SELECT c.oid IS NOT NULL, n.nspname, c.relname,
+                   has_table_privilege(c.oid, 'SELECT'), has_table_privilege(c.oid, 'INSERT'),
+                   s.seq, s.seq IS NULL OR has_sequence_privilege(s.seq, 'USAGE'),
+                   coalesce(%(schema)s, current_schema()),
+                   has_schema_privilege(coalesce(%(schema)s, current_schema()), 'CREATE')
+            FROM (SELECT to_regclass(%(ident)s) AS oid) r
+            LEFT JOIN pg_class c ON c.oid = r.oid
+            LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN LATERAL (SELECT pg_get_serial_sequence(%(ident)s, 'id') AS seq) s
+              ON c.oid IS NOT NULL
+            """,
+            {"ident": ident, "schema": schema},
+        )
+    )
+    exists, nsp, rel, can_select, can_insert, seq, can_use_seq, home, can_create = row
+    lacking: list[str] = []
+    if exists:
+        qualified = f"{nsp}.{rel}"
+        lacking += [
+            f"{p} on {qualified}"
+            for p, ok in (("SELECT", can_select), ("INSERT", can_insert))
+            if not ok
+        ]
+        if not can_use_seq:
+            lacking.append(f"USAGE on the sequence {seq}")
+    elif not can_create:
+        lacking.append(
+            f"CREATE on the schema {home} (to create {name}; or run keys-cleanup init-db)"
+        )
+    return fatal, lacking
+
+
 def create_history(conn: Conn, schema: str | None, name: str) -> None:
     table = history_ident(schema, name)
     conn.execute(

@@ -155,6 +155,9 @@ class Report(_Model):
     # The safety guard stopped this live run (status aborted), or would stop a live run with
     # these numbers (dry run, status completed).
     guard_triggered: bool = False
+    # A dry run found that this role lacks a privilege a live run needs (DELETE on the key
+    # table); a note names it. The CLI exits 4.
+    live_run_would_fail: bool = False
     event_id: str | None = None
     duplicate: bool = False  # this event already completed: acknowledged, not run, not notified
     trend: list[TrendPoint] = Field(default_factory=list)  # last runs, oldest first

@@ -102,6 +102,7 @@ def level_for(report: Report, settings: Settings) -> Level:
         report.deleted > settings.warning_threshold
         or report.status != "completed"
         or report.guard_triggered
+        or report.live_run_would_fail
     ):
         return "warning"
     return "info"
