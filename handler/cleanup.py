@@ -752,7 +752,9 @@ def run_cleanup(
     CleanupError for database failures; neither message holds a secret.
     """
     if settings.database_url is None:
-        raise ConfigError("DATABASE_URL is not set (or pass --database-url)")
+        raise ConfigError(
+            "no database: set DATABASE_URL or DATABASE_SECRET_ARN (or pass --database-url)"
+        )
     settings.check_flags(flags)
     dsn = settings.database_url.get_secret_value()
     check_database_url(dsn)  # --database-url and model_copy bypass the settings validator

@@ -1,12 +1,13 @@
 """`keys-cleanup`: argv -> flags -> run -> print. A dry run unless --execute.
 
-`keys-cleanup init-db` creates the run-history table; `keys-cleanup history` prints the trend.
-
-Subcommands: `keys-cleanup init-db` creates the run-history table; `keys-cleanup history` prints
-the trend per day.
+Subcommands: `keys-cleanup run` (the default: `keys-cleanup --execute` is `keys-cleanup run
+--execute`), `keys-cleanup init-db` creates the run-history table, `keys-cleanup history`
+prints the trend per day. The database: --database-url, else DATABASE_URL, else the
+RDS-style secret in DATABASE_SECRET_ARN (with AWS credentials), as the function reads it.
 
 Exit codes: 0 completed, partial or skipped; 1 unexpected failure; 2 bad input or
-configuration; 3 stopped by the safety guard (a dry run: a live run would be stopped).
+configuration; 3 stopped by the safety guard (a dry run: a live run would be stopped); 4 a dry
+run found that a live run would fail (the role lacks DELETE on the key table).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from handler import __version__, db
 from handler.cleanup import CleanupError, run_cleanup, trend_points
 from handler.deleteloop import Progress
 from handler.report import TREND_RUNS, Report, human_bytes, render_text, trend_lines
+from handler.secrets import SecretError, with_database_url
 from handler.settings import ConfigError, Flags, Settings
 
 EXIT_OK = 0
@@ -46,6 +48,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+DATABASE_HELP = "PostgreSQL URL (default: DATABASE_URL, else the secret in DATABASE_SECRET_ARN)"
+
+
+def _resolve_database(settings: Settings) -> Settings:
+    """DATABASE_URL as it is, else the URL built from DATABASE_SECRET_ARN, as the function does."""
+    if settings.database_url is None and settings.database_secret_arn:
+        return with_database_url(settings)
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="keys-cleanup",
@@ -55,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Other commands: `keys-cleanup init-db` (create the run-history table), "
-            "`keys-cleanup history` (the trend per day). "
+            "`keys-cleanup history` (the trend per day). `run` may be left out. "
+            "The database: --database-url, DATABASE_URL, or DATABASE_SECRET_ARN. "
             "Exit codes: 0 completed/partial/skipped, 1 failure, 2 bad input, 3 the safety "
-            "guard stopped the run (or, in a dry run, would stop a live one)."
+            "guard stopped the run (or, in a dry run, would stop a live one), 4 a dry run found "
+            "that a live run would fail (a missing DELETE grant)."
         ),
     )
     parser.add_argument("--execute", action="store_true", help="really delete (default: dry run)")
@@ -68,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="override the safety guard")
     parser.add_argument("--vacuum", action="store_true", help="VACUUM (ANALYZE) afterwards")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    parser.add_argument(
-        "--database-url", metavar="URL", help="PostgreSQL URL (default: DATABASE_URL)"
-    )
+    parser.add_argument("--database-url", metavar="URL", help=DATABASE_HELP)
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -179,6 +191,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             url = stack.enter_context(_demo_database(args.demo_rows, stderr))
         if url is not None:
             settings = settings.model_copy(update={"database_url": SecretStr(url)})
+        settings = _resolve_database(settings)
         if args.demo and "orphan_rule" not in settings.model_fields_set:
             # The demo seeds a logged-out tenant: show the (opt-in) orphan rule too.
             settings = settings.model_copy(update={"orphan_rule": True})
@@ -202,9 +215,7 @@ def build_admin_parser(command: str) -> argparse.ArgumentParser:
         "history": "Print the trend of live runs per day: keys, size, deleted, duration.",
     }
     parser = _Parser(prog=f"keys-cleanup {command}", description=descriptions[command])
-    parser.add_argument(
-        "--database-url", metavar="URL", help="PostgreSQL URL (default: DATABASE_URL)"
-    )
+    parser.add_argument("--database-url", metavar="URL", help=DATABASE_HELP)
     if command == "history":
         parser.add_argument("--days", type=int, default=30, help="how far back (default 30)")
         parser.add_argument("--json", action="store_true", help="print JSON")
@@ -214,11 +225,15 @@ def build_admin_parser(command: str) -> argparse.ArgumentParser:
 
 def _admin_connection(args: argparse.Namespace) -> tuple[Settings, db.Conn]:
     settings = Settings.from_env()
+    if args.database_url is None:
+        settings = _resolve_database(settings)
     url = args.database_url or (
         settings.database_url.get_secret_value() if settings.database_url else None
     )
     if url is None:
-        raise ConfigError("DATABASE_URL is not set (or pass --database-url)")
+        raise ConfigError(
+            "no database: set DATABASE_URL or DATABASE_SECRET_ARN (or pass --database-url)"
+        )
     try:
         return settings, db.connect(url, connect_timeout_s=settings.connect_timeout_s)
     except db.DatabaseError as exc:
@@ -301,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_admin_parser(argv[0]).parse_args(argv[1:])
         action = functools.partial(ADMIN_COMMANDS[argv[0]], args, stdout)
     else:
-        args = build_parser().parse_args(argv)
+        # `keys-cleanup run [flags]` and `keys-cleanup [flags]` are the same command.
+        args = build_parser().parse_args(argv[1:] if argv[:1] == ["run"] else argv)
         action = functools.partial(run, args, stdout, stderr)
     try:
         return action()
@@ -314,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         stderr.write(f"keys-cleanup: error: {exc}\n")
         return EXIT_BAD_INPUT
+    except SecretError as exc:  # names the setting and the AWS error, never a value
+        if args.debug:
+            raise
+        stderr.write(f"keys-cleanup: error: {exc}\n")
+        return EXIT_FAILURE
     except CleanupError as exc:
         if args.debug:
             raise

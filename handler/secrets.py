@@ -7,15 +7,13 @@ name the setting or the secret's field, never its content.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
 
 from aws_lambda_powertools.utilities import parameters
-from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 from botocore.config import Config  # botocore comes with boto3, which the runtime ships
+from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from handler.settings import ConfigError, Settings, format_validation_error
@@ -39,26 +37,45 @@ def is_secrets_manager(reference: str) -> bool:
     return _SECRETS_MANAGER_ARN.match(reference) is not None
 
 
-def _providers() -> None:
-    """Powertools' shared providers, built once with AWS_CONFIG instead of botocore's defaults.
+class _Providers:
+    """The process's Powertools providers, built with AWS_CONFIG instead of botocore's defaults.
 
-    Powertools' get_secret/get_parameter use the provider registered under these names (and its
-    cache) when one exists, so registering ours keeps the per-process cache.
+    Module-level, so their cache spans warm invocations; each is made on first use, because a
+    boto3 client made at import needs a region, which a local CLI run may not have.
     """
-    if "secrets" not in DEFAULT_PROVIDERS:
-        DEFAULT_PROVIDERS["secrets"] = parameters.SecretsProvider(boto_config=AWS_CONFIG)
-    if "ssm" not in DEFAULT_PROVIDERS:
-        DEFAULT_PROVIDERS["ssm"] = parameters.SSMProvider(boto_config=AWS_CONFIG)
+
+    def __init__(self) -> None:
+        self._secrets: parameters.SecretsProvider | None = None
+        self._ssm: parameters.SSMProvider | None = None
+
+    @property
+    def secrets(self) -> parameters.SecretsProvider:
+        if self._secrets is None:
+            self._secrets = parameters.SecretsProvider(boto_config=AWS_CONFIG)
+        return self._secrets
+
+    @property
+    def ssm(self) -> parameters.SSMProvider:
+        if self._ssm is None:
+            self._ssm = parameters.SSMProvider(boto_config=AWS_CONFIG)
+        return self._ssm
+
+    def reset(self) -> None:
+        """Forget the providers and their cached values (a new container, for the tests)."""
+        self._secrets = self._ssm = None
+
+
+PROVIDERS = _Providers()
 
 
 def get_secret(arn: str, max_age: int) -> str | bytes:
-    _providers()
-    return parameters.get_secret(arn, max_age=max_age)
+    value = PROVIDERS.secrets.get(arn, max_age=max_age)
+    return value if isinstance(value, str | bytes) else ""
 
 
 def get_parameter(name: str, max_age: int) -> str | bytes:
-    _providers()
-    return parameters.get_parameter(name, decrypt=True, max_age=max_age)
+    value = PROVIDERS.ssm.get(name, decrypt=True, max_age=max_age)
+    return value if isinstance(value, str | bytes) else ""
 
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -86,10 +103,10 @@ class RdsSecret(BaseModel):
 
 
 def conninfo_from_secret(secret: Mapping[str, Any]) -> SecretStr:
-    """A libpq connection URI from an RDS-style secret, every part percent-encoded.
+    """A libpq connection string from an RDS-style secret, built by psycopg's make_conninfo.
 
-    Encoding each component (not formatting the raw strings) keeps a password holding `@`,
-    `/`, `:`, `#`, `?`, `%`, spaces or quotes from changing where or how libpq connects.
+    make_conninfo quotes every value, so a password holding spaces, quotes, backslashes or
+    `host=` stays one value and cannot change where or how libpq connects.
     """
     try:
         fields = RdsSecret.model_validate(dict(secret))
@@ -99,28 +116,29 @@ def conninfo_from_secret(secret: Mapping[str, Any]) -> SecretStr:
             + format_validation_error(exc, prefix="field ")
             + ". An RDS-style secret holds host, port, username, password and dbname."
         ) from None
-    bare = fields.host.strip("[]")
-    # An IPv6 literal goes in brackets, as the URI syntax wants; a name is percent-encoded.
-    host = f"[{bare}]" if ":" in bare else quote(bare, safe="")
-    user = quote(fields.username, safe="")
-    password = quote(fields.password.get_secret_value(), safe="")
-    dbname = quote(fields.dbname, safe="")
-    query = urlencode({"sslmode": fields.sslmode})
-    return SecretStr(f"postgresql://{user}:{password}@{host}:{fields.port}/{dbname}?{query}")
+    return SecretStr(
+        make_conninfo(
+            "",
+            host=fields.host.strip("[]"),  # an IPv6 literal, written as in a URL
+            port=fields.port,
+            user=fields.username,
+            password=fields.password.get_secret_value(),
+            dbname=fields.dbname,
+            sslmode=fields.sslmode,
+        )
+    )
 
 
 def read_secret(arn: str) -> Mapping[str, Any]:
-    """The secret's JSON object, cached for SECRET_MAX_AGE_S across warm invocations."""
+    """The secret's JSON object (Powertools' json transform), cached for SECRET_MAX_AGE_S
+    across warm invocations."""
     try:
-        raw = get_secret(arn, max_age=SECRET_MAX_AGE_S)
+        data = PROVIDERS.secrets.get(arn, max_age=SECRET_MAX_AGE_S, transform="json")
+    except parameters.exceptions.TransformParameterError:
+        raise ConfigError("DATABASE_SECRET_ARN: the secret is not JSON") from None
     except parameters.exceptions.GetParameterError as exc:
         # Powertools' message is the AWS error (code and text), which holds no secret value.
         raise SecretError(f"DATABASE_SECRET_ARN: could not read the secret: {exc}") from exc
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise ConfigError("DATABASE_SECRET_ARN: the secret is not JSON") from None
     if not isinstance(data, dict):
         raise ConfigError("DATABASE_SECRET_ARN: the secret is not a JSON object")
     return data

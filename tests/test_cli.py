@@ -128,7 +128,7 @@ def test_missing_database_url_is_bad_input(
 ) -> None:
     monkeypatch.delenv("DATABASE_URL")
     assert main([]) == EXIT_BAD_INPUT
-    assert "DATABASE_URL is not set" in capsys.readouterr().err
+    assert "set DATABASE_URL or DATABASE_SECRET_ARN" in capsys.readouterr().err
 
 
 def test_skipped_run_exits_0(seeded: PgSchema, capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,7 +20,6 @@ from typing import Any, cast
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from moto import mock_aws
 from psycopg import sql
@@ -34,6 +33,7 @@ from handler.cli import EXIT_ABORTED, EXIT_BAD_INPUT, main
 from handler.notify import secrets as notify_secrets
 from handler.observability import report_fields
 from handler.report import render_text
+from handler.secrets import PROVIDERS
 from handler.settings import ConfigError, Flags, Settings
 from tests.conftest import KeyRow, PgSchema
 from tests.notify_support import capture_logs, find_log
@@ -387,11 +387,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    parameters.clear_caches()
-    parameters.base.DEFAULT_PROVIDERS.clear()
+    PROVIDERS.reset()
     yield
-    parameters.clear_caches()
-    parameters.base.DEFAULT_PROVIDERS.clear()
+    PROVIDERS.reset()
 
 
 @pytest.fixture

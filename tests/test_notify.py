@@ -11,7 +11,6 @@ from typing import Any
 import boto3
 import pytest
 import sentry_sdk
-from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
 from notify_support import (
     CHAT_ID,
@@ -33,6 +32,7 @@ from pytest_httpserver import HTTPServer
 
 from handler import notify
 from handler.notify import html
+from handler.secrets import PROVIDERS
 
 REGION = "eu-west-1"
 
@@ -55,10 +55,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "AWS_SESSION_TOKEN": "testing",
     }.items():
         monkeypatch.setenv(name, value)
-    parameters.clear_caches()
+    PROVIDERS.reset()
     with mock_aws():
         yield
-    parameters.clear_caches()
+    PROVIDERS.reset()
 
 
 def _closed_port() -> int:

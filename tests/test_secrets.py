@@ -11,13 +11,13 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities import parameters
 from conftest import KeyRow, PgSchema
 from moto import mock_aws
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from handler.secrets import (
+    PROVIDERS,
     SecretError,
     conninfo_from_secret,
     database_url,
@@ -38,14 +38,12 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    parameters.clear_caches()
-    # Powertools keeps one provider (and its boto3 client) per process: drop it, so the
-    # client is made inside this mock.
-    parameters.base.DEFAULT_PROVIDERS.clear()
+    # The process keeps its providers (and their boto3 clients and caches): drop them, so the
+    # clients are made inside this mock.
+    PROVIDERS.reset()
     with mock_aws():
         yield boto3.client("secretsmanager", region_name=REGION)
-    parameters.clear_caches()
-    parameters.base.DEFAULT_PROVIDERS.clear()
+    PROVIDERS.reset()
 
 
 def rds_secret(**fields: Any) -> dict[str, Any]:
@@ -145,7 +143,7 @@ def test_secret_is_cached_across_warm_invocations(aws: Any) -> None:
     second = database_url(Settings.from_env({"DATABASE_SECRET_ARN": arn}))
     # The second "invocation" used the cached value: no new Secrets Manager read.
     assert parsed(second)["password"] == parsed(first)["password"] == "s3cret-value"
-    parameters.clear_caches()  # a new container, or the cache's max age passed
+    PROVIDERS.reset()  # a new container, or the cache's max age passed
     third = database_url(Settings.from_env({"DATABASE_SECRET_ARN": arn}))
     assert parsed(third)["password"] == "rotated"
 

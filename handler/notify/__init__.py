@@ -60,7 +60,7 @@ def init(settings: Settings) -> None:
     if settings.telegram_bot_token is not None:
         secrets.register(settings.telegram_bot_token.get_secret_value())
     if settings.database_url is not None:
-        secrets.register_url(settings.database_url.get_secret_value())
+        secrets.register_conninfo(settings.database_url.get_secret_value())
     global _dsn_unreadable  # noqa: PLW0603 - see start_invocation
     if sentry.enabled() or not (settings.sentry_dsn or settings.sentry_dsn_parameter):
         return

@@ -13,6 +13,8 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from handler.secrets import get_parameter, get_secret, is_secrets_manager
@@ -59,6 +61,17 @@ def register_url(url: str | None, *, with_user: bool = False) -> None:
         register(url, parts.password, parts.username if with_user else None)
     except ValueError:
         register(url)
+
+
+def register_conninfo(conninfo: str | None) -> None:
+    """Register a database URL or `key=value` connection string, and its password."""
+    if not conninfo:
+        return
+    try:
+        password = conninfo_to_dict(conninfo).get("password")
+    except psycopg.ProgrammingError:  # not parseable: the whole string is all we know
+        password = None
+    register(conninfo, str(password) if password is not None else None)
 
 
 def redact(text: str) -> str:
