@@ -5,6 +5,9 @@ Sentry events carry the build's release.
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from handler.app import requested_mode
 from handler.notify import sentry as sentry_module
 from handler.settings import ConfigError
 
+REPO = Path(__file__).resolve().parent.parent
 UNREACHABLE = "postgresql://cleanup:pw@127.0.0.1:1/app"
 
 
@@ -197,3 +201,24 @@ def test_a_half_configured_telegram_is_a_warning_and_a_report_note(
 def test_a_fully_configured_or_absent_telegram_adds_no_note(mixed: PgSchema) -> None:
     result = invoke({"dry_run": True})
     assert not [n for n in result["notes"] if "Telegram" in n]
+
+
+# --- events/README.md: replaying the scheduled event ---------------------------------------------
+
+
+def test_the_events_readme_replays_the_scheduled_event_with_a_fresh_id(mixed: PgSchema) -> None:
+    text = (REPO / "events" / "README.md").read_text("utf-8")
+    (command,) = re.findall(r"^(python3 -c .*) > /tmp/scheduled\.json$", text, re.MULTILINE)
+    fresh = subprocess.run(
+        ["/bin/sh", "-c", command], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    original = json.loads((REPO / "events" / "scheduled.json").read_text())
+    replay = json.loads(fresh)
+    assert replay["id"] != original["id"]
+    assert {k: v for k, v in replay.items() if k != "id"} == {
+        k: v for k, v in original.items() if k != "id"
+    }
+    assert invoke(original)["status"] == "completed"
+    again = invoke(original)
+    assert (again["status"], again["duplicate"]) == ("skipped", True)
+    assert invoke(replay)["duplicate"] is False

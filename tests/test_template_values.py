@@ -192,3 +192,11 @@ def test_inside_a_vpc_the_role_gets_the_network_interface_actions_and_no_more() 
 def test_logs_and_queues_outlive_the_stack(resource: str) -> None:
     assert RESOURCES[resource]["DeletionPolicy"] == "Retain"
     assert RESOURCES[resource]["UpdateReplacePolicy"] == "Retain"
+
+
+def test_every_parameter_is_in_one_console_group() -> None:
+    groups = TEMPLATE["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(TEMPLATE["Parameters"])
+    database = next(g for g in groups if g["Label"]["default"] == "Database")["Parameters"]
+    assert {"AuthTableName", "TimestampTimezone"} <= set(database)
