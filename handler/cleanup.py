@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from handler import db, lifecycle, rules
-from handler.deleteloop import DeleteLoop, ProgressFn, remaining_ms, type_name
+from handler.deleteloop import DeleteLoop, Measured, ProgressFn, remaining_ms, type_name
 from handler.report import (
     TREND_RUNS,
     KeptKeys,
@@ -40,6 +40,9 @@ from handler.settings import (
 DEFAULT_AUTH_TABLE = "whatsapp_auth"
 # VACUUM is skipped with less time than this left: started, it would only be cancelled.
 MIN_VACUUM_BUDGET_MS = 10_000
+# The orphan rule takes a tenant only when a run at least this much earlier found it orphaned
+# too (and every run since): a reload, restore or migration of the auth table is over by then.
+ORPHAN_CONFIRM_AFTER = timedelta(hours=1)
 
 
 # How an unreadable auth table is described in the refusal note.
@@ -48,7 +51,13 @@ _AUTH_PROBLEMS: dict[type[Exception], str] = {
     pg_errors.InsufficientPrivilege: "permission denied: grant SELECT on it to the job's role",
     pg_errors.UndefinedColumn: "it has no tenant column (CLEANUP_TENANT_COLUMN)",
     pg_errors.UndefinedFunction: "its tenant column cannot be compared with the key table's",
+    pg_errors.IndeterminateCollation: "its tenant column's collation conflicts with the key "
+    "table's",
 }
+
+
+class _AuthLocked(Exception):
+    """The auth table's lock could not be had within the lock timeout."""
 
 
 class CleanupError(RuntimeError):
@@ -85,8 +94,13 @@ class _Run:
         self.notes: list[str] = list(settings.config_warnings)
         self.live_run_would_fail = False
         self.orphan_rule: OrphanRule = "off"
+        # The orphan rule's measured set (the tenants it takes), and the candidates this run
+        # found, recorded in the history for the next run's confirmation (None: not recorded).
         self.orphaned: list[db.TenantCounts] = []
+        self.candidates: list[str] | None = None
+        self.orphan_candidates = 0
         self.auth: db.AuthTable | None = None
+        self.auth_locked = False  # its lock timed out: neither the rule nor the creds read
 
     def _base(self, target: db.Target | None) -> dict[str, object]:
         s = self.settings
@@ -268,7 +282,7 @@ class _Run:
         try:
             if not db.history_exists(conn, schema, name):
                 db.create_history(conn, schema, name)
-            db.insert_history(conn, schema, name, history_row(report))
+            db.insert_history(conn, schema, name, history_row(report, self.candidates))
         except psycopg.Error as exc:
             if conn.broken:
                 raise
@@ -306,7 +320,7 @@ class _Run:
             protected=tuple(s.protected_key_types) if s.key_type_column else (),
             type_cutoffs={t: edges[d] for t, d in overrides.items()},
             expires_now=now if target.expires_column else None,
-            orphans=self._orphan_rule(conn, target, edges[s.orphan_grace_days]),
+            orphans=self._orphan_rule(conn, target, edges[s.orphan_grace_days], now),
             lifecycle=self._lifecycle(conn, target),
         )
         return policy, now, edges
@@ -339,9 +353,13 @@ class _Run:
             )
         elif (kind := self.auth.columns[s.creds_column]) not in db.JSON_TYPES | db.TEXT_TYPES:
             problem = f"{self.auth.qualified}.{s.creds_column} is {kind}, not JSON or text"
+        elif self.auth_locked:
+            problem = self._locked_problem(self.auth.qualified)
         else:
             try:
                 rows = db.read_creds(conn, self.auth, s.tenant_column, s.creds_column)
+            except pg_errors.LockNotAvailable:
+                problem = self._locked_problem(self.auth.qualified)
             except psycopg.Error as exc:
                 if conn.broken:
                     raise
@@ -370,11 +388,20 @@ class _Run:
             return self.settings.type_retention_days[key_type]
         return self.retention_days
 
-    def _orphan_rule(self, conn: db.Conn, target: db.Target, cutoff: datetime) -> db.Orphans | None:
+    def _locked_problem(self, table: str) -> str:
+        return (
+            f"{table} is locked by another session (waited CLEANUP_LOCK_TIMEOUT_MS="
+            f"{self.settings.lock_timeout_ms:,}; is it being reloaded?)"
+        )
+
+    def _orphan_rule(
+        self, conn: db.Conn, target: db.Target, cutoff: datetime, now: datetime
+    ) -> db.Orphans | None:
         """The orphan rule, or None when it is off or its auth table is refused (with a note).
 
         An auth table that cannot be read is a note, never a failed run: the age and TTL rules
-        do not need it.
+        do not need it. The rule's tenants are, for now, the candidates the earlier runs
+        recorded; the measuring pass narrows them to the measured set.
         """
         s = self.settings
         if not s.orphan_rule:
@@ -386,8 +413,12 @@ class _Run:
             orphans = None
         else:
             orphans = db.Orphans(self.auth.schema, self.auth.name, cutoff)
+            problem = self._collation_problem(conn, target, self.auth)
             try:
-                has_tenants = db.auth_has_tenants(conn, target, orphans)
+                has_tenants = problem is None and db.auth_has_tenants(conn, target, orphans)
+            except pg_errors.LockNotAvailable:
+                self.auth_locked = True
+                problem = self._locked_problem(self.auth.qualified)
             except psycopg.Error as exc:
                 if conn.broken:
                     raise
@@ -400,32 +431,136 @@ class _Run:
             tenants=0,
             max_fraction=s.max_orphan_tenant_fraction,
         )
-        if refusal is not None:
-            self.notes.append(refusal)
+        if refusal is None and not s.history_enabled:
+            refusal = (
+                "orphan rule refused: it takes a tenant only when a run at least "
+                f"{_hours(ORPHAN_CONFIRM_AFTER)} earlier found it orphaned too, and that needs "
+                "the run history (CLEANUP_HISTORY=false); nothing is deleted by it"
+            )
+        if refusal is not None or orphans is None:
+            self.notes.append(refusal or "orphan rule refused")
             self.orphan_rule = "refused"
             return None
-        return orphans
+        earlier = self._earlier_candidates(conn, target, now)
+        return replace(orphans, tenants=tuple(sorted(earlier or ())))
+
+    def _collation_problem(
+        self, conn: db.Conn, target: db.Target, auth: db.AuthTable
+    ) -> str | None:
+        """Two tenant columns of different explicit collations: PostgreSQL cannot compare them
+        (IndeterminateCollation), and either collation could decide what "equal" means."""
+        column = self.settings.tenant_column
+        ours = db.column_collation(conn, target.oid, column)
+        theirs = db.column_collation(conn, auth.oid, column)
+        if ours is None or theirs is None or ours == theirs or "default" in (ours, theirs):
+            return None
+        return (
+            f'its tenant column is COLLATE "{theirs}" and {target.qualified}.{column} '
+            f'COLLATE "{ours}": tenant ids cannot be compared; give both the same collation'
+        )
+
+    def _earlier_candidates(
+        self, conn: db.Conn, target: db.Target, now: datetime
+    ) -> set[str] | None:
+        """The tenants that the last run at least ORPHAN_CONFIRM_AFTER ago, and every run
+        since, recorded as orphan candidates; None when none did (or the history is not
+        readable: a note)."""
+        schema, name = self.settings.history_table_parts
+        try:
+            if not db.history_exists(conn, schema, name):
+                return None
+            runs = db.orphan_candidates(
+                conn, schema, name, target.qualified, now - ORPHAN_CONFIRM_AFTER
+            )
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            self.notes.append(
+                f"run history not readable ({type(exc).__name__}): the orphan rule cannot "
+                "confirm any tenant, and deletes nothing this run"
+            )
+            return None
+        if runs is None:
+            return None
+        confirmed = set(runs[0])
+        for later in runs[1:]:
+            confirmed &= set(later)
+        return confirmed
+
+    def _measure(
+        self, conn: db.Conn, target: db.Target, edges: list[datetime], policy: db.Policy
+    ) -> tuple[db.Measurement, db.Policy]:
+        """The measuring pass. With the orphan rule, the auth table's lock is taken first: if
+        it cannot be had within the lock timeout, the rule is refused (a note) and the pass
+        runs without it."""
+        by_tenant = self.settings.top_tenants > 0
+        if policy.orphans is None:
+            return db.measure(conn, target, edges, policy, by_tenant=by_tenant), policy
+        orphans = policy.orphans
+        try:
+            with conn.transaction():
+                try:
+                    db.lock_shared(conn, orphans.ident)
+                except pg_errors.LockNotAvailable as exc:
+                    raise _AuthLocked from exc
+                return db.measure(conn, target, edges, policy, by_tenant=True), policy
+        except _AuthLocked:
+            self.notes.append(
+                f"orphan rule refused: auth table {self._locked_problem(orphans.qualified)} "
+                "during the measuring pass; the other rules go on"
+            )
+            self.orphan_rule = "refused"
+            policy = replace(policy, orphans=None)
+            return db.measure(conn, target, edges, policy, by_tenant=by_tenant), policy
 
     def _check_orphan_share(self, policy: db.Policy, tenants: list[db.TenantCounts]) -> db.Policy:
-        """The policy without the orphan rule when it would orphan too many tenants."""
+        """The policy with the orphan rule's measured set, or without the rule when it would
+        orphan too large a share of the tenants, or more than CLEANUP_MAX_ORPHAN_TENANTS."""
+        s = self.settings
         self.orphaned = rules.orphaned_tenants(tenants)
         if policy.orphans is None:
             return policy
+        candidates = sorted(
+            t.tenant for t in tenants if t.without_auth and not t.fresh and t.tenant is not None
+        )
+        self.orphan_candidates = len(candidates)
+        without_auth = [t for t in tenants if t.without_auth and t.tenant is not None]
+        would = sum(t.orphaned for t in self.orphaned)
         refusal = rules.orphan_refusal(
-            auth_table=f"{policy.orphans.schema}.{policy.orphans.table}",
+            auth_table=policy.orphans.qualified,
             problem=None,
             has_tenants=True,
-            orphaned_tenants=len(self.orphaned),
+            orphaned_tenants=len(without_auth),
             tenants=sum(1 for t in tenants if t.tenant is not None),
-            max_fraction=self.settings.max_orphan_tenant_fraction,
+            max_fraction=s.max_orphan_tenant_fraction,
         )
         if refusal is not None:
-            would = sum(t.orphaned for t in self.orphaned)
             self.notes.append(f"{refusal} It would have taken {would:,} keys.")
             self.orphan_rule = "refused"
             return replace(policy, orphans=None)
+        # The auth table looked sane: this run's candidates confirm the next run's.
+        self.candidates = candidates
+        if len(self.orphaned) > s.max_orphan_tenants:
+            self.notes.append(
+                f"orphan rule refused: {len(self.orphaned):,} tenants are orphaned (no auth row, "
+                f"no key touched for {s.orphan_grace_days}d, on two runs), above "
+                f"CLEANUP_MAX_ORPHAN_TENANTS={s.max_orphan_tenants:,}; it would have taken "
+                f"{would:,} keys. Check them, then raise the setting for one run"
+            )
+            self.orphan_rule = "refused"
+            return replace(policy, orphans=None)
         self.orphan_rule = "applied"
-        return policy
+        waiting = len(candidates) - len(self.orphaned)
+        if waiting > 0:
+            self.notes.append(
+                f"orphan rule: {waiting:,} tenant{'' if waiting == 1 else 's'} without an auth "
+                f"row and no key touched for {s.orphan_grace_days}d recorded; to confirm, a run "
+                f"at least {_hours(ORPHAN_CONFIRM_AFTER)} later must find "
+                f"{'it' if waiting == 1 else 'them'} so again before their keys go"
+                + ("" if s.history_enabled and not self.flags.dry_run else " (a live run records)")
+            )
+        ids = tuple(t.tenant for t in self.orphaned if t.tenant is not None)
+        return replace(policy, orphans=replace(policy.orphans, tenants=ids))
 
     def _rule_fields(
         self,
@@ -446,6 +581,7 @@ class _Run:
             "orphan_grace_days": s.orphan_grace_days if s.orphan_rule else None,
             "orphaned": total.orphaned,
             "orphaned_tenants": len(ids),
+            "orphan_candidates": self.orphan_candidates,
             "orphaned_tenant_ids": ids[: rules.MAX_ORPHANED_TENANT_IDS]
             if self.flags.verbose
             else [],
@@ -456,13 +592,7 @@ class _Run:
         s, flags = self.settings, self.flags
         policy, now, edges = self._policy(conn, target)
         before_sizes = db.sizes(conn, target)
-        measured = db.measure(
-            conn,
-            target,
-            list(edges.values()),
-            policy,
-            by_tenant=s.top_tenants > 0 or policy.orphans is not None,
-        )
+        measured, policy = self._measure(conn, target, list(edges.values()), policy)
         counts = measured.types
         policy = self._check_orphan_share(policy, measured.tenants)
         orphans = db.applies_orphans(target, policy)
@@ -556,11 +686,16 @@ class _Run:
         before = fields["before"]
         if not isinstance(before, TableStats):  # pragma: no cover - set by _locked
             raise TypeError("before-run measurement missing")
+        # Each rule deletes at most what it was measured to take (plus a margin): the orphan
+        # rule's tenants' eligible keys, and the others'.
+        of_orphans = sum(t.eligible + t.orphan_extra for t in self.orphaned)
+        applied = db.applies_orphans(target, policy)
         loop = DeleteLoop(
             conn,
             target,
             policy,
             now,
+            measured=Measured(eligible - of_orphans, of_orphans) if applied else Measured(eligible),
             settings=s,
             deadline=self.deadline,
             pages_total=before_sizes.pages,
@@ -605,6 +740,7 @@ class _Run:
             status=status,
             reason=loop.reason,
             deleted=deleted,
+            orphaned_deleted=loop.orphaned,
             after=after,
             by_type=final_by_type,
             released_bytes=(before.total_bytes - after.total_bytes) if after else 0,
@@ -711,7 +847,12 @@ def trend_points(runs: list[db.RunPoint]) -> list[TrendPoint]:
     ]
 
 
-def history_row(report: Report) -> db.HistoryRow:
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:g} hour{'' if hours == 1 else 's'}"
+
+
+def history_row(report: Report, orphan_candidates: list[str] | None = None) -> db.HistoryRow:
     return db.HistoryRow(
         event_id=report.event_id,
         target_table=report.table,
@@ -725,6 +866,7 @@ def history_row(report: Report) -> db.HistoryRow:
         deleted=report.deleted,
         duration_ms=report.duration_ms,
         report_json=report.model_dump_json(),
+        orphan_candidates=orphan_candidates,
     )
 
 

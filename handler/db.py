@@ -75,15 +75,33 @@ class Target:
 
 @dataclass(frozen=True)
 class Orphans:
-    """The orphan rule: keys of a tenant with no row in the auth table, untouched since cutoff."""
+    """The orphan rule: keys of a tenant with no row in the auth table, untouched since cutoff.
+
+    `tenants` are the tenants it may take, by their ids as text (`tenant::text`): before the
+    measuring pass, the ones the earlier runs recorded; after it, the measured set. Every
+    statement compares them in the key table's own type (`tenant = ANY('{...}')`, the literal
+    read by that type's input function), as it compares the auth table's ids.
+    """
 
     schema: str | None
     table: str
     cutoff: datetime
+    tenants: tuple[str, ...] = ()
 
     @property
     def ident(self) -> sql.Composable:
         return history_ident(self.schema, self.table)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+
+def array_literal(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of `values`, each element quoted. Passed as a str, psycopg
+    sends it untyped, so the server reads it with the compared column's array type."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,7 @@ class Policy:
             params["expires_now"] = self.expires_now
         if self.orphans is not None:
             params["orphan_cutoff"] = self.orphans.cutoff
+            params["orphan_tenants"] = array_literal(self.orphans.tenants)
         for i, (key_type, cutoff) in enumerate(sorted(self.type_cutoffs.items())):
             params[f"type_{i}"] = key_type
             params[f"type_cutoff_{i}"] = cutoff
@@ -403,6 +422,16 @@ def applies_ttl(target: Target, policy: Policy) -> bool:
 
 
 def applies_orphans(target: Target, policy: Policy) -> bool:
+    """True when the orphan rule may delete: it has a measured set of tenants."""
+    return (
+        policy.orphans is not None
+        and target.tenant_column is not None
+        and bool(policy.orphans.tenants)
+    )
+
+
+def measures_orphans(target: Target, policy: Policy) -> bool:
+    """True when the measuring pass looks for orphaned tenants (their set may be empty)."""
     return policy.orphans is not None and target.tenant_column is not None
 
 
@@ -439,21 +468,35 @@ def _orphan_quiet(target: Target, policy: Policy) -> sql.Composable:
     ).format(tenant=_tenant(target), ts=ts, first=FIRST_TIMESTAMP)
 
 
-def _orphaned(target: Target, policy: Policy) -> sql.Composable:
-    """The orphan rule: quiet, and its tenant has no row in the auth table at this statement.
+def in_orphan_set(target: Target) -> sql.Composable:
+    """TRUE for a key of a tenant in the measured set, compared in the tenant column's type."""
+    return sql.SQL("coalesce({tenant} = ANY (%(orphan_tenants)s), false)").format(
+        tenant=_tenant(target)
+    )
 
-    NOT EXISTS is evaluated by each DELETE, so a tenant whose creds row appears between two
-    batches keeps its keys.
+
+def _no_auth_row(target: Target, orphans: Orphans, tenant: sql.Composable) -> sql.Composable:
+    """TRUE when the auth table has no row for `tenant`: the one comparison of tenant ids, the
+    same in the measuring pass (per group) and in each DELETE (per key)."""
+    return sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM {auth} AS kc_auth WHERE kc_auth.{col} = {tenant})"
+    ).format(auth=orphans.ident, col=sql.Identifier(target.tenant_column or ""), tenant=tenant)
+
+
+def _orphaned(target: Target, policy: Policy) -> sql.Composable:
+    """The orphan rule: a key of a tenant in the measured set, quiet, and the tenant has no row
+    in the auth table at this statement.
+
+    The set was fixed by the measuring pass, so a tenant that loses its auth row during the run
+    waits for the next one; NOT EXISTS is evaluated by each DELETE, so a tenant whose creds row
+    appears between two batches keeps its keys.
     """
     if not applies_orphans(target, policy) or policy.orphans is None:
         return sql.SQL("false")
-    return sql.SQL(
-        "({quiet} AND NOT EXISTS (SELECT 1 FROM {auth} AS kc_auth WHERE kc_auth.{col} = {tenant}))"
-    ).format(
+    return sql.SQL("({member} AND {quiet} AND {no_auth})").format(
+        member=in_orphan_set(target),
         quiet=_orphan_quiet(target, policy),
-        auth=policy.orphans.ident,
-        col=sql.Identifier(target.tenant_column or ""),
-        tenant=_tenant(target),
+        no_auth=_no_auth_row(target, policy.orphans, _tenant(target)),
     )
 
 
@@ -652,6 +695,12 @@ class TenantCounts:
     orphaned: int
     orphan_extra: int
     without_auth: bool  # no row in the auth table (whatever the keys' ages)
+    # Keys touched since the orphan grace cutoff (an infinite timestamp counts): a tenant
+    # with any is not orphaned, whatever its other keys' ages.
+    fresh: int = 0
+    # In the measured set: without an auth row, no fresh key, and among the tenants the
+    # earlier runs recorded (Orphans.tenants). Its quiet keys are `orphaned`.
+    confirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -700,7 +749,7 @@ def measure(
     ts = timestamp_expr(target)
     ok = in_range(ts)
     ttl = applies_ttl(target, policy)
-    orphans = applies_orphans(target, policy) and policy.orphans is not None
+    orphans = measures_orphans(target, policy) and policy.orphans is not None
     by_tenant = (by_tenant or orphans) and target.tenant_column is not None
     grace = policy.orphans.cutoff if policy.orphans is not None else policy.cutoff
     cutoffs = {t: c for t, c in policy.type_cutoffs.items() if t not in policy.protected}
@@ -739,6 +788,11 @@ def measure(
         sql.SQL("count({ts}) - count(*) FILTER (WHERE {ok}) AS oor").format(ts=ts, ok=ok),
         *newer("n", sql.SQL("")),
     ]
+    inner.append(
+        sql.SQL("count(*) FILTER (WHERE {ts} >= %(orphan_cutoff)s) AS fresh").format(ts=ts)
+        if orphans
+        else sql.SQL("0 AS fresh")
+    )
     if ttl:
         inner += [
             sql.SQL("count(*) FILTER (WHERE {x}) AS x").format(x=expired),
@@ -828,20 +882,16 @@ def measure(
     def lower(c: datetime) -> datetime:
         return min(c, grace)
 
-    # Unqualified: the rows may come from the kc_rows subquery.
-    tenant = (
-        sql.SQL("{}::text").format(sql.Identifier(target.tenant_column or ""))
-        if by_tenant
-        else sql.SQL("NULL::text")
-    )
-    lost = sql.SQL("false")
-    joined: sql.Composable = sql.SQL("g")
+    # Unqualified: the rows may come from the kc_rows subquery. In its own type: the auth
+    # table and the measured set are compared with it as each DELETE compares them.
+    tenant = sql.Identifier(target.tenant_column or "") if by_tenant else sql.SQL("NULL::text")
+    noauth: sql.Composable = sql.SQL("false")
+    member: sql.Composable = sql.SQL("false")
     if orphans and policy.orphans is not None:
-        lost = sql.SQL("(g.tn IS NOT NULL AND kc_auth.kc_tenant IS NULL)")
-        joined = sql.SQL(
-            "g LEFT JOIN (SELECT DISTINCT {col}::text AS kc_tenant FROM {auth}) AS kc_auth "
-            "ON kc_auth.kc_tenant = g.tn"
-        ).format(col=sql.Identifier(target.tenant_column or ""), auth=policy.orphans.ident)
+        noauth = sql.SQL("(g.tn IS NOT NULL AND {})").format(
+            _no_auth_row(target, policy.orphans, sql.SQL("g.tn"))
+        )
+        member = sql.SQL("coalesce(g.tn = ANY (%(orphan_tenants)s), false)")
     protected = (
         sql.SQL("coalesce(kt = ANY (%(protected)s::text[]), false)")
         if target.key_type_column is not None
@@ -852,16 +902,18 @@ def measure(
     # timestamp older than an edge are xts - xn(edge).
     derived = sql.SQL(
         """
-        SELECT g.*, {protected} AS p, {lost} AS lost, {kept_sum} AS lk,
+        SELECT g.*, {protected} AS p, {noauth} AS noauth, {member} AS member,
+               sum(fresh) OVER (PARTITION BY tn) AS tfresh, {kept_sum} AS lk,
                with_ts - {n_cut} + x - (xts - {xn_cut}) AS u,
                CASE WHEN tn IS NULL THEN 0 ELSE with_ts - {n_grace} END AS q,
                CASE WHEN tn IS NULL THEN 0
                     ELSE (with_ts - {n_low}) + (xts - {xn_grace}) - (xts - {xn_low}) END AS qu
-        FROM {joined}
+        FROM g
         """
     ).format(
         protected=protected,
-        lost=lost,
+        noauth=noauth,
+        member=member,
         kept_sum=kept_sum,
         n_cut=at("n", lambda c: c),
         xn_cut=at("xn", lambda c: c),
@@ -869,7 +921,6 @@ def measure(
         xn_grace=col("xn", grace),
         n_low=at("n", lower),
         xn_low=at("xn", lower),
-        joined=joined,
     )
 
     def total(expr: str) -> sql.Composable:
@@ -888,13 +939,15 @@ def measure(
         total("CASE WHEN lost THEN q ELSE 0 END"),  # orphaned
         total("CASE WHEN NOT lost THEN 0 WHEN p THEN q ELSE q - (qu - lkq) END"),  # orphan_extra
         total("CASE WHEN lost AND p THEN qu ELSE 0 END"),  # protected_orphaned
-        sql.SQL("coalesce(bool_and(lost), false)"),
+        sql.SQL("coalesce(bool_and(noauth), false)"),
+        sql.SQL("coalesce(bool_or(lost), false)"),
+        total("fresh"),
         total("CASE WHEN p THEN 0 ELSE xts END"),
         *(total(f"CASE WHEN p THEN 0 ELSE xn{i} END") for i in range(len(distinct))),
         *(total(f"CASE WHEN p THEN 0 ELSE k{i + 1} END") for i in range(len(reasons))),
     ]
     if by_tenant:
-        head = sql.SQL("kt, tn, GROUPING(kt)")
+        head = sql.SQL("kt, tn::text, GROUPING(kt)")
         group = sql.SQL("GROUPING SETS ((kt), (tn))")
     else:
         head = sql.SQL("kt, NULL::text, 0")
@@ -903,7 +956,9 @@ def measure(
         """
         WITH g AS (
           SELECT {kt} AS kt, {tenant} AS tn, {inner} FROM {source} GROUP BY 1, 2
-        ), d AS ({derived})
+        ), d0 AS ({derived}),
+        -- Orphaned: no auth row, in the set, and no key of the tenant touched in the grace.
+        d AS (SELECT d0.*, (noauth AND member AND tfresh = 0) AS lost FROM d0)
         SELECT {head}, {outer} FROM d GROUP BY {group}
         """
     ).format(
@@ -924,7 +979,18 @@ def measure(
         key_type, tenant_id, is_tenant, v = r[0], r[1], r[2], r[3:]
         extra = v[5 + n :]
         if is_tenant:
-            tenants.append(TenantCounts(tenant_id, v[0], extra[0], extra[3], extra[4], extra[6]))
+            tenants.append(
+                TenantCounts(
+                    tenant_id,
+                    v[0],
+                    extra[0],
+                    extra[3],
+                    extra[4],
+                    extra[6],
+                    fresh=extra[8],
+                    confirmed=extra[7],
+                )
+            )
             continue
         types.append(
             TypeCounts(
@@ -941,11 +1007,11 @@ def measure(
                 orphaned=extra[3],
                 orphan_extra=extra[4],
                 protected_orphaned=extra[5],
-                expired_with_timestamp=extra[7],
-                expired_newer_than=dict(zip(distinct, extra[8 : 8 + n], strict=True))
+                expired_with_timestamp=extra[9],
+                expired_newer_than=dict(zip(distinct, extra[10 : 10 + n], strict=True))
                 if ttl
                 else {},
-                kept=_kept_by_reason(reasons, extra[8 + n :]),
+                kept=_kept_by_reason(reasons, extra[10 + n :]),
             )
         )
     return Measurement(types, tenants)
@@ -987,6 +1053,7 @@ class AuthTable:
     schema: str
     name: str
     columns: dict[str, str]  # name -> type
+    oid: int = 0
 
     @property
     def qualified(self) -> str:
@@ -1017,7 +1084,24 @@ def find_auth_table(conn: Conn, schema: str | None, name: str) -> AuthTable | No
     if row is None:
         return None
     columns = table_columns(conn, row[0])
-    return AuthTable(row[1], row[2], columns)
+    return AuthTable(row[1], row[2], columns, row[0])
+
+
+def column_collation(conn: Conn, oid: int, column: str) -> str | None:
+    """A column's collation by name: None for a type without one, "default" for the
+    database's."""
+    row = conn.execute(
+        "SELECT c.collname FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation "
+        "WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped",
+        (oid, column),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def lock_shared(conn: Conn, ident: sql.Composable) -> None:
+    """ACCESS SHARE on a table read by the statements to come, under the current lock_timeout:
+    what a SELECT takes, taken first so that a timeout is known to be that table's."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(ident))
 
 
 # Creds column types read as JSON in the database; text ones are parsed by the job.
@@ -1098,6 +1182,7 @@ class BatchResult:
     deleted: int
     by_type: dict[str | None, int] | None  # None: not counted per type (the plain DELETE)
     listed: Listing
+    orphaned: int = 0  # of `deleted`, keys of the orphan rule's measured tenants
 
 
 def delete_range(
@@ -1121,7 +1206,8 @@ def delete_range(
     The plain DELETE only counts. With `count_by_type` (or a listing) it also returns each
     deleted row's key type, which PostgreSQL gets by handing back every deleted row: about
     1.33x the plain statement's time (1.21x against 0.91x the single DELETE,
-    bench/results/delete-forms-1000000.md), so only when asked.
+    bench/results/delete-forms-1000000.md), so only when asked, or when the orphan rule has
+    tenants to take: their keys are then counted apart, to bound them by the measured count.
     """
     where = sql.SQL("ctid >= %(lo)s::tid AND ctid < %(hi)s::tid AND {eligible}").format(
         eligible=eligible_predicate(target, policy)
@@ -1132,7 +1218,8 @@ def delete_range(
         "now": now,
         "list_limit": list_limit,
     }
-    if not count_by_type and list_limit <= 0:
+    orphans = applies_orphans(target, policy)
+    if not count_by_type and list_limit <= 0 and not orphans:
         cur = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target.ident, where), params)
         return BatchResult(cur.rowcount, None, [])
     item: sql.Composable
@@ -1147,28 +1234,55 @@ def delete_range(
         """
         WITH deleted AS (
           DELETE FROM {table} WHERE {where}
-          RETURNING {kt} AS key_type, {item} AS item
+          RETURNING {kt} AS key_type, {member} AS kc_o, {item} AS item
         )
-        SELECT key_type, count(*), {listing}
+        SELECT key_type, count(*), count(*) FILTER (WHERE kc_o), {listing}
         FROM deleted GROUP BY key_type
         """
-    ).format(table=target.ident, where=where, kt=_key_type(target), item=item, listing=listing)
+    ).format(
+        table=target.ident,
+        where=where,
+        kt=_key_type(target),
+        member=in_orphan_set(target) if orphans else sql.SQL("false"),
+        item=item,
+        listing=listing,
+    )
     by_type: dict[str | None, int] = {}
     listed: Listing = []
-    for key_type, count, items in conn.execute(query, params).fetchall():
+    orphaned = 0
+    for key_type, count, of_orphans, items in conn.execute(query, params).fetchall():
         by_type[key_type] = int(count)
+        orphaned += int(of_orphans)
         listed.extend((entry[0], entry[1], entry[2]) for entry in items or ())
-    return BatchResult(sum(by_type.values()), by_type, listed)
+    deleted = sum(by_type.values())
+    return BatchResult(deleted, by_type, listed, orphaned)
 
 
-def lock_for_delete_then_row_wait(conn: Conn, target: Target, *, row_wait_ms: int) -> None:
+def lock_for_delete_then_row_wait(
+    conn: Conn, target: Target, *, row_wait_ms: int | None, shared: sql.Composable | None = None
+) -> None:
     """The table lock a DELETE takes (under the current lock_timeout), then, once it is held,
     lock_timeout = row_wait_ms for the rows: two statements in one round trip. A timeout here
-    is always the table lock's."""
+    is always the table lock's. With `shared`, that table's ACCESS SHARE lock (the one the
+    DELETE's subquery takes) instead of the row wait: `row_wait_ms` is then None and set by
+    the caller after it."""
+    row_wait = (
+        sql.SQL("; SELECT set_config('lock_timeout', {}, true)").format(
+            sql.Literal(f"{max(1, row_wait_ms)}ms")
+        )
+        if row_wait_ms is not None
+        else sql.SQL("")
+    )
+    conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE{}").format(target.ident, row_wait))
+
+
+def lock_shared_then_row_wait(conn: Conn, table: sql.Composable, *, row_wait_ms: int) -> None:
+    """ACCESS SHARE on a table the DELETE reads (under the current lock_timeout), then the row
+    wait as above: a timeout here is always that table's lock."""
     conn.execute(
         sql.SQL(
-            "LOCK TABLE {} IN ROW EXCLUSIVE MODE; SELECT set_config('lock_timeout', {}, true)"
-        ).format(target.ident, sql.Literal(f"{max(1, row_wait_ms)}ms"))
+            "LOCK TABLE {} IN ACCESS SHARE MODE; SELECT set_config('lock_timeout', {}, true)"
+        ).format(table, sql.Literal(f"{max(1, row_wait_ms)}ms"))
     )
 
 
@@ -1310,6 +1424,10 @@ class HistoryRow:
     deleted: int
     duration_ms: int
     report_json: str
+    # The orphan rule's candidates (tenants without an auth row, every key untouched for the
+    # grace) when this run measured them: the next run's confirmation. Kept in the report
+    # column under "orphan_candidate_ids", so the history table needs no new column nor grant.
+    orphan_candidates: list[str] | None = None
 
 
 def insert_history(conn: Conn, schema: str | None, name: str, row: HistoryRow) -> None:
@@ -1319,7 +1437,9 @@ def insert_history(conn: Conn, schema: str | None, name: str, row: HistoryRow) -
             INSERT INTO {} (event_id, target_table, started_at, status, keys_before, keys_after,
                             total_bytes_before, total_bytes_after, eligible, deleted, duration_ms,
                             report)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                    %s::jsonb
+                    || jsonb_strip_nulls(jsonb_build_object('orphan_candidate_ids', %s::text[])))
             """
         ).format(history_ident(schema, name)),
         (
@@ -1335,8 +1455,34 @@ def insert_history(conn: Conn, schema: str | None, name: str, row: HistoryRow) -
             row.deleted,
             row.duration_ms,
             row.report_json,
+            row.orphan_candidates,
         ),
     )
+
+
+def orphan_candidates(
+    conn: Conn, schema: str | None, name: str, target_table: str, before: datetime
+) -> list[list[str]] | None:
+    """The orphan candidates' ids recorded by the last run that started at or before `before`, and
+    by every run since, oldest first; None when no run up to `before` recorded any."""
+    table = history_ident(schema, name)
+    rows = conn.execute(
+        sql.SQL(
+            """
+            SELECT report -> 'orphan_candidate_ids' FROM {table}
+            WHERE target_table = %(target)s AND report ? 'orphan_candidate_ids'
+              AND started_at >= (SELECT max(started_at) FROM {table}
+                                 WHERE target_table = %(target)s
+                                   AND report ? 'orphan_candidate_ids'
+                                   AND started_at <= %(before)s)
+            ORDER BY started_at, id
+            """
+        ).format(table=table),
+        {"target": target_table, "before": before},
+    ).fetchall()
+    if not rows:
+        return None
+    return [[str(t) for t in r[0] or ()] for r in rows]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,26 @@ ROW_WAIT_MS = 100
 MIN_BATCH_BUDGET_MS = 20
 
 
+def margin(measured: int) -> int:
+    """How many keys a rule may delete beyond its measured count: max(100, 1%). Keys do not
+    become eligible during a run by themselves (the cutoffs are fixed, timestamps only move
+    forward), so more than a few past the count means the data changed under the run."""
+    return max(100, measured // 100)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What each rule was measured to take; a run deletes at most that plus the margin.
+
+    `others`: eligible keys outside the orphan rule's measured tenants (the age and TTL
+    rules). `orphans`: eligible keys of those tenants (the orphan rule, with age and TTL on
+    the same keys); None when the rule takes no tenant this run.
+    """
+
+    others: int
+    orphans: int | None = None
+
+
 @dataclass(frozen=True)
 class Progress:
     pages_done: int
@@ -69,8 +89,12 @@ class DeleteLoop:
         list_limit: int,
         count_by_type: bool,
         progress: ProgressFn | None,
+        measured: Measured | None = None,
     ) -> None:
         self.conn, self.target, self.policy, self.now = conn, target, policy, now
+        self.measured = measured or Measured(eligible)
+        # The auth table the batches read, when the orphan rule takes tenants this run.
+        self.auth = policy.orphans if db.applies_orphans(target, policy) else None
         self.count_by_type = count_by_type
         self.settings = settings
         self.deadline = deadline
@@ -95,6 +119,7 @@ class DeleteLoop:
         self.reason: str | None = None
         self.notes: list[str] = []
         self.deleted = 0
+        self.orphaned = 0  # of `deleted`, keys of the orphan rule's measured tenants
         self.deleted_by_type: dict[str, int] | None = {} if count_by_type else None
         self.listing: db.Listing = []
         self.batches = 0
@@ -134,6 +159,14 @@ class DeleteLoop:
                 next_page = hi
             try:
                 self._batch(lo, hi, budget_ms)
+            except BoundExceeded as exc:
+                self._stop(
+                    f"stopped: {exc.rule} would have deleted {exc.would:,} keys, more than the "
+                    f"{exc.measured:,} measured plus a margin of {margin(exc.measured):,}; the "
+                    "last batch was rolled back. The data changed during the run (a restore, a "
+                    "bulk load, a reloaded auth table?): check it; the next run measures again"
+                )
+                return
             except RowLockWait:
                 self.retries += 1
                 if hi - lo > 1:
@@ -143,15 +176,21 @@ class DeleteLoop:
                     self.skipped_pages += 1
                     self.pages_done += 1
                 continue
-            except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled) as exc:
+            except (TableLockWait, pg_errors.QueryCanceled) as exc:
                 self.retries += 1
                 attempts += 1
                 if attempts >= self.settings.batch_attempts:
-                    what = "lock" if isinstance(exc, pg_errors.LockNotAvailable) else "statement"
+                    what = (
+                        f"lock timeout on {exc.table} (is it locked by another session?"
+                        + (" is it being reloaded?" if exc.table != self.target.qualified else "")
+                        + f" CLEANUP_LOCK_TIMEOUT_MS={self.settings.lock_timeout_ms:,})"
+                        if isinstance(exc, TableLockWait)
+                        else "statement timeout"
+                    )
                     self._stop(
-                        f"stopped after {attempts} batches in a row hit the {what} timeout at "
-                        f"page {lo:,} of {self.pages_total:,} (is the table locked by another "
-                        "session?); the next run continues where the data stands"
+                        f"stopped after {attempts} batches in a row hit the {what} at "
+                        f"page {lo:,} of {self.pages_total:,}; the next run continues where "
+                        "the data stands"
                     )
                     return
                 if isinstance(exc, pg_errors.QueryCanceled) and hi - lo > 1:
@@ -263,11 +302,22 @@ class DeleteLoop:
                 lock_timeout=f"{max(1, s.lock_timeout_ms)}ms",
             )
             # The table lock first, with the full lock timeout: a conflict here is a table
-            # lock (DDL, VACUUM FULL), worth waiting for and retrying as a whole. Then rows:
-            # never wait long for one the application holds.
-            db.lock_for_delete_then_row_wait(
-                conn, self.target, row_wait_ms=min(s.lock_timeout_ms, ROW_WAIT_MS)
-            )
+            # lock (DDL, VACUUM FULL), worth waiting for and retrying as a whole. So is the
+            # auth table's, which the orphan rule's subquery reads (a TRUNCATE and reload in
+            # one transaction holds it). Then rows: never wait long for one the application
+            # holds.
+            row_wait = min(s.lock_timeout_ms, ROW_WAIT_MS)
+            try:
+                db.lock_for_delete_then_row_wait(
+                    conn, self.target, row_wait_ms=None if self.auth else row_wait
+                )
+            except pg_errors.LockNotAvailable as exc:
+                raise TableLockWait(self.target.qualified) from exc
+            if self.auth is not None:
+                try:
+                    db.lock_shared_then_row_wait(conn, self.auth.ident, row_wait_ms=row_wait)
+                except pg_errors.LockNotAvailable as exc:
+                    raise TableLockWait(self.auth.qualified) from exc
             try:
                 result = db.delete_range(
                     conn,
@@ -283,6 +333,8 @@ class DeleteLoop:
                 # A deadlock with an application transaction is a row conflict too: PostgreSQL
                 # rolled this batch back, so split the range as for a long wait.
                 raise RowLockWait from exc
+            # Still inside the transaction: past a bound, the batch is rolled back.
+            self._check_bounds(result)
         batch_ms = (time.monotonic() - started) * 1000
         self.max_batch_ms = max(self.max_batch_ms, batch_ms)
         self.max_batch_rows = max(self.max_batch_rows, result.deleted)
@@ -293,6 +345,7 @@ class DeleteLoop:
         self.batches += 1
         self.pages_done += hi - lo
         self.deleted += result.deleted
+        self.orphaned += result.orphaned
         if self.deleted_by_type is not None and result.by_type is not None:
             for key_type, n in result.by_type.items():
                 name = type_name(key_type)
@@ -303,6 +356,31 @@ class DeleteLoop:
         if self.progress is not None:
             self.progress(Progress(self.pages_done, self.pages_total, self.deleted, self.batches))
 
+    def _check_bounds(self, result: db.BatchResult) -> None:
+        m = self.measured
+        others = self.deleted - self.orphaned + result.deleted - result.orphaned
+        if others > m.others + margin(m.others):
+            raise BoundExceeded("the age and TTL rules", m.others, others)
+        orphaned = self.orphaned + result.orphaned
+        if m.orphans is not None and orphaned > m.orphans + margin(m.orphans):
+            raise BoundExceeded("the orphan rule", m.orphans, orphaned)
+
 
 class RowLockWait(Exception):
     """A batch's DELETE waited too long for a row another transaction holds."""
+
+
+class TableLockWait(Exception):
+    """A batch could not get a table's lock within the lock timeout."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(table)
+        self.table = table
+
+
+class BoundExceeded(Exception):
+    """A batch would take a rule past its measured count plus the margin."""
+
+    def __init__(self, rule: str, measured: int, would: int) -> None:
+        super().__init__(rule)
+        self.rule, self.measured, self.would = rule, measured, would

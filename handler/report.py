@@ -124,15 +124,19 @@ class Report(_Model):
     expires_column: str | None = None
     expired: int = 0
     expired_by_age: dict[str, int] = Field(default_factory=dict)
-    # The orphan rule: keys of tenants without a row in `auth_table`, untouched for
-    # `orphan_grace_days`. `orphaned` is 0 unless the rule was applied; `orphaned_tenants`
-    # counts the tenants with keys and no auth row whatever the rule did (ids: verbose runs).
+    # The orphan rule (docs/rules.md): keys of tenants without a row in `auth_table`, none of
+    # whose keys was touched for `orphan_grace_days`, found so by a run at least an hour
+    # earlier too. `orphaned_tenants`: that measured set (ids: verbose runs); `orphaned`: its
+    # keys, 0 unless the rule was applied; `orphaned_deleted`: of `deleted`, the keys of those
+    # tenants. `orphan_candidates`: the tenants this run found so (recorded for the next run).
     auth_table: str | None = None
     orphan_rule: OrphanRule = "off"
     orphan_grace_days: int | None = None
     orphaned: int = 0
     orphaned_tenants: int = 0
     orphaned_tenant_ids: list[str] = Field(default_factory=list)
+    orphaned_deleted: int = 0
+    orphan_candidates: int = 0
     top_tenants: list[TenantStats] = Field(default_factory=list)
     released_bytes: int = 0  # measured: total_bytes before - after (about 0 without VACUUM)
     reclaimable_bytes: int = 0  # estimated: bytes of the deleted rows, now reusable
@@ -240,10 +244,17 @@ def _rule_lines(r: Report) -> list[str]:
     if r.expires_column is not None:
         parts.append(f"TTL expired {r.expired:,} (column {r.expires_column})")
     if r.orphan_rule == "applied":
+        deleted = "" if r.dry_run else f", {r.orphaned_deleted:,} deleted"
+        waiting = r.orphan_candidates - r.orphaned_tenants
         parts.append(
             f"orphaned {r.orphaned:,} keys of {r.orphaned_tenants:,} "
             f"tenant{'' if r.orphaned_tenants == 1 else 's'} without a row in "
-            f"{r.auth_table} (grace {r.orphan_grace_days}d)"
+            f"{r.auth_table} (grace {r.orphan_grace_days}d{deleted})"
+            + (
+                f", {waiting:,} candidate tenant{'' if waiting == 1 else 's'} for the next run"
+                if waiting > 0
+                else ""
+            )
         )
     elif r.orphan_rule == "refused":
         parts.append("orphan rule refused (see notes)")

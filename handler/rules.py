@@ -95,8 +95,9 @@ def orphan_refusal(
 
 
 def orphaned_tenants(tenants: Sequence[db.TenantCounts]) -> list[db.TenantCounts]:
-    """Tenants with keys and no auth row, most keys first (a NULL tenant is nobody's)."""
-    found = [t for t in tenants if t.without_auth and t.tenant is not None]
+    """The orphan rule's measured set, most keys first: tenants without an auth row, no key
+    touched within the grace, and recorded so by the earlier runs (a NULL tenant is nobody's)."""
+    found = [t for t in tenants if t.confirmed and t.tenant is not None]
     return sorted(found, key=lambda t: (-t.keys, t.tenant or ""))
 
 

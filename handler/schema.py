@@ -191,10 +191,12 @@ def seed_rules(
 
     Creates the auth table with a creds row for every tenant that has keys, except the tenants
     `without_creds` (logged out: their keys are orphaned); then, with
-    `logged_out`, copies a `logged_out_share` of the keys (ages and types alike, protected types
-    included) to that tenant, which has no creds row; then sets `expires_at` in the past on an
-    `expired_share` of the keys and in the future on a `future_share`. The touch trigger is off
-    meanwhile: these writes must not make the keys look fresh.
+    `logged_out`, copies a `logged_out_share` of the keys older than two days (types alike,
+    protected types included) to that tenant, which has no creds row, so that none of its keys
+    is within the orphan rule's grace (a tenant with a fresh key is not orphaned); then sets
+    `expires_at` in the past on an `expired_share` of the keys and in the future on a
+    `future_share`. The touch trigger is off meanwhile: these writes must not make the keys
+    look fresh.
     """
     t = sql.Identifier(table)
     trigger = sql.Identifier(f"{table}_touch_trg")
@@ -251,7 +253,8 @@ ON CONFLICT DO NOTHING
                 sql.SQL(
                     "INSERT INTO {t} (company_id, key_type, key_id, value, created_at, updated_at) "
                     "SELECT %s, key_type, key_id, value, created_at, updated_at FROM {t} "
-                    "WHERE random() < %s ON CONFLICT DO NOTHING"
+                    "WHERE random() < %s AND updated_at < now() - interval '2 days' "
+                    "ON CONFLICT DO NOTHING"
                 ).format(t=t),
                 (logged_out, logged_out_share),
             )

@@ -235,9 +235,12 @@ class Settings(BaseModel):
     # The orphaned-tenant rule (opt-in): keys of tenants without an auth row.
     orphan_rule: bool = Field(False, alias="CLEANUP_ORPHAN_RULE")
     orphan_grace_days: RetentionDays = Field(1, alias="CLEANUP_ORPHAN_GRACE_DAYS")
+    # A quarter, not a half: see docs/rules.md (a half-loaded auth table passed 0.5).
     max_orphan_tenant_fraction: float = Field(
-        0.5, gt=0, le=1, alias="CLEANUP_MAX_ORPHAN_TENANT_FRACTION"
+        0.25, gt=0, le=1, alias="CLEANUP_MAX_ORPHAN_TENANT_FRACTION"
     )
+    # More orphaned tenants than this in one run: the rule is refused (a note).
+    max_orphan_tenants: int = Field(100, ge=1, le=1_000_000, alias="CLEANUP_MAX_ORPHAN_TENANTS")
 
     # Execution
     batch_size: int = Field(2500, ge=1, le=1_000_000, alias="CLEANUP_BATCH_SIZE")

@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from handler.cleanup import run_cleanup
 from handler.settings import ConfigError, Flags, Settings
+from tests.orphan_support import seed_candidates
 
 LIVE = Flags(dry_run=False, force=True)
 DRY = Flags(dry_run=True, force=True)
@@ -258,6 +259,7 @@ def test_orphan_rule_needs_its_own_setting(keys: PgSchema) -> None:
     off = run(keys, CLEANUP_AUTH_TABLE="whatsapp_auth")
     assert off.orphan_rule == "off"
     assert keys.count() == 1
+    seed_candidates(keys, "gone")  # the rule takes a tenant found orphaned by two runs
     on = run(keys, CLEANUP_ORPHAN_RULE="true", CLEANUP_MAX_ORPHAN_TENANT_FRACTION="1")
     assert on.orphan_rule == "applied"
     assert keys.count() == 0

@@ -27,6 +27,7 @@ from handler.report import render_text
 from handler.schema import reference_auth_schema
 from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, ConfigError, Flags, Settings
 from tests.conftest import PgSchema, baileys_creds
+from tests.orphan_support import seed_candidates
 
 LIVE = Flags(dry_run=False)
 FORCE = Flags(dry_run=False, force=True)
@@ -81,10 +82,12 @@ CREDS = baileys_creds(100_000)
 
 def on(pg: PgSchema, **env: str) -> Settings:
     """Settings with the rules this file tests turned on: TTL (CLEANUP_EXPIRES_COLUMN) and,
-    where an auth table is named, the orphan rule; both are opt-in."""
+    where an auth table is named, the orphan rule; both are opt-in. The tables here have a
+    handful of tenants, so one orphaned tenant may be half of them."""
     defaults = {"CLEANUP_EXPIRES_COLUMN": "expires_at"}
     if env.get("CLEANUP_AUTH_TABLE"):
         defaults["CLEANUP_ORPHAN_RULE"] = "true"
+        defaults["CLEANUP_MAX_ORPHAN_TENANT_FRACTION"] = "0.5"
     return pg.settings(**(defaults | env))
 
 
@@ -264,13 +267,14 @@ ORPHAN_KEYS = [
     Key("a", "app-state-sync-key", "a-protected-old", 40),
     Key("b", "pre-key", "b-young", 3),
     Key("b", "lid-mapping", "b-protected", 3),
-    # c logged out: its creds row is gone
+    # c logged out: its creds row is gone, and no key was touched within the grace
     Key("c", "session", "c-young", 2),
     Key("c", "pre-key", "c-old", 40),
     Key("c", "app-state-sync-key", "c-protected", 5),
     Key("c", "lid-mapping", "c-protected-old", 90),
-    Key("c", "session", "c-within-grace", 0.5),
-    Key("c", "session", "c-expired-within-grace", 0.5, -1),
+    # d has no creds row either, but keys touched within the grace: not orphaned
+    Key("d", "session", "d-within-grace", 0.5),
+    Key("d", "session", "d-expired-within-grace", 0.5, -1),
 ]
 
 
@@ -279,17 +283,19 @@ def test_orphan_rule_deletes_keys_of_logged_out_tenants_protected_included(
 ) -> None:
     insert(keys_table, ORPHAN_KEYS)
     create_auth(keys_table, "a", "b")
+    seed_candidates(keys_table, "c", "d")  # a run two hours ago found both without creds
     report = run_cleanup(
         on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), Flags(dry_run=False, verbose=True)
     )
 
-    gone = {"a-old", "c-young", "c-old", "c-protected", "c-protected-old", "c-expired-within-grace"}
+    gone = {"a-old", "c-young", "c-old", "c-protected", "c-protected-old", "d-expired-within-grace"}
     assert {k[2] for k in keys_table.key_set()} == {k.key_id for k in ORPHAN_KEYS} - gone
     assert report.orphan_rule == "applied"
     assert report.auth_table == f"{keys_table.schema}.whatsapp_auth"
     assert report.orphan_grace_days == 1
-    assert report.orphaned == 4  # c's keys untouched for a day; the expired one is TTL's
+    assert report.orphaned == 4  # c's keys; d has keys touched within the grace
     assert report.orphaned_tenants == 1
+    assert report.orphan_candidates == 1
     assert report.orphaned_tenant_ids == ["c"]
     assert report.eligible == report.deleted == 6
     assert report.expired == 1
@@ -312,6 +318,7 @@ def test_orphan_ids_are_listed_only_in_verbose_runs_and_at_most_twenty(
     keys += [Key(f"here-{i:02d}", "session", "k", 5) for i in range(30)]
     insert(keys_table, keys)
     create_auth(keys_table, *(f"here-{i:02d}" for i in range(30)))
+    seed_candidates(keys_table, *(f"gone-{i:02d}" for i in range(25)))
     settings_ = on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth")
     quiet = run_cleanup(settings_, Flags())
     assert quiet.orphaned_tenants == 25
@@ -329,6 +336,7 @@ def test_tenant_reconnecting_during_the_run_keeps_its_keys(keys_table: PgSchema)
     ]
     insert(keys_table, keys)
     create_auth(keys_table, "a")
+    seed_candidates(keys_table, "c")
     with keys_table.connect() as conn:
         pages = dict(
             conn.execute(
@@ -374,7 +382,7 @@ def test_empty_auth_table_refuses_the_orphan_rule_and_age_goes_on(keys_table: Pg
     assert report.deleted == 2
     assert {k[2] for k in keys_table.key_set()} == {k.key_id for k in ORPHAN_KEYS} - {
         "a-old",
-        "c-expired-within-grace",
+        "d-expired-within-grace",
     }
 
 
@@ -441,25 +449,26 @@ def test_unreadable_auth_table_refuses_the_orphan_rule_without_failing(
 
 def test_too_many_orphaned_tenants_refuses_the_orphan_rule(keys_table: PgSchema) -> None:
     insert(keys_table, ORPHAN_KEYS)
-    create_auth(keys_table, "a")  # b and c: 2 of 3 tenants, above one half
+    create_auth(keys_table, "a")  # b, c and d: 3 of 4 tenants, above one half
+    seed_candidates(keys_table, "b", "c")
     report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
     assert report.orphan_rule == "refused"
     assert report.orphaned == 0
     assert report.orphaned_tenants == 2
     note = next(n for n in report.notes if n.startswith("orphan rule refused"))
-    assert "2 of 3 tenants with keys (67%)" in note
+    assert "3 of 4 tenants with keys (75%)" in note
     assert "It would have taken 6 keys" in note
     assert report.deleted == 2  # as with an empty auth table
     # The operator raises the limit: now the rule applies.
     raised = run_cleanup(
         on(
-            keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_MAX_ORPHAN_TENANT_FRACTION="0.7"
+            keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_MAX_ORPHAN_TENANT_FRACTION="0.8"
         ),
         LIVE,
     )
     assert raised.orphan_rule == "applied"
     assert raised.orphaned == 6  # c-old too: the lifecycle kept it from the age rule
-    assert {k[0] for k in keys_table.key_set()} == {"a", "c"}  # c-within-grace stays
+    assert {k[0] for k in keys_table.key_set()} == {"a", "d"}  # d-within-grace stays
 
 
 def test_bad_auth_table_name_is_a_settings_error(pg: PgSchema) -> None:
@@ -490,6 +499,7 @@ def test_guard_counts_every_rule_together(keys_table: PgSchema) -> None:
     keys += [Key("gone", "session", f"orph{i}", 2) for i in range(10)]
     insert(keys_table, keys)
     create_auth(keys_table, "a")
+    seed_candidates(keys_table, "gone")
     settings_ = on(
         keys_table,
         CLEANUP_GUARD_MIN_KEYS="10",
@@ -520,6 +530,7 @@ def test_key_eligible_by_several_rules_is_counted_once(keys_table: PgSchema) -> 
     keys += [Key("a", "session", f"keep{i}", 2) for i in range(5)]
     insert(keys_table, keys)
     create_auth(keys_table, "a")
+    seed_candidates(keys_table, "gone")
     report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), LIVE)
     assert report.eligible == report.deleted == 5
     assert report.expired == report.orphaned == 5
@@ -536,6 +547,7 @@ def test_top_tenants_by_key_count_with_eligible_and_orphaned(keys_table: PgSchem
     keys += [Key(f"small{i}", "session", "k", 2) for i in range(6)]
     insert(keys_table, keys)
     create_auth(keys_table, "big", "mid", *(f"small{i}" for i in range(6)))
+    seed_candidates(keys_table, "gone")
     report = run_cleanup(
         on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_TOP_TENANTS="3"),
         Flags(),
@@ -561,6 +573,7 @@ def test_rule_metrics_and_log_fields(
 ) -> None:
     insert(keys_table, ORPHAN_KEYS)
     create_auth(keys_table, "a", "b")
+    seed_candidates(keys_table, "c")
     report = run_cleanup(on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth"), Flags())
     observability.publish_report(report)
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
@@ -575,6 +588,7 @@ def test_rule_metrics_and_log_fields(
 def test_tenant_ids_never_reach_sentry(keys_table: PgSchema) -> None:
     insert(keys_table, [Key("tenant-canary", "session", "k", 2)])
     create_auth(keys_table, "someone")
+    seed_candidates(keys_table, "tenant-canary")
     report = run_cleanup(
         on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth", CLEANUP_MAX_ORPHAN_TENANT_FRACTION="1"),
         Flags(verbose=True),
@@ -618,8 +632,8 @@ def test_top_tenants_policy_ranks_by_keys_then_id() -> None:
     tenants = [
         TenantCounts("b", 5, 1, 0, 0, False),
         TenantCounts("a", 5, 2, 0, 0, False),
-        TenantCounts("z", 9, 0, 9, 7, True),
-        TenantCounts(None, 1, 0, 0, 0, True),
+        TenantCounts("z", 9, 0, 9, 7, True, confirmed=True),
+        TenantCounts(None, 1, 0, 0, 0, True, confirmed=True),
     ]
     applied = rules.top_tenants(tenants, 3, orphans=True)
     assert [(t.tenant, t.eligible, t.orphaned) for t in applied] == [
@@ -665,7 +679,7 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
     grace: int,
 ) -> None:
     with pg.connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS whatsapp_keys, whatsapp_auth CASCADE")
+        conn.execute("DROP TABLE IF EXISTS whatsapp_keys, whatsapp_auth, keys_cleanup_runs CASCADE")
         conn.execute("DROP FUNCTION IF EXISTS whatsapp_keys_touch() CASCADE")
     pg.create_reference_table()
     keys = [Key(t, kt, str(i), age, exp) for i, (t, kt, age, exp) in enumerate(rows)]
@@ -678,6 +692,7 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
     ]
     insert(pg, keys)
     create_auth(pg, *sorted(connected))
+    seed_candidates(pg, *(set(TENANTS) - connected))  # an earlier run found them so too
     overrides = {"pre-key": pre_key_days} if pre_key_days else {}
     report = run_cleanup(
         on(
@@ -704,7 +719,9 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
             assert k.ident in survivors, k  # the orphan rule never takes a connected tenant's key
         if k.expires_in is not None and k.expires_in > 0 and k.age < 1:
             assert k.ident in survivors, k  # live expiry, recent update: never deleted
-    orphaned = {k.ident for k in keys if k.company not in connected and k.age > grace}
+    # A tenant is orphaned whole: no creds row, and none of its keys touched within the grace.
+    touched = {k.company for k in keys if k.age < grace}
+    orphaned = {k.ident for k in keys if k.company not in connected | touched}
     expected = {k.ident for k in keys} - orphaned - by_rules
     assert survivors == expected
     assert report.deleted == report.eligible == len(keys) - len(expected)
@@ -734,7 +751,7 @@ def test_rule_settings_defaults_empty_values_and_bad_values() -> None:
     assert (defaults.creds_column, defaults.key_id_column) == ("creds", "key_id")
     assert (defaults.auth_table, defaults.auth_table_parts) == (None, None)
     assert (defaults.tenant_column, defaults.orphan_grace_days) == ("company_id", 1)
-    assert (defaults.max_orphan_tenant_fraction, defaults.top_tenants) == (0.5, 5)
+    assert (defaults.max_orphan_tenant_fraction, defaults.top_tenants) == (0.25, 5)
     empty = Settings.from_env({"CLEANUP_EXPIRES_COLUMN": "", "CLEANUP_AUTH_TABLE": " "})
     assert (empty.expires_column, empty.auth_table) == (None, None)
     assert Settings.from_env({"CLEANUP_AUTH_TABLE": "auth.creds"}).auth_table_parts == (
