@@ -16,6 +16,7 @@ from psycopg import sql
 from handler import db
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
+from handler.notify.html import render_summary, to_plain_text
 from handler.report import render_text
 from handler.settings import Flags, Settings
 from tests.conftest import PgSchema
@@ -197,6 +198,7 @@ def test_an_orphaned_tenant_is_confirmed_by_a_run_at_least_an_hour_earlier(
     assert (first.orphaned_tenants, first.orphaned, first.deleted) == (0, 0, 0)
     assert any("2 tenants" in n and "confirm" in n for n in first.notes), first.notes
     assert "2 candidate tenants" in render_text(first)
+    assert "2 candidates for the next run" in to_plain_text(render_summary(first))
     again = run_cleanup(settings_, LIVE)  # minutes later: not yet
     assert (again.orphaned, again.deleted) == (0, 0)
     assert pg.key_set() == everything
@@ -208,6 +210,8 @@ def test_an_orphaned_tenant_is_confirmed_by_a_run_at_least_an_hour_earlier(
     assert (dry.orphaned_tenants, dry.orphaned, dry.orphaned_tenant_ids) == (1, 4, ["gone"])
     live = run_cleanup(settings_, LIVE)
     assert (live.orphaned_tenants, live.orphaned, live.deleted) == (1, 4, 4)
+    assert "orphaned 4 keys of 1 tenants (4 deleted)" in to_plain_text(render_summary(live))
+    assert "(grace 1d, 4 deleted)" in render_text(live)
     assert pg.key_set() == {k.ident for k in keys if k.company != "gone"}
 
 

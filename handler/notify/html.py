@@ -118,7 +118,12 @@ def _rules(report: Report) -> str:
     if report.expires_column is not None:
         parts.append(f"TTL expired {report.expired:,}")
     if report.orphan_rule == "applied":
-        parts.append(f"orphaned {report.orphaned:,} keys of {report.orphaned_tenants:,} tenants")
+        deleted = "" if report.dry_run else f" ({report.orphaned_deleted:,} deleted)"
+        waiting = report.orphan_candidates - report.orphaned_tenants
+        parts.append(
+            f"orphaned {report.orphaned:,} keys of {report.orphaned_tenants:,} tenants{deleted}"
+            + (f", {waiting:,} candidates for the next run" if waiting > 0 else "")
+        )
     elif report.orphan_rule == "refused":
         parts.append("orphan rule refused (see note)")
     return f"<b>Rules:</b> {esc(' · '.join(parts))}" if parts else ""
