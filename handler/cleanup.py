@@ -535,7 +535,9 @@ class _Run:
             max_fraction=s.max_orphan_tenant_fraction,
         )
         if refusal is not None:
-            self.notes.append(f"{refusal} It would have taken {would:,} keys.")
+            self.notes.append(
+                f"{refusal} It would have taken {would:,} keys." if would else refusal
+            )
             self.orphan_rule = "refused"
             return replace(policy, orphans=None)
         # The auth table looked sane: this run's candidates confirm the next run's.
