@@ -6,6 +6,7 @@ returns a Report; every entry point is a thin shell around `run_cleanup`.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from handler.report import (
     reclaimable_estimate,
 )
 from handler.settings import (
+    BAILEYS_KEY_TYPES,
     DEFAULT_PROTECTED_KEY_TYPES,
     ConfigError,
     Flags,
@@ -225,6 +227,34 @@ class _Run:
             self.notes.append(
                 "a live run would not record its run history: this role lacks " + ", ".join(lacking)
             )
+
+    def _type_column_holds_types(self, target: db.Target, key_types: list[str | None]) -> bool:
+        """False, with a note, when the configured column plainly holds no key types as Baileys
+        spells them: none of the built-in protected types, and either no Baileys type at all
+        (the wrong column, such as `key_id`) or a protected type spelt otherwise
+        (`App-State-Sync-Key`). Protection would then match nothing, so a live run refuses
+        (unless forced). A table of sessions and pre-keys alone (a new account) passes: its
+        protected keys, once written, are spelt like the others. The column's values are not
+        shown: a wrong column may hold secrets."""
+        present = {t for t in key_types if t is not None}
+        if present & set(DEFAULT_PROTECTED_KEY_TYPES):
+            return True
+        respelt = {t for t in present if _normalised_type(t) in DEFAULT_PROTECTED_KEY_TYPES}
+        if present & BAILEYS_KEY_TYPES and not respelt:
+            return True
+        problem = (
+            f"column {target.qualified}.{target.key_type_column} (CLEANUP_KEY_TYPE_COLUMN) "
+            f"holds none of the built-in protected types ({', '.join(DEFAULT_PROTECTED_KEY_TYPES)}"
+            f") in {len(key_types):,} distinct value(s)"
+            + (", only other spellings of them" if respelt else ", and no key type Baileys writes")
+            + ", so protection would match nothing: name the column Baileys writes the key type "
+            "in (spelt as Baileys spells the types), or set CLEANUP_KEY_TYPE_COLUMN=none for a "
+            "table without one"
+        )
+        if not self.flags.dry_run and not self.flags.force:
+            raise ConfigError(f"{problem}; a live run refuses (--force overrides)")
+        self.notes.append(f"{problem}; a live run refuses unless forced")
+        return False
 
     def _check_timezone(self, target: db.Target) -> None:
         """A `timestamp` column's zone must be known before anything is deleted by it."""
@@ -609,6 +639,8 @@ class _Run:
         eligible, protected = total.eligible, total.protected
         if target.key_type_column is None:
             by_type = {}
+        elif keys and not self._type_column_holds_types(target, [c.key_type for c in counts]):
+            by_type = {}  # not key types
         elif keys:
             self.notes.extend(
                 rules.unmatched_type_notes(
@@ -830,6 +862,11 @@ class _Run:
         if loop.deleted == eligible:
             return {name: stats.eligible for name, stats in by_type.items()}
         return None
+
+
+def _normalised_type(key_type: str) -> str:
+    """`App_State_Sync Key` -> `app-state-sync-key`: how another spelling of a type compares."""
+    return re.sub(r"[\s_]+", "-", key_type.strip().lower())
 
 
 def _kept(counts: list[db.TypeCounts], policy: db.Policy) -> list[KeptKeys]:

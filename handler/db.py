@@ -268,14 +268,14 @@ def resolve_target(
     if key_type_column is not None and key_type_column not in columns:
         raise LookupError(
             f"column {key_type_column} does not exist in {nspname}.{relname} "
-            "(set CLEANUP_KEY_TYPE_COLUMN to empty if the table has no key-type column)"
+            "(set CLEANUP_KEY_TYPE_COLUMN=none if the table has no key-type column)"
         )
     # The TTL column is optional: used when the table has it, checked when it does.
     expires_type = columns.get(expires_column) if expires_column else None
     if expires_type is not None and expires_type not in TIMESTAMP_TYPES:
         raise TypeError(
             f"column {nspname}.{relname}.{expires_column} is {expires_type}, not a timestamp "
-            "(set CLEANUP_EXPIRES_COLUMN to the TTL column, or to empty to ignore it)"
+            "(set CLEANUP_EXPIRES_COLUMN to the TTL column, or unset it to turn the TTL rule off)"
         )
     primary_key = tuple(
         r[0]

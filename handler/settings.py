@@ -34,6 +34,19 @@ SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 # protected whatever CLEANUP_PROTECTED_KEY_TYPES says (a typo there must not strip protection);
 # only CLEANUP_UNPROTECT_KEY_TYPES, which accepts nothing but these names, lifts it.
 DEFAULT_PROTECTED_KEY_TYPES = ("app-state-sync-key", "app-state-sync-version", "lid-mapping")
+# Every type Baileys writes (SignalDataTypeMap in src/Types/Auth.ts), spelt as it spells them.
+BAILEYS_KEY_TYPES = frozenset(
+    {
+        *DEFAULT_PROTECTED_KEY_TYPES,
+        "pre-key",
+        "session",
+        "sender-key",
+        "sender-key-memory",
+        "device-list",
+        "tctoken",
+        "identity-key",
+    }
+)
 MAX_RETENTION_DAYS = 3650
 # Baileys' INITIAL_PREKEY_COUNT (src/Defaults/index.ts): the largest single upload. A window
 # below it could delete pre-keys of the last upload that the server still holds.
@@ -41,7 +54,10 @@ INITIAL_PREKEY_COUNT = 812
 DEFAULT_PREKEY_WINDOW = 1000
 
 
-_EMPTY_MEANS_NONE = frozenset({"CLEANUP_KEY_TYPE_COLUMN", "CLEANUP_EXPIRES_COLUMN"})
+# A column setting whose value `none` (any case) says "no such column". An empty value means
+# "unset, the default" here too: an env file or docker-compose `${VAR}` passes an unset
+# variable as '', and that must not switch the built-in protection off.
+NO_COLUMN = "none"
 # Variables with this prefix are ours: an unknown one is most likely a misspelt setting.
 SETTINGS_PREFIX = "CLEANUP_"
 
@@ -297,8 +313,8 @@ class Settings(BaseModel):
 
     @field_validator("key_type_column", "expires_column", mode="before")
     @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+    def _none_is_no_column(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == NO_COLUMN else value
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
@@ -338,9 +354,8 @@ class Settings(BaseModel):
         env = os.environ if environ is None else environ
         names = {field.alias for field in cls.model_fields.values() if field.alias}
         values: dict[str, Any] = {name: env[name] for name in names if name in env}
-        # An empty value means "not set", except where empty has a meaning of its own:
-        # no key-type column.
-        values = {k: v for k, v in values.items() if v.strip() != "" or k in _EMPTY_MEANS_NONE}
+        # An empty value means "not set", everywhere (`none` says "no column" where it may).
+        values = {k: v for k, v in values.items() if v.strip() != ""}
         values["config_warnings"] = (*unknown_variables(env, names), *half_configured(values))
         try:
             return cls.model_validate(values)

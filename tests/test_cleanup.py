@@ -433,7 +433,8 @@ def test_table_without_key_type_column_deletes_by_age_only(pg: PgSchema) -> None
             "INSERT INTO k SELECT g, now() - g * interval '1 day' FROM generate_series(1, 50) g"
         )
     report = run_cleanup(
-        pg.settings(CLEANUP_TABLE="k", CLEANUP_KEY_TYPE_COLUMN=""), Flags(dry_run=False, force=True)
+        pg.settings(CLEANUP_TABLE="k", CLEANUP_KEY_TYPE_COLUMN="none"),
+        Flags(dry_run=False, force=True),
     )
     assert report.by_type == {}
     assert report.protected_types == []

@@ -209,19 +209,19 @@ def test_system_catalog_table_is_refused_even_unqualified(canary: PgSchema) -> N
     # pg_class lives in pg_catalog, which is always on the search path implicitly: it is
     # refused as the system table it is, not reported as missing.
     with pytest.raises(ConfigError, match=r"refusing pg_catalog\.pg_class: it is a system table"):
-        run_cleanup(canary.settings(CLEANUP_TABLE="pg_class", CLEANUP_KEY_TYPE_COLUMN=""), LIVE)
+        run_cleanup(canary.settings(CLEANUP_TABLE="pg_class", CLEANUP_KEY_TYPE_COLUMN="none"), LIVE)
 
 
 def test_table_without_the_timestamp_column_is_refused(canary: PgSchema) -> None:
     with pytest.raises(ConfigError, match="column updated_at does not exist"):
-        run_cleanup(canary.settings(CLEANUP_TABLE="canary", CLEANUP_KEY_TYPE_COLUMN=""), LIVE)
+        run_cleanup(canary.settings(CLEANUP_TABLE="canary", CLEANUP_KEY_TYPE_COLUMN="none"), LIVE)
 
 
 def test_non_timestamp_column_is_refused(canary: PgSchema) -> None:
     with pytest.raises(ConfigError, match="is integer, not a timestamp"):
         run_cleanup(
             canary.settings(
-                CLEANUP_TABLE="canary", CLEANUP_TIMESTAMP_COLUMN="x", CLEANUP_KEY_TYPE_COLUMN=""
+                CLEANUP_TABLE="canary", CLEANUP_TIMESTAMP_COLUMN="x", CLEANUP_KEY_TYPE_COLUMN="none"
             ),
             LIVE,
         )
