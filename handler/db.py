@@ -449,14 +449,20 @@ def _expired(target: Target, policy: Policy) -> sql.Composable:
 
     As for timestamps, an out-of-range expiry (-infinity, a BC date) is never a reason to
     delete: it is more likely a sentinel or an import accident than a TTL. infinity never
-    passes.
+    passes. Nor does a key whose own timestamp is NULL or out of range: such rows are never
+    deleted, by any rule (docs/safety.md).
     """
     if not applies_ttl(target, policy):
         return sql.SQL("false")
     exp = expires_expr(target)
     # IS NOT NULL first: most keys have no expiry, and AND stops at false but not at NULL.
-    return sql.SQL("({col} IS NOT NULL AND {exp} >= {first} AND {exp} < %(expires_now)s)").format(
-        col=sql.Identifier(target.expires_column or ""), exp=exp, first=FIRST_TIMESTAMP
+    return sql.SQL(
+        "({col} IS NOT NULL AND {exp} >= {first} AND {exp} < %(expires_now)s AND {ts_ok})"
+    ).format(
+        col=sql.Identifier(target.expires_column or ""),
+        exp=exp,
+        first=FIRST_TIMESTAMP,
+        ts_ok=in_range(timestamp_expr(target)),
     )
 
 
@@ -1136,16 +1142,21 @@ def read_creds(
     return [(r[0], r[1]) for r in rows]
 
 
-def _listing_columns(target: Target, now_param: str = "now") -> sql.Composable:
-    """Primary-key columns as text, the key type and the age in days; never the value."""
+def listing_columns(target: Target, now_param: str = "now") -> sql.Composable:
+    """Primary-key columns as text, the key type and the age in days; never the value.
+
+    The age of a NULL or out-of-range timestamp is NULL (unknown): `now - 'infinity'` would
+    fail the statement ("cannot subtract infinite timestamps").
+    """
     key = sql.SQL("jsonb_build_array({})").format(
         sql.SQL(", ").join(
             sql.SQL("{}::text").format(sql.Identifier(c)) for c in key_columns(target)
         )
     )
     kt = _key_type(target)
-    age = sql.SQL("extract(epoch FROM {now} - {ts}) / 86400.0").format(
-        now=sql.Placeholder(now_param), ts=timestamp_expr(target)
+    ts = timestamp_expr(target)
+    age = sql.SQL("CASE WHEN {ok} THEN extract(epoch FROM {now} - {ts}) / 86400.0 END").format(
+        ok=in_range(ts), now=sql.Placeholder(now_param), ts=ts
     )
     return sql.SQL("{key}, {kt}, {age}::float8").format(key=key, kt=kt, age=age)
 
@@ -1164,7 +1175,7 @@ def list_eligible(conn: Conn, target: Target, policy: Policy, now: datetime, lim
     query = sql.SQL(
         "SELECT {cols} FROM {table} WHERE {eligible} ORDER BY {ts} LIMIT %(limit)s"
     ).format(
-        cols=_listing_columns(target),
+        cols=listing_columns(target),
         table=target.ident,
         eligible=eligible_predicate(target, policy),
         ts=timestamp_expr(target),
@@ -1225,7 +1236,7 @@ def delete_range(
     item: sql.Composable
     listing: sql.Composable
     if list_limit > 0:
-        item = sql.SQL("jsonb_build_array({cols})").format(cols=_listing_columns(target))
+        item = sql.SQL("jsonb_build_array({cols})").format(cols=listing_columns(target))
         listing = sql.SQL("(array_agg(item))[1:%(list_limit)s]")
     else:
         item = sql.SQL("NULL::jsonb")
