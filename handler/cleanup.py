@@ -17,6 +17,7 @@ from psycopg import errors as pg_errors
 from handler import db, lifecycle, rules
 from handler.deleteloop import DeleteLoop, Measured, ProgressFn, remaining_ms, type_name
 from handler.report import (
+    STALLED_ALERT_RUNS,
     TREND_RUNS,
     KeptKeys,
     KeyEntry,
@@ -179,6 +180,7 @@ class _Run:
                         **self._base(target),
                     )
             report = self._locked(conn, target)
+            report = self._count_stalls(conn, report, history=history)
             report = self._record(conn, report) if history else report
             return self._with_trend(conn, report) if s.history_enabled else report
         finally:
@@ -301,6 +303,30 @@ class _Run:
                 "event is not recognised; see keys-cleanup init-db for the grants"
             )
             return None
+
+    def _count_stalls(self, conn: db.Conn, report: Report, *, history: bool) -> Report:
+        """A live run that ended partial having deleted nothing: how many in a row, from the
+        run history (a side channel: unreadable, this run alone counts)."""
+        if report.dry_run or report.status != "partial" or report.deleted:
+            return report
+        before = 0
+        schema, name = self.settings.history_table_parts
+        if history:
+            try:
+                if db.history_exists(conn, schema, name):
+                    before = db.stalled_runs_before(conn, schema, name, report.table, 1000)
+            except psycopg.Error:
+                if conn.broken:
+                    raise
+        runs = before + 1
+        update: dict[str, object] = {"stalled_runs": runs}
+        if runs >= STALLED_ALERT_RUNS:
+            update["notes"] = [
+                *report.notes,
+                f"{runs} live runs in a row ended partial having deleted nothing: the job is "
+                "stuck, see the reason (a replica or slot far behind, a table lock)",
+            ]
+        return report.model_copy(update=update)
 
     def _record(self, conn: db.Conn, report: Report) -> Report:
         """Add the run to the history table, creating it when the role may.

@@ -1531,6 +1531,26 @@ def history_trend(conn: Conn, schema: str | None, name: str, days: int) -> list[
     return [DayTrend(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in rows]
 
 
+def stalled_runs_before(
+    conn: Conn, schema: str | None, name: str, target_table: str, limit: int
+) -> int:
+    """How many of the table's last recorded runs, newest first and at most `limit`, ended
+    `partial` having deleted nothing, before the first one that did not."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT status = 'partial' AND deleted = 0 FROM {} WHERE target_table = %s "
+            "ORDER BY finished_at DESC, id DESC LIMIT %s"
+        ).format(history_ident(schema, name)),
+        (target_table, limit),
+    ).fetchall()
+    count = 0
+    for (stalled,) in rows:
+        if not stalled:
+            break
+        count += 1
+    return count
+
+
 @dataclass(frozen=True)
 class RunPoint:
     finished_at: datetime
@@ -1578,6 +1598,9 @@ class ReplicationState:
     # Streaming standbys whose positions this role may not read (it lacks pg_read_all_stats,
     # which pg_monitor includes): their lag is not watched.
     hidden_standbys: int
+    # Logical slots no consumer is connected to: not waited for (an abandoned slot would
+    # otherwise stop every run for good), named in a note.
+    idle_slots: list[Lag] = field(default_factory=list)
 
 
 def replication_state(conn: Conn) -> ReplicationState:
@@ -1592,6 +1615,8 @@ def replication_state(conn: Conn) -> ReplicationState:
     interval between running-transactions records even for a consumer that keeps up, so it
     would throttle a healthy CDC feed; an idle consumer holds back both.
     A standby that has not reported a position yet (replay_lsn NULL) is not counted.
+    A logical slot without a connected consumer (`active` false) is returned apart: waiting
+    cannot make it catch up, and an abandoned one would make every run stop at its first batch.
     """
     rows = conn.execute(
         """
@@ -1606,12 +1631,13 @@ def replication_state(conn: Conn) -> ReplicationState:
         FROM pg_stat_replication
         WHERE state IS NULL
         UNION ALL
-        SELECT 'slot', slot_name::text, NULL, pos.lsn - confirmed_flush_lsn
+        SELECT CASE WHEN active THEN 'slot' ELSE 'idle' END, slot_name::text, NULL,
+               pos.lsn - confirmed_flush_lsn
         FROM pg_replication_slots, pos
         WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL
         """
     ).fetchall()
-    lsn, hidden, lags = 0, 0, []
+    lsn, hidden, lags, idle = 0, 0, [], []
     for kind, name, addr, value in rows:
         if kind == "lsn":
             lsn = int(value)
@@ -1620,9 +1646,11 @@ def replication_state(conn: Conn) -> ReplicationState:
         elif kind == "standby":
             label = f"standby {name or '(unnamed)'}" + (f" ({addr})" if addr else "")
             lags.append(Lag(label, max(0, int(value))))
+        elif kind == "idle":
+            idle.append(Lag(f"logical slot {name}", max(0, int(value))))
         else:
             lags.append(Lag(f"logical slot {name}", max(0, int(value))))
-    return ReplicationState(lsn, lags, hidden)
+    return ReplicationState(lsn, lags, hidden, idle)
 
 
 def wal_insert_position(conn: Conn) -> int:

@@ -114,6 +114,7 @@ class DeleteLoop:
         self.lsn = 0  # WAL insert position read just before the current batch
         self.spent_at = time.monotonic()  # when the WAL budget was last settled
         self.hidden_noted = False
+        self.idle_noted: set[str] = set()  # inactive logical slots already named in a note
         self.replicas = False  # a standby or logical slot was seen at the last reading
         self.status: Status = "completed"
         self.reason: str | None = None
@@ -224,6 +225,7 @@ class DeleteLoop:
                     f"replay lag of {state.hidden_standbys} streaming standby(s) not watched: "
                     "this role cannot read pg_stat_replication (GRANT pg_monitor TO it)"
                 )
+            self._note_idle_slots(state.idle_slots)
             step = pacing.throttle_step(
                 state.lags,
                 limit_bytes=s.max_replica_lag_bytes,
@@ -252,6 +254,18 @@ class DeleteLoop:
             time.sleep(step.wait_s)
             attempt += 1
         return True
+
+    def _note_idle_slots(self, idle: list[pacing.Lag]) -> None:
+        """Name each inactive logical slot once: not waited for, but holding WAL back."""
+        for slot in idle:
+            if slot.name in self.idle_noted:
+                continue
+            self.idle_noted.add(slot.name)
+            self.notes.append(
+                f"{slot.name} has no consumer connected and is {slot.bytes:,} bytes of WAL "
+                "behind: not waited for (waiting cannot make it catch up); the primary keeps "
+                "WAL for it until it is consumed or dropped (pg_drop_replication_slot)"
+            )
 
     def _pace(self, next_page: int) -> None:
         """After a batch: charge its WAL to the budget and pay off any debt with a pause.

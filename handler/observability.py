@@ -92,6 +92,8 @@ def publish_report(report: Report) -> None:
         name="PacingWaitMs", unit=MetricUnit.Milliseconds, value=report.pacing_wait_ms
     )
     metrics.add_metric(name="DurationMs", unit=MetricUnit.Milliseconds, value=report.duration_ms)
+    # Live runs in a row ending partial with nothing deleted: StalledRunsAlarm watches it.
+    metrics.add_metric(name="StalledRuns", unit=count, value=report.stalled_runs)
     # Properties: searchable in Logs Insights beside the metrics, never dimensions.
     metrics.add_metadata(key="status", value=report.status)
     metrics.add_metadata(key="table", value=report.table)

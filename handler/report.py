@@ -88,6 +88,9 @@ class TrendPoint(_Model):
 
 # How many recorded runs the trend spans.
 TREND_RUNS = 7
+# Live runs in a row ending `partial` with nothing deleted that make an alert: one can be a
+# locked table or a busy night; two in a row (two days, scheduled) is a job that is stuck.
+STALLED_ALERT_RUNS = 2
 
 
 class Report(_Model):
@@ -164,11 +167,20 @@ class Report(_Model):
     live_run_would_fail: bool = False
     event_id: str | None = None
     duplicate: bool = False  # this event already completed: acknowledged, not run, not notified
+    # Live runs in a row, this one included, that ended `partial` having deleted nothing (the
+    # run history's earlier runs of this table); 0 when this run deleted or did not stop.
+    # From STALLED_ALERT_RUNS on, an alarm and Telegram say the job is stuck.
+    stalled_runs: int = 0
     trend: list[TrendPoint] = Field(default_factory=list)  # last runs, oldest first
 
     @property
     def mode(self) -> str:
         return "dry_run" if self.dry_run else "live"
+
+    @property
+    def stalled(self) -> bool:
+        """Stuck: STALLED_ALERT_RUNS or more live runs in a row ended partial, deleting nothing."""
+        return self.stalled_runs >= STALLED_ALERT_RUNS
 
     @property
     def stopped_by_guard(self) -> bool:

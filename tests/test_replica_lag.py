@@ -6,6 +6,11 @@ ports, whichever server the rest of the suite uses.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +22,8 @@ from psycopg.conninfo import make_conninfo
 
 from handler import db
 from handler.cleanup import run_cleanup
+from handler.notify.html import render_summary
+from handler.observability import publish_report
 from handler.settings import Flags
 from tests.conftest import PgSchema
 from tests.replica_support import STANDBY_NAME, Cluster, bin_dir
@@ -113,19 +120,84 @@ def test_paused_standby_throttles_then_the_next_run_completes(
     assert report.deleted + again.deleted == report.eligible
 
 
-def test_unconsumed_logical_slot_throttles(cluster: Cluster, primary: PgSchema) -> None:
+@contextlib.contextmanager
+def logical_slot(cluster: Cluster, *, consumer: bool) -> Iterator[str]:
+    """A logical slot; with `consumer`, pg_recvlogical connected to it and then stopped
+    (SIGSTOP): an active consumer that confirms nothing, whatever the timing."""
     slot = f"kc_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        report = run_cleanup(primary.settings(**settings_env()), LIVE)
+        if consumer:
+            proc = subprocess.Popen(
+                [
+                    str(cluster.bin / "pg_recvlogical"),
+                    "--dbname",
+                    cluster.primary_dsn,
+                    "--slot",
+                    slot,
+                    "--start",
+                    "--file",
+                    os.devnull,
+                    "--status-interval",
+                    "3600",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_for_slot(cluster, slot, active=True)
+            proc.send_signal(signal.SIGSTOP)
+        yield slot
     finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            proc.wait(timeout=10)
+            wait_for_slot(cluster, slot, active=False)
         with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+def wait_for_slot(cluster: Cluster, slot: str, *, active: bool, timeout_s: float = 30) -> None:
+    end = time.monotonic() + timeout_s
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        while time.monotonic() < end:
+            row = conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            ).fetchone()
+            if row is not None and row[0] is active:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"slot {slot} did not become {'active' if active else 'inactive'}")
+
+
+def test_a_lagging_logical_consumer_throttles(cluster: Cluster, primary: PgSchema) -> None:
+    with logical_slot(cluster, consumer=True) as slot:
+        report = run_cleanup(primary.settings(**settings_env()), LIVE)
     assert report.status == "partial"
     assert report.reason is not None
     assert f"logical slot {slot} is " in report.reason
     assert 0 < report.deleted < report.eligible
+
+
+def test_an_abandoned_logical_slot_is_named_and_not_waited_for(
+    cluster: Cluster, primary: PgSchema
+) -> None:
+    """No consumer connected: waiting cannot make it catch up, and it would stop every run at
+    its first batch, for good (deleted 0, status partial, exit 0)."""
+    with logical_slot(cluster, consumer=False) as slot:
+        with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+            # Far behind before the run starts, as an abandoned slot is.
+            conn.execute("CREATE TABLE filler AS SELECT g FROM generate_series(1, 20000) g")
+            conn.execute("DROP TABLE filler")
+        report = run_cleanup(primary.settings(**settings_env()), LIVE)
+    assert report.status == "completed"
+    assert report.deleted == report.eligible > 0
+    assert report.throttle_waits == 0
+    (note,) = [n for n in report.notes if slot in n]
+    assert "no consumer connected" in note
+    assert "pg_drop_replication_slot" in note
 
 
 def test_lag_within_the_limit_never_waits(cluster: Cluster, primary: PgSchema) -> None:
@@ -215,3 +287,50 @@ def test_wal_budget_paces_once_the_checkpoint_headroom_is_spent(cluster: Cluster
     assert paced_bytes > 4 << 20
     assert report.pacing_wait_ms > 0
     assert report.duration_ms >= paced_bytes / (16 << 20) * 1000
+
+
+def test_runs_stuck_partial_with_nothing_deleted_count_up_and_alert(
+    cluster: Cluster, primary: PgSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A standby far behind before each run: every run stops at once, deleting nothing. The
+    second such run in a row is an alert (Telegram ❌, metric StalledRuns for its alarm)."""
+    with psycopg.connect(cluster.standby_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+    with psycopg.connect(cluster.primary_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE filler AS SELECT g FROM generate_series(1, 20000) g")
+        conn.execute("DROP TABLE filler")
+    settings = primary.settings(**settings_env(CLEANUP_HISTORY="true"))
+    first = run_cleanup(settings, LIVE)
+    second = run_cleanup(settings, LIVE)
+    assert (first.status, first.deleted, second.status, second.deleted) == (
+        "partial",
+        0,
+        "partial",
+        0,
+    )
+    assert (first.stalled_runs, second.stalled_runs) == (1, 2)
+    assert not first.stalled
+    assert second.stalled
+    assert any(
+        "2 live runs in a row ended partial having deleted nothing" in n for n in second.notes
+    )
+    assert render_summary(first).startswith("⚠️")
+    summary = render_summary(second)
+    assert summary.startswith("❌")
+    assert "<b>Stuck:</b> 2 runs in a row ended partial having deleted nothing" in summary
+    capsys.readouterr()
+    publish_report(second)
+    values = [
+        json.loads(line)["StalledRuns"]
+        for line in capsys.readouterr().out.splitlines()
+        if '"StalledRuns"' in line
+    ]
+    assert values == [[2]]
+
+    with psycopg.connect(cluster.standby_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_resume()")
+    cluster.wait_for_standby()
+    third = run_cleanup(settings, LIVE)
+    assert third.status == "completed"
+    assert third.deleted > 0
+    assert third.stalled_runs == 0

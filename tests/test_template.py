@@ -145,7 +145,7 @@ def test_without_a_topic_the_stack_creates_one_and_every_alarm_notifies_it() -> 
     stack = Stack()
     assert stack.exists("AlarmTopic")
     assert RESOURCES["AlarmTopic"]["Type"] == "AWS::SNS::Topic"
-    assert len(ALARMS) == 4
+    assert len(ALARMS) == 5
     for alarm in ALARMS:
         assert stack.prop(alarm, "AlarmActions") == ["<AlarmTopic>"], alarm
         assert stack.prop(alarm, "OKActions") == ["<AlarmTopic>"], alarm

@@ -36,6 +36,8 @@ _BAR_WIDTH = 16
 _MAX_TENANTS = 5  # tenant ids are identifiers: a short list, each clipped
 
 _STATUS_ICON = {"completed": "✅", "partial": "⚠️", "aborted": "🛑", "skipped": "⏭️"}
+# Runs in a row ending partial having deleted nothing (Report.stalled): the job is stuck.
+_STALLED_ICON = "❌"
 
 
 def esc(value: object) -> str:
@@ -272,10 +274,17 @@ def render_summary(
     icon = _STATUS_ICON.get(report.status, "•")
     if report.status == "completed" and _warns(report, warning_threshold):
         icon = _STATUS_ICON["partial"]
+    if report.stalled:
+        icon = _STALLED_ICON
     header_lines = [
         f"{icon} <b>WhatsApp keys cleanup</b> · <b>{esc(_mode(report))}</b> · {esc(report.status)}",
         _target(report),
     ]
+    if report.stalled:
+        header_lines.append(
+            f"<b>Stuck:</b> {report.stalled_runs:,} runs in a row ended partial having deleted "
+            "nothing"
+        )
     if report.reason:
         header_lines.append(f"Reason: {esc(_clip(report.reason, _MAX_REASON))}")
     header_lines.extend(f"Note: {esc(_clip(note, _MAX_REASON))}" for note in report.notes)
