@@ -944,6 +944,23 @@ def _entry(target: db.Target, item: tuple[list[str | None], str | None, float | 
     )
 
 
+def open_database(settings: Settings) -> db.Conn:
+    """Check DATABASE_URL, then connect: the one way every command (a run, init-db, history)
+    opens its connection. --database-url and model_copy bypass the settings validator, so the
+    URL is checked here again: a raw `@` in the password is refused before libpq can print
+    the rest of it as a host name."""
+    if settings.database_url is None:
+        raise ConfigError(
+            "no database: set DATABASE_URL or DATABASE_SECRET_ARN (or pass --database-url)"
+        )
+    dsn = settings.database_url.get_secret_value()
+    check_database_url(dsn)
+    try:
+        return db.connect(dsn, connect_timeout_s=settings.connect_timeout_s)
+    except db.DatabaseError as exc:
+        raise CleanupError(str(exc)) from None
+
+
 def run_cleanup(
     settings: Settings,
     flags: Flags,
@@ -958,18 +975,10 @@ def run_cleanup(
     and the report then says `partial`. Raises ConfigError for a bad target or settings and
     CleanupError for database failures; neither message holds a secret.
     """
-    if settings.database_url is None:
-        raise ConfigError(
-            "no database: set DATABASE_URL or DATABASE_SECRET_ARN (or pass --database-url)"
-        )
     settings.check_flags(flags)
-    dsn = settings.database_url.get_secret_value()
-    check_database_url(dsn)  # --database-url and model_copy bypass the settings validator
     run = _Run(settings, flags, deadline, progress, event_id)
-    try:
-        conn = db.connect(dsn, connect_timeout_s=settings.connect_timeout_s)
-    except db.DatabaseError as exc:
-        raise CleanupError(str(exc)) from None
+    conn = open_database(settings)
+    dsn = settings.database_url.get_secret_value() if settings.database_url else None
     try:
         with conn:
             report = run.execute(conn)

@@ -25,7 +25,7 @@ import psycopg
 from pydantic import SecretStr
 
 from handler import __version__, db
-from handler.cleanup import CleanupError, run_cleanup, trend_points
+from handler.cleanup import CleanupError, open_database, run_cleanup, trend_points
 from handler.deleteloop import Progress
 from handler.report import TREND_RUNS, Report, human_bytes, render_text, trend_lines
 from handler.secrets import SecretError, with_database_url
@@ -219,6 +219,11 @@ def build_admin_parser(command: str) -> argparse.ArgumentParser:
     if command == "history":
         parser.add_argument("--days", type=int, default=30, help="how far back (default 30)")
         parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument(
+            "--all-tables",
+            action="store_true",
+            help="every table's runs, with a table column (default: CLEANUP_TABLE's only)",
+        )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     return parser
 
@@ -227,17 +232,9 @@ def _admin_connection(args: argparse.Namespace) -> tuple[Settings, db.Conn]:
     settings = Settings.from_env()
     if args.database_url is None:
         settings = _resolve_database(settings)
-    url = args.database_url or (
-        settings.database_url.get_secret_value() if settings.database_url else None
-    )
-    if url is None:
-        raise ConfigError(
-            "no database: set DATABASE_URL or DATABASE_SECRET_ARN (or pass --database-url)"
-        )
-    try:
-        return settings, db.connect(url, connect_timeout_s=settings.connect_timeout_s)
-    except db.DatabaseError as exc:
-        raise CleanupError(str(exc)) from None
+    else:
+        settings = settings.model_copy(update={"database_url": SecretStr(args.database_url)})
+    return settings, open_database(settings)  # the run's own URL check and connection
 
 
 def init_db(args: argparse.Namespace, stdout: TextIO) -> int:
@@ -262,12 +259,14 @@ def history(args: argparse.Namespace, stdout: TextIO) -> int:
                 f"no run-history table {settings.history_table} yet: run `keys-cleanup init-db` "
                 "or one live run"
             )
-        trend = db.history_trend(conn, schema, name, args.days)
-        recent = db.recent_runs(conn, schema, name, None, TREND_RUNS)
+        table = None if args.all_tables else _history_table(conn, settings)
+        trend = db.history_trend(conn, schema, name, args.days, table)
+        recent = db.recent_runs(conn, schema, name, table, TREND_RUNS)
     if args.json:
         rows = [
             {
                 "day": t.day.date().isoformat(),
+                "table": t.table,
                 "runs": t.runs,
                 "statuses": t.statuses.split(","),
                 "keys": t.keys,
@@ -279,27 +278,45 @@ def history(args: argparse.Namespace, stdout: TextIO) -> int:
         ]
         stdout.write(json.dumps(rows, indent=2) + "\n")
         return EXIT_OK
-    points = trend_points(recent)
-    if not points:  # not one run recorded, ever: one line says it
-        stdout.write("\n".join(trend_lines(points)) + "\n")
+    if table is None:  # every table: no one trend line spans them, the table column says
+        stdout.write(render_trend(trend, with_table=True) + "\n")
         return EXIT_OK
-    stdout.write("\n".join([*trend_lines(points), "", render_trend(trend)]) + "\n")
+    points = trend_points(recent)
+    lines = [f"table {table}", *trend_lines(points)]
+    if points:  # not one run recorded, ever: one line says it
+        lines += ["", render_trend(trend)]
+    stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 
 
-def render_trend(trend: list[db.DayTrend]) -> str:
+def _history_table(conn: db.Conn, settings: Settings) -> str:
+    """CLEANUP_TABLE as runs record it (schema.table, resolved on the search path)."""
+    schema, name = settings.table_parts
+    found = db.find_relation(conn, schema, name)
+    if found is None:
+        raise ConfigError(
+            f"table {settings.table} (CLEANUP_TABLE) does not exist (or is not visible to this "
+            "role); --all-tables shows every table's runs"
+        )
+    return f"{found[1]}.{found[2]}"
+
+
+def render_trend(trend: list[db.DayTrend], *, with_table: bool = False) -> str:
     if not trend:
         return "no live runs recorded in that period"
+    width = max(len("table"), *(len(t.table) for t in trend))
+    table_head = f"{'table':<{width}}  " if with_table else ""
     header = (
-        f"{'day (UTC)':<10}  {'runs':>4}  {'status':<18} {'keys':>12}  {'size':>10}  "
-        f"{'deleted':>10}  {'duration':>9}"
+        f"{'day (UTC)':<10}  {table_head}{'runs':>4}  {'status':<18} {'keys':>12}  "
+        f"{'size':>10}  {'deleted':>10}  {'duration':>9}"
     )
     lines = [header, "-" * len(header)]
     for t in trend:
         keys = "-" if t.keys is None else f"{t.keys:,}"
         size = "-" if t.total_bytes is None else human_bytes(t.total_bytes)
+        table = f"{t.table:<{width}}  " if with_table else ""
         lines.append(
-            f"{t.day.date().isoformat():<10}  {t.runs:>4}  {t.statuses:<18} {keys:>12}  "
+            f"{t.day.date().isoformat():<10}  {table}{t.runs:>4}  {t.statuses:<18} {keys:>12}  "
             f"{size:>10}  {t.deleted:>10,}  {t.duration_ms / 1000:>8.1f}s"
         )
     return "\n".join(lines)

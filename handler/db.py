@@ -218,6 +218,26 @@ def table_columns(conn: Conn, oid: int) -> dict[str, str]:
     )
 
 
+def find_relation(conn: Conn, schema: str | None, name: str) -> tuple[int, str, str, str] | None:
+    """(oid, schema, name, relkind) of the relation `name` resolves to, as PostgreSQL resolves
+    it (search path order, pg_catalog first), or None."""
+    row = conn.execute(
+        """
+        SELECT c.oid, n.nspname, c.relname, c.relkind
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relname = %(name)s
+          AND CASE WHEN %(schema)s::text IS NULL
+                   THEN n.nspname = ANY (current_schemas(true))
+                   ELSE n.nspname = %(schema)s END
+        ORDER BY array_position(current_schemas(true), n.nspname::text)
+        LIMIT 1
+        """,
+        {"schema": schema, "name": name},
+    ).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]), str(row[2]), str(row[3]))
+
+
 def resolve_target(
     conn: Conn,
     schema: str | None,
@@ -235,20 +255,7 @@ def resolve_target(
     An unqualified name resolves as PostgreSQL resolves it, pg_catalog first (it is on every
     search path implicitly), so `pg_class` is found as the system table and refused.
     """
-    row = conn.execute(
-        """
-        SELECT c.oid, n.nspname, c.relname, c.relkind
-        FROM pg_class c
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relname = %(name)s
-          AND CASE WHEN %(schema)s::text IS NULL
-                   THEN n.nspname = ANY (current_schemas(true))
-                   ELSE n.nspname = %(schema)s END
-        ORDER BY array_position(current_schemas(true), n.nspname::text)
-        LIMIT 1
-        """,
-        {"schema": schema, "name": name},
-    ).fetchone()
+    row = find_relation(conn, schema, name)
     shown = f"{schema}.{name}" if schema else name
     if row is None:
         raise LookupError(f"table {shown} does not exist (or is not visible to this role)")
@@ -1499,6 +1506,7 @@ def orphan_candidates(
 @dataclass(frozen=True)
 class DayTrend:
     day: datetime
+    table: str
     runs: int
     statuses: str
     keys: int | None
@@ -1507,12 +1515,17 @@ class DayTrend:
     duration_ms: int
 
 
-def history_trend(conn: Conn, schema: str | None, name: str, days: int) -> list[DayTrend]:
-    """Per day, newest first: runs, the last run's keys and size after, deleted and time."""
+def history_trend(
+    conn: Conn, schema: str | None, name: str, days: int, target_table: str | None
+) -> list[DayTrend]:
+    """Per day and table, newest first: runs, the last run's keys and size after, deleted and
+    time; of `target_table` only, or of every table when None."""
+    table_filter = sql.SQL("AND target_table = %(target)s") if target_table else sql.SQL("")
     rows = conn.execute(
         sql.SQL(
             """
             SELECT date_trunc('day', started_at, 'UTC') AS day,
+                   target_table,
                    count(*),
                    string_agg(DISTINCT status, ',' ORDER BY status),
                    (array_agg(coalesce(keys_after, keys_before) ORDER BY started_at DESC))[1],
@@ -1520,15 +1533,15 @@ def history_trend(conn: Conn, schema: str | None, name: str, days: int) -> list[
                               ORDER BY started_at DESC))[1],
                    sum(deleted),
                    sum(duration_ms)
-            FROM {}
-            WHERE started_at >= now() - make_interval(days => %s)
-            GROUP BY 1
-            ORDER BY 1 DESC
+            FROM {table}
+            WHERE started_at >= now() - make_interval(days => %(days)s) {table_filter}
+            GROUP BY 1, 2
+            ORDER BY 1 DESC, 2
             """
-        ).format(history_ident(schema, name)),
-        (days,),
+        ).format(table=history_ident(schema, name), table_filter=table_filter),
+        {"days": days, "target": target_table},
     ).fetchall()
-    return [DayTrend(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6])) for r in rows]
+    return [DayTrend(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), int(r[7])) for r in rows]
 
 
 def stalled_runs_before(

@@ -222,7 +222,7 @@ def test_history_command_prints_the_trend_of_the_last_runs(
     assert main(["init-db"]) == EXIT_OK
     capsys.readouterr()
     assert main(["history"]) == EXIT_OK
-    assert capsys.readouterr().out == "no run history\n"
+    assert capsys.readouterr().out == f"table {seeded.schema}.whatsapp_keys\nno run history\n"
     assert main(["--execute"]) == EXIT_OK
     seeded.insert_keys([KeyRow("c", "session", "late", 40)])
     assert main(["--execute"]) == EXIT_OK
@@ -230,8 +230,9 @@ def test_history_command_prints_the_trend_of_the_last_runs(
 
     assert main(["history"]) == EXIT_OK
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "keys 2 runs: 6 → 6"
-    assert re.fullmatch(r"size 2 runs: [\d.]+ → [\d.]+ KiB", out[1])
+    assert out[0] == f"table {seeded.schema}.whatsapp_keys"
+    assert out[1] == "keys 2 runs: 6 → 6"
+    assert re.fullmatch(r"size 2 runs: [\d.]+ → [\d.]+ KiB", out[2])
 
 
 # --- the progress line --------------------------------------------------------------------------
