@@ -10,6 +10,7 @@ import re
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -41,6 +42,14 @@ from handler.settings import (
 # The reference deployment's creds table, looked for beside the key table when
 # CLEANUP_AUTH_TABLE is unset.
 DEFAULT_AUTH_TABLE = "whatsapp_auth"
+# Zone names that PostgreSQL takes as fixed-offset abbreviations (pg_timezone_abbrevs), and an
+# IANA zone that follows the daylight-saving rules the application most likely meant.
+ZONE_FOR_ABBREVIATION = {
+    "CET": "Europe/Berlin",
+    "MET": "Europe/Berlin",
+    "EET": "Europe/Athens",
+    "WET": "Europe/Lisbon",
+}
 # VACUUM is skipped with less time than this left: started, it would only be cancelled.
 MIN_VACUUM_BUDGET_MS = 10_000
 # The orphan rule takes a tenant only when a run at least this much earlier found it orphaned
@@ -155,6 +164,7 @@ class _Run:
         except (LookupError, TypeError) as exc:
             raise ConfigError(str(exc)) from None
         self._check_rule_columns(target)
+        self._check_zone_name(conn)
         self._check_timezone(target)
         if self.flags.dry_run:
             self._check_live_privileges(conn, target)
@@ -257,6 +267,30 @@ class _Run:
             raise ConfigError(f"{problem}; a live run refuses (--force overrides)")
         self.notes.append(f"{problem}; a live run refuses unless forced")
         return False
+
+    def _check_zone_name(self, conn: db.Conn) -> None:
+        """Refuse a CLEANUP_TIMESTAMP_TIMEZONE that PostgreSQL reads as a fixed-offset
+        abbreviation where the IANA zone of that name has another offset at some time of the
+        year: `CET` is +01:00 all year to `AT TIME ZONE`, so summer rows would be an hour off.
+        (UTC, GMT, EST are the same either way, and pass.)"""
+        zone = self.settings.timestamp_timezone
+        if zone is None:
+            return
+        offset = db.abbreviation_offset(conn, zone)
+        if offset is None:
+            return
+        info = ZoneInfo(zone)  # valid: checked by the settings
+        year = datetime.now(UTC).year
+        seasons = [datetime(year, month, 15, 12, tzinfo=UTC) for month in (1, 7)]
+        if all(moment.astimezone(info).utcoffset() == offset for moment in seasons):
+            return
+        hours = offset.total_seconds() / 3600
+        instead = ZONE_FOR_ABBREVIATION.get(zone.upper(), "an Area/City zone such as Europe/Berlin")
+        raise ConfigError(
+            f"CLEANUP_TIMESTAMP_TIMEZONE={zone}: PostgreSQL reads it as the abbreviation for the "
+            f"fixed offset UTC{hours:+g}, all year, so rows written in summer time would be an "
+            f"hour off; name the IANA zone instead, e.g. {instead}"
+        )
 
     def _check_timezone(self, target: db.Target) -> None:
         """A `timestamp` column's zone must be known before anything is deleted by it."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -312,6 +312,17 @@ def resolve_target(
         tenant_column=tenant_column if tenant_column in columns else None,
         key_id_column=key_id_column if key_id_column in columns else None,
     )
+
+
+def abbreviation_offset(conn: Conn, zone: str) -> timedelta | None:
+    """The fixed UTC offset PostgreSQL reads `zone` as when it is a time-zone abbreviation
+    (pg_timezone_abbrevs, matched without regard to case, as PostgreSQL matches them), else
+    None. `AT TIME ZONE` takes an abbreviation before a zone name of the same spelling."""
+    row = conn.execute(
+        "SELECT utc_offset FROM pg_timezone_abbrevs WHERE lower(abbrev) = lower(%s) LIMIT 1",
+        (zone,),
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def try_lock(conn: Conn, target: Target) -> bool:

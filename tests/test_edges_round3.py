@@ -200,3 +200,57 @@ def test_a_column_nobody_named_never_fails_a_run(pg: PgSchema, change: str, dry_
     assert report.status == "completed"
     assert report.eligible == 1
     assert report.deleted == (0 if dry_run else 1)
+
+
+# --- 12. Time-zone abbreviations ----------------------------------------------------------------
+
+
+def naive_keys(pg: PgSchema) -> None:
+    """`updated_at timestamp`, written as Berlin wall time: one row past the cutoff."""
+    with pg.connect() as conn:
+        conn.execute(
+            "CREATE TABLE naive_keys (id int PRIMARY KEY, key_type text, updated_at timestamp)"
+        )
+        conn.execute(
+            "INSERT INTO naive_keys VALUES (1, 'app-state-sync-key', now() AT TIME ZONE "
+            "'Europe/Berlin'), (2, 'session', (now() - interval '40 days') AT TIME ZONE "
+            "'Europe/Berlin')"
+        )
+
+
+@pytest.mark.parametrize(
+    ("zone", "instead"),
+    [
+        ("CET", "Europe/Berlin"),
+        ("EET", "Europe/Athens"),
+        ("WET", "Europe/Lisbon"),
+        ("MET", "Europe/Berlin"),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry", "live"])
+def test_a_zone_postgresql_reads_as_a_fixed_abbreviation_is_refused_naming_an_iana_zone(
+    pg: PgSchema, zone: str, instead: str, dry_run: bool
+) -> None:
+    naive_keys(pg)
+    settings = pg.settings(
+        CLEANUP_TABLE="naive_keys",
+        CLEANUP_KEY_TYPE_COLUMN="none",
+        CLEANUP_TIMESTAMP_TIMEZONE=zone,
+    )
+    with pytest.raises(ConfigError, match=rf"CLEANUP_TIMESTAMP_TIMEZONE={zone}:.*{instead}"):
+        run_cleanup(settings, Flags(dry_run=dry_run, force=True))
+    with pg.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM naive_keys").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "GMT", "EST", "Europe/Berlin"])
+def test_zones_an_abbreviation_reads_the_same_all_year_pass(pg: PgSchema, zone: str) -> None:
+    naive_keys(pg)
+    settings = pg.settings(
+        CLEANUP_TABLE="naive_keys",
+        CLEANUP_KEY_TYPE_COLUMN="none",
+        CLEANUP_TIMESTAMP_TIMEZONE=zone,
+    )
+    report = run_cleanup(settings, Flags(dry_run=False, force=True))
+    assert report.status == "completed"
+    assert report.deleted == 1
