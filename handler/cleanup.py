@@ -808,9 +808,7 @@ class _Run:
         deleted_by_type = self._deleted_by_type(loop, by_type, eligible)
         if by_type and deleted_by_type is None:
             self.notes.append(
-                f"per-type split of the deleted keys not counted: {eligible - deleted:,} "
-                "eligible keys were refreshed or removed by the application during the run, "
-                "or left for the next run (run with --verbose to count each type)"
+                f"per-type split of the deleted keys not counted: {_gap(eligible, deleted)}"
             )
         vacuumed = flags.vacuum and self._vacuum(conn, target, status)
         after: TableStats | None = None
@@ -922,6 +920,23 @@ class _Run:
         if loop.deleted == eligible:
             return {name: stats.eligible for name, stats in by_type.items()}
         return None
+
+
+def _gap(eligible: int, deleted: int) -> str:
+    """Why the deleted keys differ from the eligible ones measured, in counts that are never
+    negative: fewer (refreshed, removed by the application, left for the next run) or more
+    (keys that became eligible during the run)."""
+    if deleted < eligible:
+        return (
+            f"{eligible - deleted:,} of the {eligible:,} eligible keys were not deleted: "
+            "refreshed or removed by the application during the run, or left for the next run "
+            "(run with --verbose to count each type)"
+        )
+    return (
+        f"{deleted - eligible:,} more keys were deleted than were eligible when measured "
+        f"({eligible:,}): keys that became eligible during the run, such as ones written with "
+        "an old timestamp (run with --verbose to count each type)"
+    )
 
 
 def _normalised_type(key_type: str) -> str:

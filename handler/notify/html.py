@@ -34,6 +34,11 @@ _MAX_ERROR = 1500
 _MAX_TYPE_NAME = 24
 _BAR_WIDTH = 16
 _MAX_TENANTS = 5  # tenant ids are identifiers: a short list, each clipped
+# Notes shown before "… and N more notes": a run may carry dozens (45 made 5,340 characters).
+_MAX_NOTES = 5
+# A listed key's identifying columns, clipped: a 5,000-character tenant id must not take the
+# whole listing's room.
+_MAX_LISTING_KEY = 160
 
 _STATUS_ICON = {"completed": "✅", "partial": "⚠️", "aborted": "🛑", "skipped": "⏭️"}
 # Runs in a row ending partial having deleted nothing (Report.stalled): the job is stuck.
@@ -211,8 +216,32 @@ def _listing_rows(report: Report) -> list[str]:
     rows = []
     for entry in report.keys:
         age = "?" if entry.age_days is None else f"{entry.age_days:.1f}d"
-        rows.append(esc(f"{listing_line(entry, report.key_type_column)}  {age}"))
+        key = _clip(listing_line(entry, report.key_type_column), _MAX_LISTING_KEY)
+        rows.append(esc(f"{key}  {age}"))
     return rows
+
+
+def _note_lines(notes: Sequence[str], shown: int) -> list[str]:
+    """The first `shown` notes, each clipped, and how many more there are."""
+    lines = [f"Note: {esc(_clip(note, _MAX_REASON))}" for note in notes[:shown]]
+    if len(notes) > shown:
+        more = len(notes) - shown
+        lines.append(esc(f"Note: … and {more:,} more note{'' if more == 1 else 's'} (in the logs)"))
+    return lines
+
+
+def _fit_lines(text: str, limit: int) -> str:
+    """Whole lines from the top while they fit: the last resort for a tiny `limit`. Only for
+    text whose lines each close their own tags (no <pre> block)."""
+    kept: list[str] = []
+    used = 0
+    for line in text.split("\n"):
+        cost = telegram_len(line) + (1 if kept else 0)
+        if used + cost > limit:
+            break
+        kept.append(line)
+        used += cost
+    return "\n".join(kept).rstrip("\n")
 
 
 def _fit_pre(
@@ -287,22 +316,54 @@ def render_summary(
         )
     if report.reason:
         header_lines.append(f"Reason: {esc(_clip(report.reason, _MAX_REASON))}")
-    header_lines.extend(f"Note: {esc(_clip(note, _MAX_REASON))}" for note in report.notes)
+    # Fewer notes until the whole summary fits; else the essentials with as many notes as
+    # fit; then, for a tiny `limit`, whole lines from the top.
+    heads = [
+        "\n".join([*header_lines, *_note_lines(report.notes, shown)])
+        for shown in range(min(len(report.notes), _MAX_NOTES), -1, -1)
+    ]
+    for essentials in (False, True):
+        for head in heads:
+            text = _summary_parts(
+                report,
+                head,
+                now=now,
+                limit=limit,
+                threshold=warning_threshold,
+                essentials=essentials,
+            )
+            if telegram_len(text) <= limit:
+                return text
+    return _fit_lines(text, limit)
+
+
+def _summary_parts(
+    report: Report,
+    head: str,
+    *,
+    now: datetime | None,
+    limit: int,
+    threshold: int | None,
+    essentials: bool,
+) -> str:
+    """The summary under `head`: the figures, the age block, then the per-type table, the top
+    tenants and the listing as far as they fit; with `essentials`, the figures alone."""
     figures = [
-        _counts(report, warning_threshold),
+        _counts(report, threshold),
         *filter(None, [_rules(report)]),
         *(f"<b>Kept</b> {esc(_clip(line, _MAX_REASON))}" for line in kept_lines(report)),
         _duration_line(report),
         *_sizes(report),
         "<b>Trend:</b> " + esc(" · ".join(trend_lines(report.trend))),
     ]
-    head = "\n".join(header_lines)
     if report.status == "skipped":
         # Nothing was measured or touched: the reason is the message.
         return _assemble([head, _footer(report, now)])
     body = "\n".join(figures)
-    age = _age_block(report)
     footer = _footer(report, now)
+    if essentials:
+        return _assemble([head, body, footer])
+    age = _age_block(report)
 
     fixed = _assemble([head, body, age, footer])
     # Separators ("\n\n") for the two optional blocks are counted in their budget.
@@ -324,11 +385,7 @@ def render_summary(
             total_keys,
             budget,
         )
-    text = _assemble([head, body, age, types_block, tenants_block, listing_block, footer])
-    if telegram_len(text) > limit:
-        # Only reachable with a tiny `limit`: fall back to the essentials.
-        text = _assemble([head, body, footer])
-    return text
+    return _assemble([head, body, age, types_block, tenants_block, listing_block, footer])
 
 
 def render_guard_abort(report: Report, settings: Settings, *, now: datetime | None = None) -> str:
