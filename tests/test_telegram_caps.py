@@ -81,8 +81,8 @@ def test_a_5000_character_tenant_id_does_not_cut_the_listing_short() -> None:
 
 def test_more_keys_deleted_than_measured_is_said_without_a_negative_count(pg: PgSchema) -> None:
     """Keys that become eligible during the run (here: updated to an old timestamp by another
-    session, in pages not reached yet) are deleted too; the note used to read "-300 eligible
-    keys were refreshed"."""
+    session, in pages not reached yet) are deleted too, within the margin the delete loop
+    allows past the measured count; the note used to read "-50 eligible keys were refreshed"."""
     with pg.connect() as conn:
         conn.execute(
             "CREATE TABLE k (id int PRIMARY KEY, key_type text, key_id text, "
@@ -101,7 +101,7 @@ def test_more_keys_deleted_than_measured_is_said_without_a_negative_count(pg: Pg
             return
         aged = True
         with psycopg.connect(pg.dsn, autocommit=True) as other:
-            other.execute("UPDATE k SET updated_at = now() - interval '60 days' WHERE id > 1700")
+            other.execute("UPDATE k SET updated_at = now() - interval '60 days' WHERE id > 1950")
 
     report = run_cleanup(
         pg.settings(CLEANUP_TABLE="k", CLEANUP_BATCH_SIZE="50"),
@@ -110,8 +110,9 @@ def test_more_keys_deleted_than_measured_is_said_without_a_negative_count(pg: Pg
     )
     assert aged
     assert report.eligible == 999
-    assert report.deleted == 999 + 300
+    assert report.status == "completed"
+    assert report.deleted == 999 + 50
     (split,) = [n for n in report.notes if "per-type split" in n]
-    assert "300 more keys were deleted than were eligible when measured" in split
+    assert "50 more keys were deleted than were eligible when measured" in split
     for text in (*report.notes, to_plain_text(render_summary(report))):
         assert not re.search(r"(?<![\w.])-\d", text), text
