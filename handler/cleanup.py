@@ -17,6 +17,7 @@ from psycopg import errors as pg_errors
 
 from handler import db, lifecycle, rules
 from handler.deleteloop import DeleteLoop, Measured, ProgressFn, remaining_ms, type_name
+from handler.errors import CleanupError as CleanupError  # noqa: PLC0414 - re-exported
 from handler.report import (
     STALLED_ALERT_RUNS,
     TREND_RUNS,
@@ -70,10 +71,6 @@ _AUTH_PROBLEMS: dict[type[Exception], str] = {
 
 class _AuthLocked(Exception):
     """The auth table's lock could not be had within the lock timeout."""
-
-
-class CleanupError(RuntimeError):
-    """The run failed. The message is safe to log: no DSN, password or key value."""
 
 
 def _table_stats(sizes: db.Sizes, keys: int) -> TableStats:
@@ -149,20 +146,18 @@ class _Run:
             )
         db.set_timeouts(conn, statement_ms=s.statement_timeout_ms, lock_ms=s.lock_timeout_ms)
         schema, name = s.table_parts
-        try:
-            target = db.resolve_target(
-                conn,
-                schema,
-                name,
-                s.timestamp_column,
-                s.key_type_column,
-                s.timestamp_timezone,
-                expires_column=s.expires_column,
-                tenant_column=s.tenant_column,
-                key_id_column=s.key_id_column,
-            )
-        except (LookupError, TypeError) as exc:
-            raise ConfigError(str(exc)) from None
+        # TargetNotFound / TargetTypeError are ConfigErrors: they reach the caller as they are.
+        target = db.resolve_target(
+            conn,
+            schema,
+            name,
+            s.timestamp_column,
+            s.key_type_column,
+            s.timestamp_timezone,
+            expires_column=s.expires_column,
+            tenant_column=s.tenant_column,
+            key_id_column=s.key_id_column,
+        )
         self._check_rule_columns(target)
         self._check_zone_name(conn)
         self._check_timezone(target)

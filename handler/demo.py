@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import psycopg
 
+from handler.errors import DemoUnavailableError
 from handler.schema import reference_schema, seed_keys, seed_rules
 
 DEMO_ROWS = 40_000
@@ -26,10 +27,6 @@ DEMO_AGE_SCALE = 0.6
 # its pre-key counters and own JIDs, so the report shows what the key lifecycle keeps. All of
 # it together stays below the guard.
 DEMO_LOGGED_OUT_TENANT = "company-logged-out"
-
-
-class DemoUnavailableError(RuntimeError):
-    pass
 
 
 @contextmanager

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
-# Keys the job keeps for the key lifecycle, and why (the report shows one line per reason).
-KeepReason = Literal["prekey_window", "prekey_no_creds", "own_session", "own_sender_key", "index"]
+from handler.domain import MAX_ID_DIGITS
+from handler.domain import KeepReason as KeepReason  # noqa: PLC0414 - re-exported
+from handler.domain import Lifecycle as Lifecycle  # noqa: PLC0414 - re-exported
 
 KEEP_REASONS: dict[KeepReason, tuple[str, str]] = {
     # reason: (key type, why, as the report says it)
@@ -37,10 +37,6 @@ KEEP_REASONS: dict[KeepReason, tuple[str, str]] = {
     "index": ("tctoken", "Baileys' token index (__index)"),
 }
 
-# Ids compared as numbers are at most this many digits: larger ones (or any other text) are
-# not Baileys pre-key ids, and are kept. Baileys' ids fit 3 bytes on the wire (xmppPreKey).
-MAX_ID_DIGITS = 15
-
 
 @dataclass(frozen=True)
 class Creds:
@@ -49,20 +45,6 @@ class Creds:
     next_prekey_id: int
     first_unuploaded_prekey_id: int
     own_users: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Lifecycle:
-    """The per-tenant facts each batch's DELETE checks (see db.lifecycle_keep).
-
-    `windows`: tenant -> [lowest kept id, highest kept id] of its pre-keys; a tenant absent
-    from it keeps every pre-key. `own_users`: tenant -> the user parts of its own JIDs; a
-    tenant absent from it has unknown own devices: its sender keys are all treated as our own.
-    """
-
-    windows: dict[str, tuple[int, int]] = field(default_factory=dict)
-    own_users: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    prekey_age_only: bool = False
 
 
 def jid_user(jid: object) -> str | None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from handler.domain import Lag as Lag  # noqa: PLC0414 - re-exported
+
 MAX_SPAN = 100_000
 # The first batch covers this fraction of the span that `batch_rows` would need if every row
 # of an average page were eligible: small enough that even the densest layout stays in budget.
@@ -166,14 +168,6 @@ def pause_within_deadline(
         return pause_s
     slack = max(0.0, remaining_s - work_s)
     return max(0.0, min(pause_s, slack * min(1.0, max(share, 0.0))))
-
-
-@dataclass(frozen=True)
-class Lag:
-    """How far one standby or logical replication slot is behind the primary's WAL."""
-
-    name: str  # "standby <application_name> (<client_addr>)" or "slot <slot_name>"
-    bytes: int
 
 
 @dataclass(frozen=True)

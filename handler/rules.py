@@ -2,7 +2,8 @@
 types that match no key, whether to apply the orphan rule, and how the measured counts of the
 three rules (age, TTL, orphans) add up into the report's figures.
 
-The SQL that applies them lives in db.py (`eligible_predicate`); see docs/rules.md.
+The SQL that applies them lives in handler/db/predicates.py (`eligible_predicate`); see
+docs/rules.md.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
 
-from handler import db
+from handler.domain import TenantCounts, TypeCounts
 from handler.report import BUCKET_LABELS, TenantStats, TypeStats
 from handler.settings import Settings, closest
 
@@ -94,16 +95,14 @@ def orphan_refusal(
     return None
 
 
-def orphaned_tenants(tenants: Sequence[db.TenantCounts]) -> list[db.TenantCounts]:
+def orphaned_tenants(tenants: Sequence[TenantCounts]) -> list[TenantCounts]:
     """The orphan rule's measured set, most keys first: tenants without an auth row, no key
     touched within the grace, and recorded so by the earlier runs (a NULL tenant is nobody's)."""
     found = [t for t in tenants if t.confirmed and t.tenant is not None]
     return sorted(found, key=lambda t: (-t.keys, t.tenant or ""))
 
 
-def top_tenants(
-    tenants: Sequence[db.TenantCounts], limit: int, *, orphans: bool
-) -> list[TenantStats]:
+def top_tenants(tenants: Sequence[TenantCounts], limit: int, *, orphans: bool) -> list[TenantStats]:
     """Up to `limit` tenants by key count, with their eligible and orphaned keys."""
     ranked = sorted(tenants, key=lambda t: (-t.keys, t.tenant or ""))[:limit]
     return [
@@ -124,13 +123,13 @@ def buckets(newer: Sequence[int], with_timestamp: int) -> dict[str, int]:
     return dict(zip(BUCKET_LABELS, values, strict=True))
 
 
-def age_distribution(counts: Sequence[db.TypeCounts], edges: Sequence[datetime]) -> dict[str, int]:
+def age_distribution(counts: Sequence[TypeCounts], edges: Sequence[datetime]) -> dict[str, int]:
     """Every key with an in-range timestamp per age bucket."""
     newer = [sum(c.newer_than[edge] for c in counts) for edge in edges]
     return buckets(newer, sum(c.with_timestamp for c in counts))
 
 
-def expired_by_age(counts: Sequence[db.TypeCounts], edges: Sequence[datetime]) -> dict[str, int]:
+def expired_by_age(counts: Sequence[TypeCounts], edges: Sequence[datetime]) -> dict[str, int]:
     """The expired keys per age bucket (empty without the TTL rule)."""
     if not any(c.expired_newer_than for c in counts):
         return {}
@@ -148,7 +147,7 @@ class Totals:
     orphaned: int
 
 
-def type_stats(c: db.TypeCounts, retention_days: int | None, *, orphans: bool) -> TypeStats:
+def type_stats(c: TypeCounts, retention_days: int | None, *, orphans: bool) -> TypeStats:
     """One key type's row: eligible by any applied rule, and what protection keeps."""
     return TypeStats(
         keys=c.keys,
@@ -161,7 +160,7 @@ def type_stats(c: db.TypeCounts, retention_days: int | None, *, orphans: bool) -
     )
 
 
-def totals(counts: Sequence[db.TypeCounts], *, orphans: bool) -> Totals:
+def totals(counts: Sequence[TypeCounts], *, orphans: bool) -> Totals:
     stats = [type_stats(c, None, orphans=orphans) for c in counts]
     return Totals(
         eligible=sum(t.eligible for t in stats),

@@ -16,6 +16,7 @@ from botocore.config import Config  # botocore comes with boto3, which the runti
 from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from handler.errors import SecretError as SecretError  # noqa: PLC0414 - re-exported
 from handler.settings import ConfigError, Settings, format_validation_error
 
 # Five minutes: a warm container reuses the value (one run a day rarely finds one warm, but
@@ -79,10 +80,6 @@ def get_parameter(name: str, max_age: int) -> str | bytes:
 
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
-
-
-class SecretError(RuntimeError):
-    """The secret could not be read. The message names the setting, never a value."""
 
 
 class RdsSecret(BaseModel):

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from handler.errors import ConfigError as ConfigError  # noqa: PLC0414 - re-exported
+
 # A plain SQL identifier. Quoted, unicode or dotted names are refused rather than guessed at:
 # this tool deletes rows, so an odd name is far more likely a typo or an attack than a need.
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
@@ -60,10 +62,6 @@ DEFAULT_PREKEY_WINDOW = 1000
 NO_COLUMN = "none"
 # Variables with this prefix are ours: an unknown one is most likely a misspelt setting.
 SETTINGS_PREFIX = "CLEANUP_"
-
-
-class ConfigError(ValueError):
-    """Bad settings or flags. The message names what is wrong and never holds a value."""
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:

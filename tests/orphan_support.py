@@ -1,5 +1,5 @@
 """Helpers for the orphan rule's two-run confirmation: a run recorded earlier, as the job
-records it (handler/db.py:insert_history), or this test's runs moved back in time."""
+records it (handler/db/history.py:insert_history), or this test's runs moved back in time."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 
+from handler.errors import TelegramError as TelegramError  # noqa: PLC0414 - re-exported
 from handler.notify.secrets import redact
 
 # Retries: Telegram asks for a pause with 429 + parameters.retry_after; 5xx responses and
@@ -47,10 +48,6 @@ for _name in (
     "urllib3.util.retry",
 ):
     logging.getLogger(_name).addFilter(_RedactUrls())
-
-
-class TelegramError(Exception):
-    """Delivery failed. The message names the cause and never contains the token."""
 
 
 @dataclass(frozen=True)

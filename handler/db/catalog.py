@@ -1,0 +1,316 @@
+"""Connect, resolve the target and auth tables in the catalog, lock, and read the clock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow, class_row, dict_row
+
+from handler.domain import AuthTable, Relation, Target
+from handler.errors import DatabaseError, TargetNotFound, TargetTypeError
+
+Conn = psycopg.Connection[TupleRow]
+
+MIN_SERVER_VERSION = 140000  # TID Range Scan (ctid >= x AND ctid < y) arrived in PostgreSQL 14
+TIMESTAMPTZ = "timestamp with time zone"
+TIMESTAMP = "timestamp without time zone"
+TIMESTAMP_TYPES = frozenset({TIMESTAMPTZ, TIMESTAMP})
+# Advisory lock key: a fixed high word ("kc") so our locks don't collide with the
+# application's, and the table's OID as the low word, so each target table has its own lock.
+LOCK_CLASS = 0x6B63 << 32
+
+
+def fetch_one[Row](cur: psycopg.Cursor[Row]) -> Row:
+    """The one row of an aggregate or scalar SELECT."""
+    row = cur.fetchone()
+    if row is None:  # pragma: no cover - aggregates and scalar SELECTs always return a row
+        raise DatabaseError("the query returned no row")
+    return row
+
+
+def redact(message: str, dsn: str | None) -> str:
+    """Remove the DSN and its password from a driver message (libpq may echo parts of it)."""
+    if dsn:
+        message = message.replace(dsn, "[database url]")
+        try:
+            password = conninfo_to_dict(dsn).get("password")
+        except psycopg.Error:
+            password = None
+        if password:
+            message = message.replace(str(password), "***")
+    # A URL with credentials that slipped through in another spelling.
+    return re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
+
+
+def connect(dsn: str, *, connect_timeout_s: int) -> Conn:
+    """Open an autocommit connection. Errors come back as DatabaseError without secrets."""
+    try:
+        conn = psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=connect_timeout_s,
+            application_name="keys-cleanup",
+        )
+    except psycopg.Error as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise DatabaseError(f"could not connect to the database: {redact(detail, dsn)}") from None
+    # Reports read the same whatever the server's default zone, and `now() - interval` is
+    # exactly N x 24 hours: UTC has no daylight-saving shifts.
+    conn.execute("SET TimeZone = 'UTC'")
+    # No JIT: the measuring pass is one scan whose plan cost passes jit_optimize_above_cost at
+    # 300k rows, and compiling it took 0.3-0.5 s with the key lifecycle's expressions, more
+    # than the whole scan; without it the pass ran faster at 1M rows with the old rules too
+    # (bench/results/rules-1000000.md).
+    conn.execute("SET jit = off")
+    return conn
+
+
+def set_timeouts(conn: Conn, *, statement_ms: int, lock_ms: int, local: bool = False) -> None:
+    scope = sql.SQL("LOCAL ") if local else sql.SQL("")
+    conn.execute(
+        sql.SQL("SET {}statement_timeout = {}").format(
+            scope, sql.Literal(f"{max(1, statement_ms)}ms")
+        )
+    )
+    conn.execute(
+        sql.SQL("SET {}lock_timeout = {}").format(scope, sql.Literal(f"{max(1, lock_ms)}ms"))
+    )
+
+
+def set_local(conn: Conn, **settings: str) -> None:
+    """SET LOCAL several settings in one statement (inside a transaction)."""
+    conn.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.Literal(value))
+                for name, value in settings.items()
+            )
+        )
+    )
+
+
+def server_version(conn: Conn) -> int:
+    return conn.info.server_version
+
+
+def table_columns(conn: Conn, oid: int) -> dict[str, str]:
+    """A relation's live columns: name -> type as format_type spells it."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+            (oid,),
+        ).fetchall()
+    return {r["attname"]: r["type"] for r in rows}
+
+
+def find_relation(conn: Conn, schema: str | None, name: str) -> Relation | None:
+    """The relation `name` resolves to, as PostgreSQL resolves it (search path order,
+    pg_catalog first), or None."""
+    with conn.cursor(row_factory=class_row(Relation)) as cur:
+        return cur.execute(
+            """
+            SELECT c.oid::bigint AS oid, n.nspname::text AS schema, c.relname::text AS name,
+                   c.relkind::text AS relkind
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relname = %(name)s
+              AND CASE WHEN %(schema)s::text IS NULL
+                       THEN n.nspname = ANY (current_schemas(true))
+                       ELSE n.nspname = %(schema)s END
+            ORDER BY array_position(current_schemas(true), n.nspname::text)
+            LIMIT 1
+            """,
+            {"schema": schema, "name": name},
+        ).fetchone()
+
+
+def _primary_key(conn: Conn, oid: int) -> tuple[str, ...]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """
+            SELECT a.attname
+            FROM pg_index i
+            CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = %s AND i.indisprimary
+            ORDER BY k.ord
+            """,
+            (oid,),
+        ).fetchall()
+    return tuple(r["attname"] for r in rows)
+
+
+def _cleanable_relation(conn: Conn, schema: str | None, name: str) -> Relation:
+    """The relation `name` resolves to, when it is an ordinary table outside the system
+    schemas; else TargetNotFound."""
+    rel = find_relation(conn, schema, name)
+    if rel is None:
+        shown = f"{schema}.{name}" if schema else name
+        raise TargetNotFound(f"table {shown} does not exist (or is not visible to this role)")
+    if rel.schema in {"pg_catalog", "information_schema"} or rel.schema.startswith("pg_"):
+        raise TargetNotFound(f"refusing {rel.schema}.{rel.name}: it is a system table")
+    if rel.relkind != "r":
+        raise TargetNotFound(
+            f"{rel.schema}.{rel.name} is not an ordinary table (relkind {rel.relkind})"
+        )
+    return rel
+
+
+def _check_columns(
+    rel: Relation,
+    columns: dict[str, str],
+    timestamp_column: str,
+    key_type_column: str | None,
+    expires_column: str | None,
+) -> None:
+    """TargetNotFound / TargetTypeError for a configured column the table lacks or types
+    wrongly. The TTL column is optional: used when the table has it, checked when it does."""
+    where = f"{rel.schema}.{rel.name}"
+    ts_type = columns.get(timestamp_column)
+    if ts_type is None:
+        raise TargetNotFound(f"column {timestamp_column} does not exist in {where}")
+    if ts_type not in TIMESTAMP_TYPES:
+        raise TargetTypeError(f"column {where}.{timestamp_column} is {ts_type}, not a timestamp")
+    if key_type_column is not None and key_type_column not in columns:
+        raise TargetNotFound(
+            f"column {key_type_column} does not exist in {where} "
+            "(set CLEANUP_KEY_TYPE_COLUMN=none if the table has no key-type column)"
+        )
+    expires_type = columns.get(expires_column) if expires_column else None
+    if expires_type is not None and expires_type not in TIMESTAMP_TYPES:
+        raise TargetTypeError(
+            f"column {where}.{expires_column} is {expires_type}, not a timestamp "
+            "(set CLEANUP_EXPIRES_COLUMN to the TTL column, or unset it to turn the TTL rule off)"
+        )
+
+
+def resolve_target(
+    conn: Conn,
+    schema: str | None,
+    name: str,
+    timestamp_column: str,
+    key_type_column: str | None,
+    timestamp_timezone: str | None = None,
+    *,
+    expires_column: str | None = None,
+    tenant_column: str | None = None,
+    key_id_column: str | None = None,
+) -> Target:
+    """Find the table in the catalog and check its columns; raise TargetNotFound or
+    TargetTypeError (both ConfigError) when it will not do.
+
+    An unqualified name resolves as PostgreSQL resolves it, pg_catalog first (it is on every
+    search path implicitly), so `pg_class` is found as the system table and refused.
+    """
+    rel = _cleanable_relation(conn, schema, name)
+    columns = table_columns(conn, rel.oid)
+    _check_columns(rel, columns, timestamp_column, key_type_column, expires_column)
+    expires_type = columns.get(expires_column) if expires_column else None
+    return Target(
+        rel.oid,
+        rel.schema,
+        rel.name,
+        timestamp_column,
+        key_type_column,
+        _primary_key(conn, rel.oid),
+        naive_timestamp=columns[timestamp_column] == TIMESTAMP,
+        timestamp_timezone=timestamp_timezone,
+        expires_column=expires_column if expires_type is not None else None,
+        naive_expires=expires_type == TIMESTAMP,
+        tenant_column=tenant_column if tenant_column in columns else None,
+        key_id_column=key_id_column if key_id_column in columns else None,
+    )
+
+
+def abbreviation_offset(conn: Conn, zone: str) -> timedelta | None:
+    """The fixed UTC offset PostgreSQL reads `zone` as when it is a time-zone abbreviation
+    (pg_timezone_abbrevs, matched without regard to case, as PostgreSQL matches them), else
+    None. `AT TIME ZONE` takes an abbreviation before a zone name of the same spelling."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT utc_offset FROM pg_timezone_abbrevs WHERE lower(abbrev) = lower(%s) LIMIT 1",
+            (zone,),
+        ).fetchone()
+    return None if row is None else row["utc_offset"]
+
+
+def try_lock(conn: Conn, target: Target) -> bool:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT pg_try_advisory_lock(%s) AS locked", (LOCK_CLASS + target.oid,)
+        ).fetchone()
+    return bool(row and row["locked"])
+
+
+def unlock(conn: Conn, target: Target) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_CLASS + target.oid,))
+
+
+def clock(conn: Conn, days: Sequence[int]) -> tuple[datetime, dict[int, datetime]]:
+    """The database's now() and `now() - d days` for each d, from one statement.
+
+    Every cutoff and bucket edge comes from the database clock, in one snapshot of it, so a
+    30-day retention and the 30-day bucket edge are the same instant.
+    """
+    wanted = sorted(set(days))
+    query = sql.SQL("SELECT now() AS now{}").format(
+        sql.SQL("").join(
+            # Hours, not days: a day is 24 hours here whatever the session's zone.
+            sql.SQL(", now() - make_interval(hours => {}) AS {}").format(
+                sql.Literal(d * 24), sql.Identifier(f"d{d}")
+            )
+            for d in wanted
+        )
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = fetch_one(cur.execute(query))
+    return row["now"], {d: row[f"d{d}"] for d in wanted}
+
+
+def find_auth_table(conn: Conn, schema: str | None, name: str) -> AuthTable | None:
+    """The auth table as PostgreSQL resolves the name (the search path when unqualified), with
+    its columns; None when there is no such table or view visible to this role."""
+    with conn.cursor(row_factory=class_row(Relation)) as cur:
+        rel = cur.execute(
+            """
+            SELECT c.oid::bigint AS oid, n.nspname::text AS schema, c.relname::text AS name,
+                   c.relkind::text AS relkind
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relname = %(name)s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+              AND CASE WHEN %(schema)s::text IS NULL
+                       THEN n.nspname = ANY (current_schemas(false))
+                       ELSE n.nspname = %(schema)s END
+            ORDER BY array_position(current_schemas(false), n.nspname::text)
+            LIMIT 1
+            """,
+            {"schema": schema, "name": name},
+        ).fetchone()
+    if rel is None:
+        return None
+    return AuthTable(rel.schema, rel.name, table_columns(conn, rel.oid), rel.oid)
+
+
+def column_collation(conn: Conn, oid: int, column: str) -> str | None:
+    """A column's collation by name: None for a type without one, "default" for the
+    database's."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT c.collname FROM pg_attribute a "
+            "LEFT JOIN pg_collation c ON c.oid = a.attcollation "
+            "WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped",
+            (oid, column),
+        ).fetchone()
+    return None if row is None else row["collname"]
+
+
+def lock_shared(conn: Conn, ident: sql.Composable) -> None:
+    """ACCESS SHARE on a table read by the statements to come, under the current lock_timeout:
+    what a SELECT takes, taken first so that a timeout is known to be that table's."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(ident))

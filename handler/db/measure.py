@@ -1,0 +1,486 @@
+"""The measuring pass (one scan: per key type and tenant, the keys, their ages and what each
+rule takes), the table's sizes, the auth table's reads, and the dry run's listing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+from psycopg.rows import class_row, dict_row
+
+from handler.db.catalog import Conn, fetch_one
+from handler.db.predicates import (
+    FIRST_TIMESTAMP,
+    LAST_TIMESTAMP,
+    aged,
+    applies_ttl,
+    eligible_predicate,
+    expired,
+    in_range,
+    key_type_text,
+    lifecycle_branches,
+    lifecycle_case,
+    listing_columns,
+    measures_orphans,
+    no_auth_row,
+    policy_params,
+    tenant_ref,
+    timestamp_expr,
+)
+from handler.domain import (
+    AuthTable,
+    KeepReason,
+    ListedKey,
+    Listing,
+    Measurement,
+    Orphans,
+    Policy,
+    Sizes,
+    Target,
+    TenantCounts,
+    TypeCounts,
+)
+
+BUCKET_DAYS = (1, 7, 14, 30)
+
+
+def sizes(conn: Conn, target: Target) -> Sizes:
+    with conn.cursor(row_factory=class_row(Sizes)) as cur:
+        return fetch_one(
+            cur.execute(
+                """
+                SELECT pg_table_size(%(oid)s) AS table_bytes,
+                       pg_indexes_size(%(oid)s) AS index_bytes,
+                       pg_total_relation_size(%(oid)s) AS total_bytes,
+                       pg_relation_size(%(oid)s) / current_setting('block_size')::int AS pages
+                """,
+                {"oid": target.oid},
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one measuring pass counts: its rules, and the distinct edges each row is compared
+    with (bucket edges, cutoffs, the orphan grace cutoff), by index (column n<i>, param e<i>)."""
+
+    target: Target
+    policy: Policy
+    ttl: bool  # the TTL rule applies
+    orphans: Orphans | None  # the orphan rule is measured
+    by_tenant: bool
+    grace: datetime  # the orphan grace cutoff (the age cutoff without the rule)
+    cutoffs: dict[str, datetime]  # per-type cutoffs of unprotected types
+    distinct: list[datetime]
+    reasons: list[KeepReason]  # the lifecycle's reasons, by code 1..n (column k<code>)
+
+    @property
+    def ts(self) -> sql.Composable:
+        return timestamp_expr(self.target)
+
+    def col(self, prefix: str, edge: datetime) -> sql.Composable:
+        return sql.Identifier(f"{prefix}{self.distinct.index(edge)}")
+
+    def at(self, prefix: str, pick: Callable[[datetime], datetime]) -> sql.Composable:
+        """Per group, the `prefix` count at its own edge: pick(its key type's cutoff)."""
+        default = self.col(prefix, pick(self.policy.cutoff))
+        if self.target.key_type_column is None or not self.cutoffs:
+            return default
+        return sql.SQL("CASE kt {whens} ELSE {default} END").format(
+            whens=sql.SQL(" ").join(
+                sql.SQL("WHEN {} THEN {}").format(sql.Literal(t), self.col(prefix, pick(c)))
+                for t, c in self.cutoffs.items()
+            ),
+            default=default,
+        )
+
+    def lower(self, cutoff: datetime) -> datetime:
+        return min(cutoff, self.grace)
+
+
+def _plan(target: Target, edges: Sequence[datetime], policy: Policy, by_tenant: bool) -> _Pass:
+    orphans = policy.orphans if measures_orphans(target, policy) else None
+    grace = policy.orphans.cutoff if policy.orphans is not None else policy.cutoff
+    cutoffs = {t: c for t, c in policy.type_cutoffs.items() if t not in policy.protected}
+    distinct = sorted(
+        {
+            *edges,
+            policy.cutoff,
+            grace,
+            *cutoffs.values(),
+            *(min(c, grace) for c in cutoffs.values()),
+        }
+        | {min(policy.cutoff, grace)}
+    )
+    branches = lifecycle_branches(target, policy)
+    return _Pass(
+        target=target,
+        policy=policy,
+        ttl=applies_ttl(target, policy),
+        orphans=orphans,
+        by_tenant=(by_tenant or orphans is not None) and target.tenant_column is not None,
+        grace=grace,
+        cutoffs=cutoffs,
+        distinct=distinct,
+        reasons=[r for conds in branches.values() for r, _ in conds],
+    )
+
+
+def _newer(p: _Pass, prefix: str, cond: sql.Composable) -> list[sql.Composable]:
+    """Per edge, the rows (meeting `cond`) with an in-range timestamp at or after it."""
+    return [
+        # An edge is finite, so `ts >= edge AND ts < LAST` is "in range and newer".
+        sql.SQL("count(*) FILTER (WHERE {c}{ts} >= {e} AND {ts} < {last}) AS {name}").format(
+            c=cond,
+            ts=p.ts,
+            e=sql.Placeholder(f"e{i}"),
+            last=LAST_TIMESTAMP,
+            name=sql.Identifier(f"{prefix}{i}"),
+        )
+        for i in range(len(p.distinct))
+    ]
+
+
+def _group_counts(p: _Pass) -> list[sql.Composable]:
+    """Per group (key type, tenant): the keys, their in-range extremes, the newer-than counts,
+    the keys touched since the grace cutoff, and the expired keys' counts (the TTL rule)."""
+    ts, ok = p.ts, in_range(p.ts)
+    counts = [
+        sql.SQL("count(*) AS keys"),
+        sql.SQL("count(*) FILTER (WHERE {ok}) AS with_ts").format(ok=ok),
+        sql.SQL("min({ts}) FILTER (WHERE {ok}) AS oldest").format(ts=ts, ok=ok),
+        sql.SQL("max({ts}) FILTER (WHERE {ok}) AS newest").format(ts=ts, ok=ok),
+        sql.SQL("count({ts}) - count(*) FILTER (WHERE {ok}) AS oor").format(ts=ts, ok=ok),
+        *_newer(p, "n", sql.SQL("")),
+        sql.SQL("count(*) FILTER (WHERE {ts} >= %(orphan_cutoff)s) AS fresh").format(ts=ts)
+        if p.orphans is not None
+        else sql.SQL("0 AS fresh"),
+    ]
+    if not p.ttl:
+        return [
+            *counts,
+            sql.SQL("0 AS x"),
+            sql.SQL("0 AS xts"),
+            *(sql.SQL("0 AS {}").format(sql.Identifier(f"xn{i}")) for i in range(len(p.distinct))),
+        ]
+    x = expired(p.target, p.policy)
+    return [
+        *counts,
+        sql.SQL("count(*) FILTER (WHERE {x}) AS x").format(x=x),
+        sql.SQL("count(*) FILTER (WHERE {x} AND {ok}) AS xts").format(x=x, ok=ok),
+        *_newer(p, "xn", sql.SQL("{} AND ").format(x)),
+    ]
+
+
+def _kept_counts(p: _Pass) -> list[sql.Composable]:
+    """Per group and lifecycle reason, the kept keys (k<code>); of all kept, the expired ones
+    (lkx, for the TTL figure) and the ones quiet since the grace cutoff (lkq, for the orphan
+    rule's union)."""
+    kept = [
+        sql.SQL("count(*) FILTER (WHERE kc_code = {code}) AS {name}").format(
+            code=sql.Literal(code), name=sql.Identifier(f"k{code}")
+        )
+        for code in range(1, len(p.reasons) + 1)
+    ]
+    lkx = (
+        sql.SQL("count(*) FILTER (WHERE kc_code > 0 AND {x}) AS lkx").format(
+            x=expired(p.target, p.policy)
+        )
+        if p.reasons and p.ttl
+        else sql.SQL("0 AS lkx")
+    )
+    lkq = (
+        sql.SQL(
+            "count(*) FILTER (WHERE kc_code > 0 AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s) "
+            "AS lkq"
+        ).format(ts=p.ts, first=FIRST_TIMESTAMP)
+        if p.reasons and p.orphans is not None
+        else sql.SQL("0 AS lkq")
+    )
+    return [*kept, lkx, lkq]
+
+
+def _source(p: _Pass) -> sql.Composable:
+    """The rows the pass reads. With the key lifecycle: each row's reason to be kept (kc_code,
+    0: none), decided once, and only for the rows the age or TTL rule would take (in steady
+    state a day's worth: the rest pay one comparison)."""
+    target = p.target
+    branches = lifecycle_branches(target, p.policy)
+    if not branches:
+        return target.ident
+    codes = iter(range(1, len(p.reasons) + 1))
+    by_type = lifecycle_case(
+        target,
+        branches,
+        lambda conds: sql.SQL("CASE {} ELSE 0 END").format(
+            sql.SQL(" ").join(
+                sql.SQL("WHEN {} THEN {}").format(c, sql.Literal(next(codes))) for _, c in conds
+            )
+        ),
+        sql.SQL("0"),
+    )
+    # Only the columns the pass reads: `*` would carry every value along (~300 bytes a row).
+    used = (
+        target.key_type_column,
+        target.timestamp_column,
+        target.tenant_column if p.by_tenant else None,
+        target.expires_column if p.ttl else None,
+    )
+    return sql.SQL(
+        "(SELECT {cols}, CASE WHEN {due} THEN {by_type} ELSE 0 END AS kc_code "
+        # OFFSET 0 keeps the planner from inlining kc_code into each count that reads it.
+        "FROM {table} OFFSET 0) AS kc_rows"
+    ).format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in dict.fromkeys(used) if c is not None),
+        due=sql.SQL("({} OR {})").format(aged(target, p.policy), expired(target, p.policy)),
+        by_type=by_type,
+        table=target.ident,
+    )
+
+
+def _derived(p: _Pass) -> sql.Composable:  # a declared SQL statement builder
+    """Per group: p = protected, noauth / member (the orphan rule's tenant facts), tfresh = the
+    tenant's fresh keys, lk = kept by the lifecycle, u = aged or expired, q = quiet since the
+    grace cutoff (a tenant's key), qu = quiet and (aged or expired). Expired rows are x; those
+    with an in-range timestamp older than an edge are xts - xn(edge)."""
+    noauth: sql.Composable = sql.SQL("false")
+    member: sql.Composable = sql.SQL("false")
+    if p.orphans is not None:
+        noauth = sql.SQL("(g.tn IS NOT NULL AND {})").format(
+            no_auth_row(p.target, p.orphans, sql.SQL("g.tn"))
+        )
+        member = sql.SQL("coalesce(g.tn = ANY (%(orphan_tenants)s), false)")
+    protected = (
+        sql.SQL("coalesce(kt = ANY (%(protected)s::text[]), false)")
+        if p.target.key_type_column is not None
+        else sql.SQL("false")
+    )
+    kept_sum = sql.SQL(" + ").join(
+        sql.Identifier(f"k{code}") for code in range(1, len(p.reasons) + 1)
+    )
+    return sql.SQL(
+        """
+        SELECT g.*, {protected} AS p, {noauth} AS noauth, {member} AS member,
+               sum(fresh) OVER (PARTITION BY tn) AS tfresh, {kept_sum} AS lk,
+               with_ts - {n_cut} + x - (xts - {xn_cut}) AS u,
+               CASE WHEN tn IS NULL THEN 0 ELSE with_ts - {n_grace} END AS q,
+               CASE WHEN tn IS NULL THEN 0
+                    ELSE (with_ts - {n_low}) + (xts - {xn_grace}) - (xts - {xn_low}) END AS qu
+        FROM g
+        """
+    ).format(
+        protected=protected,
+        noauth=noauth,
+        member=member,
+        kept_sum=kept_sum if p.reasons else sql.SQL("0"),
+        n_cut=p.at("n", lambda c: c),
+        xn_cut=p.at("xn", lambda c: c),
+        n_grace=p.col("n", p.grace),
+        xn_grace=p.col("xn", p.grace),
+        n_low=p.at("n", p.lower),
+        xn_low=p.at("xn", p.lower),
+    )
+
+
+def _totals(p: _Pass) -> list[sql.Composable]:
+    """Per key type (and per tenant), the groups summed into each figure, named as read."""
+
+    def total(expr: str, name: str) -> sql.Composable:
+        return sql.SQL("sum(" + expr + ")::bigint AS {}").format(sql.Identifier(name))
+
+    edges = range(len(p.distinct))
+    return [
+        total("keys", "keys"),
+        total("with_ts", "with_ts"),
+        sql.SQL("min(oldest) AS oldest"),
+        sql.SQL("max(newest) AS newest"),
+        total("oor", "oor"),
+        *(total(f"n{i}", f"n{i}") for i in edges),
+        total("CASE WHEN p THEN 0 ELSE u - lk END", "eligible"),  # by age or TTL
+        total("CASE WHEN p THEN u ELSE 0 END", "protected"),  # protected from them
+        total("CASE WHEN p THEN 0 ELSE x - lkx END", "expired"),  # less what Baileys needs
+        total("CASE WHEN lost THEN q ELSE 0 END", "orphaned"),
+        total("CASE WHEN NOT lost THEN 0 WHEN p THEN q ELSE q - (qu - lkq) END", "orphan_extra"),
+        total("CASE WHEN lost AND p THEN qu ELSE 0 END", "protected_orphaned"),
+        sql.SQL("coalesce(bool_and(noauth), false) AS without_auth"),
+        sql.SQL("coalesce(bool_or(lost), false) AS confirmed"),
+        total("fresh", "fresh"),
+        total("CASE WHEN p THEN 0 ELSE xts END", "xts"),
+        *(total(f"CASE WHEN p THEN 0 ELSE xn{i} END", f"xn{i}") for i in edges),
+        *(
+            total(f"CASE WHEN p THEN 0 ELSE k{code} END", f"k{code}")
+            for code in range(1, len(p.reasons) + 1)
+        ),
+    ]
+
+
+def _query(p: _Pass) -> sql.Composed:  # a declared SQL statement builder
+    """Groups by key type and tenant (g), their derived figures (d), and the sums per key type
+    and, with `by_tenant`, per tenant (GROUPING SETS; is_tenant tells the rows apart)."""
+    if p.by_tenant:
+        # Unqualified: the rows may come from the kc_rows subquery. In its own type: the auth
+        # table and the measured set are compared with it as each DELETE compares them.
+        tenant: sql.Composable = sql.Identifier(p.target.tenant_column or "")
+        head = sql.SQL("kt AS key_type, tn::text AS tenant, GROUPING(kt) AS is_tenant")
+        group = sql.SQL("GROUPING SETS ((kt), (tn))")
+    else:
+        tenant = sql.SQL("NULL::text")
+        head = sql.SQL("kt AS key_type, NULL::text AS tenant, 0 AS is_tenant")
+        group = sql.SQL("kt")
+    return sql.SQL(
+        """
+        WITH g AS (
+          SELECT {kt} AS kt, {tenant} AS tn, {inner} FROM {source} GROUP BY 1, 2
+        ), d0 AS ({derived}),
+        -- Orphaned: no auth row, in the set, and no key of the tenant touched in the grace.
+        d AS (SELECT d0.*, (noauth AND member AND tfresh = 0) AS lost FROM d0)
+        SELECT {head}, {outer} FROM d GROUP BY {group}
+        """
+    ).format(
+        kt=key_type_text(p.target),
+        tenant=tenant,
+        inner=sql.SQL(", ").join([*_group_counts(p), *_kept_counts(p)]),
+        source=_source(p),
+        derived=_derived(p),
+        head=head,
+        outer=sql.SQL(", ").join(_totals(p)),
+        group=group,
+    )
+
+
+def _by_edge(p: _Pass, row: dict[str, Any], prefix: str) -> dict[datetime, int]:
+    return {edge: row[f"{prefix}{i}"] for i, edge in enumerate(p.distinct)}
+
+
+def _type_counts(p: _Pass, row: dict[str, Any]) -> TypeCounts:
+    return TypeCounts(
+        key_type=row["key_type"],
+        keys=row["keys"],
+        with_timestamp=row["with_ts"],
+        oldest=row["oldest"],
+        newest=row["newest"],
+        out_of_range=row["oor"],
+        newer_than=_by_edge(p, row, "n"),
+        eligible=row["eligible"],
+        protected=row["protected"],
+        expired=row["expired"],
+        orphaned=row["orphaned"],
+        orphan_extra=row["orphan_extra"],
+        protected_orphaned=row["protected_orphaned"],
+        expired_with_timestamp=row["xts"],
+        expired_newer_than=_by_edge(p, row, "xn") if p.ttl else {},
+        # prekey_window without the pre-keys of tenants without creds: those have their own code.
+        kept={r: row[f"k{code}"] for code, r in enumerate(p.reasons, start=1)},
+    )
+
+
+def _tenant_counts(row: dict[str, Any]) -> TenantCounts:
+    return TenantCounts(
+        tenant=row["tenant"],
+        keys=row["keys"],
+        eligible=row["eligible"],
+        orphaned=row["orphaned"],
+        orphan_extra=row["orphan_extra"],
+        without_auth=row["without_auth"],
+        fresh=row["fresh"],
+        confirmed=row["confirmed"],
+    )
+
+
+def measure(
+    conn: Conn,
+    target: Target,
+    edges: Sequence[datetime],
+    policy: Policy,
+    *,
+    by_tenant: bool = False,
+) -> Measurement:
+    """One pass over the table: per key type (and per tenant), the keys, how many are newer
+    than each edge, and the keys each rule makes eligible.
+
+    Each row costs one comparison per distinct edge (bucket edges, cutoffs, the orphan grace
+    cutoff), and with the TTL rule as many on its expiry: the rows are grouped by key type and
+    tenant with those counts, and every rule's figures follow per group from them (a key type
+    has one cutoff and is protected or not; a tenant has an auth row or not). So the auth table
+    is joined to the groups, not to the rows, and no per-row policy expression runs. The
+    groups are then summed per key type and per tenant (GROUPING SETS). Out-of-range timestamps
+    are counted apart and left out of every other figure (an infinite `newest` could not even
+    be loaded).
+    """
+    p = _plan(target, edges, policy, by_tenant)
+    params = policy_params(policy) | {f"e{i}": edge for i, edge in enumerate(p.distinct)}
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(_query(p), params).fetchall()
+    return Measurement(
+        types=[_type_counts(p, r) for r in rows if not r["is_tenant"]],
+        tenants=[_tenant_counts(r) for r in rows if r["is_tenant"]],
+    )
+
+
+def auth_has_tenants(conn: Conn, target: Target, orphans: Orphans) -> bool:
+    """True when the auth table holds a row with a tenant; raises psycopg.Error when it cannot be
+    read, has no tenant column, or its tenant column cannot be compared with the key table's.
+
+    The second subquery is planned, never run (LIMIT 0): planning is what checks the comparison.
+    """
+    col = sql.Identifier(target.tenant_column or "")
+    query = sql.SQL(
+        """
+        SELECT EXISTS (SELECT 1 FROM {auth} WHERE {col} IS NOT NULL) AS has_tenants,
+               (SELECT count(*) FROM (
+                  SELECT 1 FROM {keys} WHERE EXISTS (
+                    SELECT 1 FROM {auth} AS kc_auth WHERE kc_auth.{col} = {tenant})
+                  LIMIT 0) AS planned) AS planned
+        """
+    ).format(auth=orphans.ident, col=col, keys=target.ident, tenant=tenant_ref(target))
+    with conn.cursor(row_factory=dict_row) as cur:
+        return bool(fetch_one(cur.execute(query))["has_tenants"])
+
+
+# Creds column types read as JSON in the database; text ones are parsed by the job.
+JSON_TYPES = frozenset({"jsonb", "json"})
+TEXT_TYPES = frozenset({"text", "character varying"})
+
+
+def read_creds(
+    conn: Conn, auth: AuthTable, tenant_column: str, creds_column: str
+) -> list[tuple[str | None, object]]:
+    """(tenant, creds) per auth row: only the pre-key counters and `me` of a JSON object (the
+    rest of the creds, private keys included, never leaves the database), or the raw value
+    when it is not an object (a JSON string holding it, or text) for the caller to parse."""
+    kind = auth.columns[creds_column]
+    creds = sql.Identifier(creds_column)
+    value: sql.Composable
+    if kind in JSON_TYPES:
+        value = sql.SQL(
+            "CASE WHEN jsonb_typeof({c}::jsonb) = 'object' THEN jsonb_build_object("
+            "'nextPreKeyId', {c}::jsonb -> 'nextPreKeyId', "
+            "'firstUnuploadedPreKeyId', {c}::jsonb -> 'firstUnuploadedPreKeyId', "
+            "'me', jsonb_build_object('id', {c}::jsonb -> 'me' -> 'id', "
+            "'lid', {c}::jsonb -> 'me' -> 'lid')) ELSE {c}::jsonb END"
+        ).format(c=creds)
+    else:
+        value = sql.SQL("{}::text").format(creds)
+    query = sql.SQL("SELECT {tenant}::text AS tenant, {value} AS creds FROM {auth}").format(
+        tenant=sql.Identifier(tenant_column), value=value, auth=auth.ident
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [(r["tenant"], r["creds"]) for r in cur.execute(query).fetchall()]
+
+
+def list_eligible(conn: Conn, target: Target, policy: Policy, now: datetime, limit: int) -> Listing:
+    """The oldest `limit` eligible keys (what a live run would delete first by age)."""
+    query = sql.SQL(
+        "SELECT {cols} FROM {table} WHERE {eligible} ORDER BY {ts} LIMIT %(limit)s"
+    ).format(
+        cols=listing_columns(target),
+        table=target.ident,
+        eligible=eligible_predicate(target, policy),
+        ts=timestamp_expr(target),
+    )
+    params = policy_params(policy) | {"now": now, "limit": limit}
+    with conn.cursor(row_factory=class_row(ListedKey)) as cur:
+        return cur.execute(query, params).fetchall()

@@ -1,0 +1,395 @@
+"""The WHERE expressions: what "eligible" means in SQL (age, TTL, orphans, protection, the key
+lifecycle's CASE), the policy's parameters, and the listing's columns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from handler.domain import MAX_ID_DIGITS, KeepReason, Orphans, Policy, Target
+
+# Timestamps outside [FIRST, LAST) are "out of range": infinity, -infinity, BC dates and years
+# past 9999. Python cannot load them (min/max would fail every run), and -infinity or a BC
+# date would sort before any cutoff; such a row is counted apart and never deleted. The first
+# day of year 1 is left out too, so that a zone conversion cannot step into year 0.
+FIRST_TIMESTAMP = sql.SQL("'0001-01-02 00:00:00+00'::timestamptz")
+LAST_TIMESTAMP = sql.SQL("'9999-12-31 00:00:00+00'::timestamptz")
+
+
+def array_literal(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of `values`, each element quoted. Passed as a str, psycopg
+    sends it untyped, so the server reads it with the compared column's array type."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
+
+
+def policy_params(policy: Policy) -> dict[str, Any]:
+    """The statement parameters the policy's expressions read (%(cutoff)s, %(kc_lo)s, ...)."""
+    params: dict[str, Any] = {"cutoff": policy.cutoff, "protected": list(policy.protected)}
+    if policy.lifecycle is not None:
+        # Two maps rather than one of pairs: each row then costs one lookup per bound.
+        windows = policy.lifecycle.windows
+        params["kc_lo"] = Jsonb({t: w[0] for t, w in windows.items()})
+        params["kc_hi"] = Jsonb({t: w[1] for t, w in windows.items()})
+        params["kc_own"] = Jsonb({t: list(u) for t, u in policy.lifecycle.own_users.items()})
+    if policy.expires_now is not None:
+        params["expires_now"] = policy.expires_now
+    if policy.orphans is not None:
+        params["orphan_cutoff"] = policy.orphans.cutoff
+        params["orphan_tenants"] = array_literal(policy.orphans.tenants)
+    for i, (key_type, cutoff) in enumerate(sorted(policy.type_cutoffs.items())):
+        params[f"type_{i}"] = key_type
+        params[f"type_cutoff_{i}"] = cutoff
+    return params
+
+
+def _instant(column: str, naive: bool, zone: str | None) -> sql.Composable:
+    """A column's value as an instant (timestamptz).
+
+    A `timestamp` column holds wall time in the application's zone: converting each row with
+    AT TIME ZONE is exact across daylight-saving changes, where shifting the cutoff to wall
+    time would be off by an hour for the repeated hour.
+    """
+    ident = sql.Identifier(column)
+    if naive and zone:
+        return sql.SQL("({} AT TIME ZONE {})").format(ident, sql.Literal(zone))
+    return ident
+
+
+def timestamp_expr(target: Target) -> sql.Composable:
+    """The row's timestamp as an instant (timestamptz)."""
+    return _instant(target.timestamp_column, target.naive_timestamp, target.timestamp_timezone)
+
+
+def expires_expr(target: Target) -> sql.Composable:
+    """The row's expiry as an instant; only for a target with a TTL column."""
+    if target.expires_column is None:  # pragma: no cover - callers check
+        raise ValueError("the target has no TTL column")
+    return _instant(target.expires_column, target.naive_expires, target.timestamp_timezone)
+
+
+def in_range(ts: sql.Composable) -> sql.Composable:
+    """TRUE for a finite timestamp Python can load: not infinity, BC, or past year 9999."""
+    return sql.SQL("({ts} >= {first} AND {ts} < {last})").format(
+        ts=ts, first=FIRST_TIMESTAMP, last=LAST_TIMESTAMP
+    )
+
+
+def key_type_text(target: Target) -> sql.Composable:
+    """The key type as text, or NULL for a table without a key-type column."""
+    if target.key_type_column is None:
+        return sql.SQL("NULL::text")
+    return sql.SQL("{}::text").format(sql.Identifier(target.key_type_column))
+
+
+def tenant_ref(target: Target) -> sql.Composable:
+    """The key's tenant column, qualified by the table (it is compared inside a subquery)."""
+    if target.tenant_column is None:  # pragma: no cover - callers check
+        raise ValueError("the target has no tenant column")
+    return sql.Identifier(target.schema, target.name, target.tenant_column)
+
+
+def _protected(target: Target) -> sql.Composable:
+    """TRUE for rows of a protected type. NULL key types are never protected."""
+    if target.key_type_column is None:
+        return sql.SQL("false")
+    return sql.SQL("coalesce({kt} = ANY (%(protected)s::text[]), false)").format(
+        kt=key_type_text(target)
+    )
+
+
+def _row_cutoff(target: Target, policy: Policy) -> sql.Composable:
+    if target.key_type_column is None or not policy.type_cutoffs:
+        return sql.SQL("%(cutoff)s")
+    whens = [
+        sql.SQL("WHEN {p} THEN {c}").format(
+            p=sql.Placeholder(f"type_{i}"), c=sql.Placeholder(f"type_cutoff_{i}")
+        )
+        for i in range(len(policy.type_cutoffs))
+    ]
+    return sql.SQL("CASE {kt} {whens} ELSE %(cutoff)s END").format(
+        kt=key_type_text(target), whens=sql.SQL(" ").join(whens)
+    )
+
+
+def applies_ttl(target: Target, policy: Policy) -> bool:
+    return policy.expires_now is not None and target.expires_column is not None
+
+
+def applies_orphans(target: Target, policy: Policy) -> bool:
+    """True when the orphan rule may delete: it has a measured set of tenants."""
+    return (
+        policy.orphans is not None
+        and target.tenant_column is not None
+        and bool(policy.orphans.tenants)
+    )
+
+
+def measures_orphans(target: Target, policy: Policy) -> bool:
+    """True when the measuring pass looks for orphaned tenants (their set may be empty)."""
+    return policy.orphans is not None and target.tenant_column is not None
+
+
+def aged(target: Target, policy: Policy) -> sql.Composable:
+    """The age rule, before protection. Out-of-range timestamps (-infinity, BC dates) would sort
+    before any cutoff: the lower bound keeps them, as NULL timestamps are kept."""
+    ts = timestamp_expr(target)
+    return sql.SQL("({ts} >= {first} AND {ts} < {cut})").format(
+        ts=ts, first=FIRST_TIMESTAMP, cut=_row_cutoff(target, policy)
+    )
+
+
+def expired(target: Target, policy: Policy) -> sql.Composable:
+    """The TTL rule, before protection: the expiry has passed by the run's clock.
+
+    As for timestamps, an out-of-range expiry (-infinity, a BC date) is never a reason to
+    delete: it is more likely a sentinel or an import accident than a TTL. infinity never
+    passes. Nor does a key whose own timestamp is NULL or out of range: such rows are never
+    deleted, by any rule (docs/safety.md).
+    """
+    if not applies_ttl(target, policy):
+        return sql.SQL("false")
+    exp = expires_expr(target)
+    # IS NOT NULL first: most keys have no expiry, and AND stops at false but not at NULL.
+    return sql.SQL(
+        "({col} IS NOT NULL AND {exp} >= {first} AND {exp} < %(expires_now)s AND {ts_ok})"
+    ).format(
+        col=sql.Identifier(target.expires_column or ""),
+        exp=exp,
+        first=FIRST_TIMESTAMP,
+        ts_ok=in_range(timestamp_expr(target)),
+    )
+
+
+def _orphan_quiet(target: Target) -> sql.Composable:
+    """The orphan rule's own conditions on the key: a tenant, untouched since the grace cutoff."""
+    ts = timestamp_expr(target)
+    return sql.SQL(
+        "({tenant} IS NOT NULL AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s)"
+    ).format(tenant=tenant_ref(target), ts=ts, first=FIRST_TIMESTAMP)
+
+
+def in_orphan_set(target: Target) -> sql.Composable:
+    """TRUE for a key of a tenant in the measured set, compared in the tenant column's type."""
+    return sql.SQL("coalesce({tenant} = ANY (%(orphan_tenants)s), false)").format(
+        tenant=tenant_ref(target)
+    )
+
+
+def no_auth_row(target: Target, orphans: Orphans, tenant: sql.Composable) -> sql.Composable:
+    """TRUE when the auth table has no row for `tenant`: the one comparison of tenant ids, the
+    same in the measuring pass (per group) and in each DELETE (per key)."""
+    return sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM {auth} AS kc_auth WHERE kc_auth.{col} = {tenant})"
+    ).format(auth=orphans.ident, col=sql.Identifier(target.tenant_column or ""), tenant=tenant)
+
+
+def _orphaned(target: Target, policy: Policy) -> sql.Composable:
+    """The orphan rule: a key of a tenant in the measured set, quiet, and the tenant has no row
+    in the auth table at this statement.
+
+    The set was fixed by the measuring pass, so a tenant that loses its auth row during the run
+    waits for the next one; NOT EXISTS is evaluated by each DELETE, so a tenant whose creds row
+    appears between two batches keeps its keys.
+    """
+    if not applies_orphans(target, policy) or policy.orphans is None:
+        return sql.SQL("false")
+    return sql.SQL("({member} AND {quiet} AND {no_auth})").format(
+        member=in_orphan_set(target),
+        quiet=_orphan_quiet(target),
+        no_auth=no_auth_row(target, policy.orphans, tenant_ref(target)),
+    )
+
+
+def _column(target: Target, column: str | None) -> sql.Composable:
+    """A key-table column qualified by the table, for use inside a correlated subquery."""
+    return sql.Identifier(target.schema, target.name, column or "")
+
+
+def _tenant_text(target: Target) -> sql.Composable:
+    if target.tenant_column is None:
+        return sql.SQL("NULL::text")
+    return sql.SQL("{}::text").format(tenant_ref(target))
+
+
+# Per key type, the lifecycle's reasons to keep a key of that type, first match wins.
+Branches = dict[str, list[tuple[KeepReason, sql.Composable]]]
+
+
+def _prekey_branch(
+    kid: sql.Composable, tenant: sql.Composable
+) -> list[tuple[KeepReason, sql.Composable]]:
+    """A pre-key is kept when its tenant has no window (creds not read: told apart in the
+    report) or its id is inside the window. Cost: a digit test (ltrim, a third of a regular
+    expression's cost here), two casts and up to three JSON lookups."""
+    lo = sql.SQL("(%(kc_lo)s::jsonb -> {tenant})").format(tenant=tenant)
+    hi = sql.SQL("(%(kc_hi)s::jsonb -> {tenant})").format(tenant=tenant)
+    return [
+        ("prekey_no_creds", sql.SQL("{lo} IS NULL").format(lo=lo)),
+        # CASE, not AND: SQL does not promise to test the digits before the cast. A
+        # non-numeric id compares as NULL: kept.
+        (
+            "prekey_window",
+            sql.SQL(
+                "coalesce(CASE WHEN ltrim({kid}, '0123456789') = '' AND length({kid}) "
+                "BETWEEN 1 AND {digits} THEN NOT ({kid}::bigint < {lo}::bigint "
+                "OR {kid}::bigint > {hi}::bigint) END, true)"
+            ).format(kid=kid, digits=sql.Literal(MAX_ID_DIGITS), lo=lo, hi=hi),
+        ),
+    ]
+
+
+def _own_user(tenant: sql.Composable, user: sql.Composable) -> sql.Composable:
+    """TRUE when the tenant's own users hold `user`. `_1` (LID) and other domain suffixes of
+    the signal address are cut first (Signal/libsignal.ts)."""
+    own = sql.SQL("(%(kc_own)s::jsonb -> {tenant})").format(tenant=tenant)
+    return sql.SQL("({own} ? split_part({user}, '_', 1))").format(own=own, user=user)
+
+
+def _sender_key_branch(
+    target: Target, kid: sql.Composable, tenant: sql.Composable
+) -> list[tuple[KeepReason, sql.Composable]]:
+    """Our own sender key, while its group's sender-key-memory row is there. Unknown own users
+    (no creds): every sender key might be ours, so each waits for its group's memory row."""
+    same_tenant = (
+        sql.SQL("kc_m.{col} = {tenant} AND ").format(
+            col=sql.Identifier(target.tenant_column), tenant=tenant_ref(target)
+        )
+        if target.tenant_column is not None
+        else sql.SQL("")
+    )
+    return [
+        (
+            "own_sender_key",
+            sql.SQL(
+                "(coalesce({mine}, true) AND EXISTS (SELECT 1 FROM {table} AS kc_m "
+                "WHERE {same_tenant}kc_m.{kt_col}::text = 'sender-key-memory' "
+                "AND kc_m.{kid_col}::text = split_part({kid}, '::', 1)))"
+            ).format(
+                mine=_own_user(tenant, sql.SQL("split_part({}, '::', 2)").format(kid)),
+                table=target.ident,
+                same_tenant=same_tenant,
+                kt_col=sql.Identifier(target.key_type_column or ""),
+                kid_col=sql.Identifier(target.key_id_column or ""),
+                kid=kid,
+            ),
+        )
+    ]
+
+
+def lifecycle_branches(target: Target, policy: Policy) -> Branches:
+    """Per key type, the conditions under which Baileys still needs a key of that type, each
+    with its reason (docs/key-lifecycle.md); {} when the lifecycle does not apply.
+
+    The per-tenant facts come from the run's JSON parameters (kc_lo, kc_hi, kc_own), read once
+    from the creds. Callers dispatch on the key type once (`CASE key_type WHEN ...`), so a row
+    of another type costs a few comparisons.
+    """
+    lc = policy.lifecycle
+    if lc is None or target.key_type_column is None or target.key_id_column is None:
+        return {}
+    kid = sql.SQL("{}::text").format(_column(target, target.key_id_column))
+    tenant = _tenant_text(target)
+    branches: Branches = {}
+    if not lc.prekey_age_only:
+        branches["pre-key"] = _prekey_branch(kid, tenant)
+    own_session = _own_user(tenant, sql.SQL("split_part({}, '.', 1)").format(kid))
+    branches["session"] = [("own_session", sql.SQL("coalesce({}, false)").format(own_session))]
+    branches["sender-key"] = _sender_key_branch(target, kid, tenant)
+    branches["tctoken"] = [("index", sql.SQL("{kid} = '__index'").format(kid=kid))]
+    return branches
+
+
+def lifecycle_case(
+    target: Target,
+    branches: Branches,
+    per_type: Callable[[list[tuple[KeepReason, sql.Composable]]], sql.Composable],
+    default: sql.Composable,
+) -> sql.Composable:
+    """`CASE key_type WHEN 'pre-key' THEN ... END`: one dispatch on the key type."""
+    return sql.SQL("CASE {kt}::text {whens} ELSE {default} END").format(
+        kt=_column(target, target.key_type_column),
+        whens=sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}").format(sql.Literal(key_type), per_type(conds))
+            for key_type, conds in branches.items()
+        ),
+        default=default,
+    )
+
+
+def lifecycle_keep(target: Target, policy: Policy) -> sql.Composable:
+    """TRUE for a key the age and TTL rules must leave: one that Baileys still needs."""
+    branches = lifecycle_branches(target, policy)
+    if not branches:
+        return sql.SQL("false")
+    return lifecycle_case(
+        target,
+        branches,
+        lambda conds: sql.SQL("({})").format(sql.SQL(" OR ").join(c for _, c in conds)),
+        sql.SQL("false"),
+    )
+
+
+def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
+    """The one definition of "may be deleted", used to list and delete (measure() counts by
+    the same parts): aged or expired, not protected and not needed by Baileys (the key
+    lifecycle), or orphaned (protected or not)."""
+    return sql.SQL(
+        "((({aged} OR {expired}) AND NOT {protected} AND NOT {keep}) OR {orphaned})"
+    ).format(
+        aged=aged(target, policy),
+        expired=expired(target, policy),
+        protected=_protected(target),
+        keep=lifecycle_keep(target, policy),
+        orphaned=_orphaned(target, policy),
+    )
+
+
+def key_columns(target: Target) -> tuple[str, ...]:
+    """Columns that name a key in listings: the primary key (never the value), else the ctid."""
+    pk = tuple(c for c in target.primary_key if c != "value")
+    return pk or ("ctid",)
+
+
+def _listing_parts(target: Target, now_param: str) -> dict[str, sql.Composable]:
+    """A listed key's parts, by ListedKey's field names: its primary-key columns as text, its
+    key type and its age in days; never the value.
+
+    The age of a NULL or out-of-range timestamp is NULL (unknown): `now - 'infinity'` would
+    fail the statement ("cannot subtract infinite timestamps").
+    """
+    key = sql.SQL("jsonb_build_array({})").format(
+        sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier(c)) for c in key_columns(target)
+        )
+    )
+    ts = timestamp_expr(target)
+    age = sql.SQL("CASE WHEN {ok} THEN extract(epoch FROM {now} - {ts}) / 86400.0 END").format(
+        ok=in_range(ts), now=sql.Placeholder(now_param), ts=ts
+    )
+    return {
+        "key": key,
+        "key_type": key_type_text(target),
+        "age_days": sql.SQL("{}::float8").format(age),
+    }
+
+
+def listing_columns(target: Target, now_param: str = "now") -> sql.Composable:
+    """The select list of a listing: `key, key_type, age_days` (ListedKey's fields)."""
+    return sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
+        for name, expr in _listing_parts(target, now_param).items()
+    )
+
+
+def listing_object(target: Target, now_param: str = "now") -> sql.Composable:
+    """A listed key as one JSON object with ListedKey's fields (for RETURNING)."""
+    return sql.SQL("jsonb_build_object({})").format(
+        sql.SQL(", ").join(
+            sql.SQL("{}, {}").format(sql.Literal(name), expr)
+            for name, expr in _listing_parts(target, now_param).items()
+        )
+    )

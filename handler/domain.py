@@ -1,0 +1,285 @@
+"""The job's domain types: what the SQL layer (handler/db/) returns and the policies
+(rules.py, pacing.py, lifecycle.py) and the engine work with.
+
+Plain frozen dataclasses. This module imports nothing from handler, so the policies and the
+SQL both import their types from here and neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, NamedTuple
+
+from psycopg import sql
+
+# Keys the job keeps for the key lifecycle, and why (the report shows one line per reason).
+KeepReason = Literal["prekey_window", "prekey_no_creds", "own_session", "own_sender_key", "index"]
+
+# Ids compared as numbers are at most this many digits: larger ones (or any other text) are
+# not Baileys pre-key ids, and are kept. Baileys' ids fit 3 bytes on the wire (xmppPreKey).
+MAX_ID_DIGITS = 15
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """The per-tenant facts each batch's DELETE checks (see db.lifecycle_keep).
+
+    `windows`: tenant -> [lowest kept id, highest kept id] of its pre-keys; a tenant absent
+    from it keeps every pre-key. `own_users`: tenant -> the user parts of its own JIDs; a
+    tenant absent from it has unknown own devices: its sender keys are all treated as our own.
+    """
+
+    windows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    own_users: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    prekey_age_only: bool = False
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far one standby or logical replication slot is behind the primary's WAL."""
+
+    name: str  # "standby <application_name> (<client_addr>)" or "slot <slot_name>"
+    bytes: int
+
+
+def table_ident(schema: str | None, name: str) -> sql.Composable:
+    """`schema.name`, or `name` alone (resolved on the search path) when schema is None."""
+    return sql.Identifier(schema, name) if schema else sql.Identifier(name)
+
+
+class Relation(NamedTuple):
+    """A relation as the catalog names it."""
+
+    oid: int
+    schema: str
+    name: str
+    relkind: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved, validated target table."""
+
+    oid: int
+    schema: str
+    name: str
+    timestamp_column: str
+    key_type_column: str | None
+    primary_key: tuple[str, ...]
+    # The column's type has no time zone (`timestamp`): its wall time is read in
+    # `timestamp_timezone` when that is set, else in the session's (always UTC).
+    naive_timestamp: bool = False
+    timestamp_timezone: str | None = None
+    # The TTL column, when the table has the configured one (a timestamp, checked).
+    expires_column: str | None = None
+    naive_expires: bool = False
+    # The tenant column, when the table has the configured one.
+    tenant_column: str | None = None
+    # The key id column, when the table has the configured one (the key-lifecycle rules).
+    key_id_column: str | None = None
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class AuthTable:
+    """The table of the tenants' Baileys creds: one row per connected tenant."""
+
+    schema: str
+    name: str
+    columns: dict[str, str]  # name -> type
+    oid: int = 0
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+
+@dataclass(frozen=True)
+class Orphans:
+    """The orphan rule: keys of a tenant with no row in the auth table, untouched since cutoff.
+
+    `tenants` are the tenants it may take, by their ids as text (`tenant::text`): before the
+    measuring pass, the ones the earlier runs recorded; after it, the measured set. Every
+    statement compares them in the key table's own type (`tenant = ANY('{...}')`, the literal
+    read by that type's input function), as it compares the auth table's ids.
+    """
+
+    schema: str | None
+    table: str
+    cutoff: datetime
+    tenants: tuple[str, ...] = ()
+
+    @property
+    def ident(self) -> sql.Composable:
+        return table_ident(self.schema, self.table)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which rows are eligible, by three rules (see docs/rules.md).
+
+    Age: older than their type's cutoff, and not of a protected type. TTL (with `expires_now`):
+    expiry before that instant, and not of a protected type. Orphans (with `orphans`): the
+    tenant has no row in the auth table and the key is untouched since the grace cutoff,
+    protected types included. Its SQL parameters: db.predicates.policy_params.
+    """
+
+    cutoff: datetime
+    protected: tuple[str, ...] = ()
+    type_cutoffs: dict[str, datetime] = field(default_factory=dict)
+    expires_now: datetime | None = None
+    orphans: Orphans | None = None
+    # The key-lifecycle rules (docs/key-lifecycle.md): keys Baileys still needs, kept whatever
+    # their age. None: not applied (no key-type or key-id column).
+    lifecycle: Lifecycle | None = None
+
+
+@dataclass(frozen=True)
+class Sizes:
+    table_bytes: int
+    index_bytes: int
+    total_bytes: int
+    pages: int
+
+
+@dataclass(frozen=True)
+class TypeCounts:
+    key_type: str | None
+    keys: int
+    with_timestamp: int  # rows with an in-range timestamp
+    newer_than: dict[datetime, int]  # edge -> rows with an in-range timestamp at or after it
+    oldest: datetime | None  # the in-range extremes
+    newest: datetime | None
+    out_of_range: int = 0  # infinity, -infinity, BC dates, years past 9999: never deleted
+    eligible: int = 0  # by the age and TTL rules (each key once)
+    protected: int = 0  # kept by protection from the age and TTL rules
+    expired: int = 0  # unprotected keys whose expiry has passed and that the lifecycle leaves
+    # edge -> expired keys with an in-range timestamp at or after it (for the age buckets)
+    expired_newer_than: dict[datetime, int] = field(default_factory=dict)
+    expired_with_timestamp: int = 0
+    orphaned: int = 0  # keys the orphan rule takes (some are eligible by the others too)
+    orphan_extra: int = 0  # orphaned keys the age and TTL rules leave
+    protected_orphaned: int = 0  # of `protected`, the ones the orphan rule takes anyway
+    # Aged or expired keys the key lifecycle keeps, per reason (not in `eligible`).
+    kept: dict[KeepReason, int] = field(default_factory=dict)
+
+    def older_than(self, edge: datetime) -> int:
+        return self.with_timestamp - self.newer_than[edge]
+
+
+@dataclass(frozen=True)
+class TenantCounts:
+    tenant: str | None
+    keys: int
+    eligible: int  # by the age and TTL rules
+    orphaned: int
+    orphan_extra: int
+    without_auth: bool  # no row in the auth table (whatever the keys' ages)
+    # Keys touched since the orphan grace cutoff (an infinite timestamp counts): a tenant
+    # with any is not orphaned, whatever its other keys' ages.
+    fresh: int = 0
+    # In the measured set: without an auth row, no fresh key, and among the tenants the
+    # earlier runs recorded (Orphans.tenants). Its quiet keys are `orphaned`.
+    confirmed: bool = False
+
+
+@dataclass(frozen=True)
+class Measurement:
+    types: list[TypeCounts]
+    tenants: list[TenantCounts]
+
+
+class ListedKey(NamedTuple):
+    """A key as listings show it: its primary key as text, its type and its age in days."""
+
+    key: list[str | None]
+    key_type: str | None
+    age_days: float | None
+
+
+Listing = list[ListedKey]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    deleted: int
+    by_type: dict[str | None, int] | None  # None: not counted per type (the plain DELETE)
+    listed: Listing
+    orphaned: int = 0  # of `deleted`, keys of the orphan rule's measured tenants
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    event_id: str | None
+    target_table: str
+    started_at: datetime
+    status: str
+    keys_before: int | None
+    keys_after: int | None
+    total_bytes_before: int | None
+    total_bytes_after: int | None
+    eligible: int
+    deleted: int
+    duration_ms: int
+    report_json: str
+    # The orphan rule's candidates (tenants without an auth row, every key untouched for the
+    # grace) when this run measured them: the next run's confirmation. Kept in the report
+    # column under "orphan_candidate_ids", so the history table needs no new column nor grant.
+    orphan_candidates: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class DayTrend:
+    day: datetime
+    table: str
+    runs: int
+    statuses: str
+    keys: int | None
+    total_bytes: int | None
+    deleted: int
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    finished_at: datetime
+    keys: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class ReplicationState:
+    """The primary's WAL position and how far each standby and logical slot is behind it."""
+
+    lsn: int  # bytes since 0/0
+    lags: list[Lag]
+    # Streaming standbys whose positions this role may not read (it lacks pg_read_all_stats,
+    # which pg_monitor includes): their lag is not watched.
+    hidden_standbys: int
+    # Logical slots no consumer is connected to: not waited for (an abandoned slot would
+    # otherwise stop every run for good), named in a note.
+    idle_slots: list[Lag] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    max_wal_size: int  # bytes
+    completion_target: float
+    timeout_s: float
+    since_checkpoint: int | None  # WAL bytes since the last checkpoint's redo point
