@@ -140,50 +140,27 @@ def artifact_size(build: bool = True) -> dict[str, object]:
     arch = _architecture()
     platform = "aarch64-manylinux_2_28" if arch == "arm64" else "x86_64-manylinux_2_28"
     with tempfile.TemporaryDirectory() as tmp:
-        req = Path(tmp) / "requirements.txt"
-        target = Path(tmp) / "pkg"
-        subprocess.run(
-            [
-                uv,
-                "export",
-                "--frozen",
-                "--no-dev",
-                "--no-emit-project",
-                "--no-hashes",
-                "-o",
-                str(req),
-            ],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                uv,
-                "pip",
-                "install",
-                "--quiet",
-                "--target",
-                str(target),
-                "-r",
-                str(req),
-                "--python-version",
-                "3.13",
-                "--python-platform",
-                platform,
-                "--only-binary",
-                ":all:",
-            ],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        shutil.copytree(
-            ROOT / "handler", target / "handler", ignore=shutil.ignore_patterns("__pycache__")
-        )
+        target = _install(uv, Path(tmp), platform)
         return {
             "source": f"built: uv export --no-dev + uv pip install --target ({platform})",
             "architecture": arch,
             "unzipped_bytes": _tree_bytes(target),
             "zipped_bytes": _zip_bytes(target),
         }
+
+
+def _install(uv: str, tmp: Path, platform: str) -> Path:
+    """The locked runtime dependencies for `platform` plus handler/, in tmp/pkg."""
+    req = tmp / "requirements.txt"
+    target = tmp / "pkg"
+    export = ["export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes", "-o", str(req)]
+    subprocess.run([uv, *export], cwd=ROOT, check=True, capture_output=True)
+    install = [
+        *("pip", "install", "--quiet", "--target", str(target), "-r", str(req)),
+        *("--python-version", "3.13", "--python-platform", platform, "--only-binary", ":all:"),
+    ]
+    subprocess.run([uv, *install], cwd=ROOT, check=True, capture_output=True)
+    shutil.copytree(
+        ROOT / "handler", target / "handler", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return target

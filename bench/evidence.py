@@ -10,12 +10,13 @@ import argparse
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from psycopg import sql
 
 from bench import coldstart, explain, measure
-from bench.data import RETENTION_DAYS, Template, fresh_copy
+from bench.common import cutoff_predicate
+from bench.data import Template, fresh_copy
+from bench.targets import Target
 from bench.variants import run_ours
 from handler.schema import REFERENCE_TABLE
 
@@ -23,9 +24,9 @@ Log = Callable[[str], None]
 
 
 def _single_plan(args: argparse.Namespace, name: str, tpl: Template, index: bool) -> list[str]:
-    statement = sql.SQL(
-        "DELETE FROM {t} WHERE updated_at < now() - make_interval(days => {d})"
-    ).format(t=sql.Identifier(REFERENCE_TABLE), d=sql.Literal(RETENTION_DAYS))
+    statement = sql.SQL("DELETE FROM {t} WHERE {p}").format(
+        t=sql.Identifier(REFERENCE_TABLE), p=cutoff_predicate()
+    )
     with fresh_copy(args.database_url, tpl.name, name, timestamp_index=index) as url:
         plan = explain.explain(url, statement)
     return [f"-- single DELETE ({tpl.rows:,} rows, index={index}, no writer), rolled back\n{plan}"]
@@ -67,7 +68,7 @@ def collect(
     args: argparse.Namespace,
     prefix: str,
     templates: dict[int, Template],
-    targets: list[dict[str, Any]],
+    targets: list[Target],
     log: Log,
 ) -> dict[str, list[str]]:
     """Gather the evidence the missed targets need; returns {key: blocks}."""
@@ -94,18 +95,18 @@ def collect(
         )
 
     for t in targets:
-        if t["status"] != "FAIL":
+        if t.status != "FAIL":
             continue
-        tid = str(t["id"])
+        tid = t.id
         index = tid.endswith("-index")
         if tid.startswith(("throughput-", "writer-p99-")):
-            t["evidence"] = [single(n, index), ours(n, index)]
+            t.evidence = [single(n, index), ours(n, index)]
         elif tid == "max-txn":
-            t["evidence"] = [ours(n, False), ours(n, True)]
+            t.evidence = [ours(n, False), ours(n, True)]
         elif tid in ("txn-growth", "linear"):
-            t["evidence"] = [ours(n, False), ours(big, False)]
+            t.evidence = [ours(n, False), ours(big, False)]
         elif tid == "measure":
-            t["evidence"] = [
+            t.evidence = [
                 need(
                     "measurement phase",
                     lambda: measure.evidence(
@@ -114,5 +115,5 @@ def collect(
                 )
             ]
         elif tid == "cold-start":
-            t["evidence"] = [need("cold start", _importtime)]
+            t.evidence = [need("cold start", _importtime)]
     return evidence

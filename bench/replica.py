@@ -1,6 +1,6 @@
 """Replica lag with a real streaming standby: the single DELETE against the engine.
 
-A primary and a standby of their own (tests/replica_support.py: the system binaries, stock
+A primary and a standby of their own (tools/pgcluster.py: the system binaries, stock
 settings but `wal_level = logical`), the same seeded table for both variants (a fresh copy each,
 CHECKPOINT, standby caught up), and a sampler that reads every 20 ms how far the standby's
 replay is behind the primary's WAL insert position (what the engine's throttle reads too).
@@ -11,14 +11,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
 
-from bench.data import build_template, drop_database, fresh_copy
+from bench.common import drop_database
+from bench.data import build_template, fresh_copy
 from bench.variants import Outcome, run_ours, run_single
 from handler.settings import Settings
-from tests.replica_support import Cluster, bin_dir
+from tools.pgcluster import Cluster, bin_dir
 
 LAG_QUERY = (
     "SELECT coalesce(max(pg_current_wal_insert_lsn() - replay_lsn), 0) FROM pg_stat_replication"
@@ -96,7 +98,7 @@ def measure(rows: int, log: Callable[[str], None]) -> dict[str, Any]:
                 "samples": sampler.samples,
                 "wal_bytes": wal,
                 "catch_up_s": round(catch_up, 3),
-                **{k: v for k, v in outcome.extra.items()},
+                **(asdict(outcome.engine) if outcome.engine else {}),
             }
             if outcome.transactions:
                 entry["wal_per_txn_bytes"] = wal // outcome.transactions

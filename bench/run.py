@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,22 +29,23 @@ import psycopg
 from psycopg import sql
 
 from bench import coldstart, measure, replica
-from bench.data import (
-    AGE_SCALE,
+from bench.common import (
     RETENTION_DAYS,
-    Template,
-    build_template,
+    Run,
+    ServerDelta,
+    cutoff_predicate,
     drop_database,
-    expected_old_fraction,
-    fresh_copy,
+    latency_summary,
+    log,
 )
+from bench.data import AGE_SCALE, Template, build_template, expected_old_fraction, fresh_copy
 from bench.evidence import collect as collect_evidence
-from bench.report import evaluate_targets, render_markdown, summarise
-from bench.stats import latency_summary
+from bench.report import render_markdown, summarise
+from bench.targets import evaluate_targets
 from bench.variants import Outcome, TxnSampler, run_limit_batches, run_ours, run_single
 from bench.writer import WriterConfig, run_writer, sample_keys
 from handler.schema import REFERENCE_TABLE
-from tests.replica_support import Cluster, bin_dir
+from tools.pgcluster import Cluster, bin_dir
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ALL_VARIANTS = ("single", "limit-batches", "ours")
@@ -62,6 +63,24 @@ class Case:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    _case_args(p)
+    _writer_args(p)
+    _server_args(p)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rows = 20_000 if args.rows == 1_000_000 else args.rows
+        args.runs = 1
+        args.idle_seconds = min(args.idle_seconds, 1.0)
+        args.cold_samples = min(args.cold_samples, 2)
+        args.no_artifact = True
+        args.batch_size = min(args.batch_size, 2000)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else RESULTS_DIR
+    return args
+
+
+def _case_args(p: argparse.ArgumentParser) -> None:
+    """Sizes, runs, variants and their batch sizes."""
     p.add_argument("--rows", type=int, default=1_000_000, help="N, rows of the base table")
     p.add_argument("--scale", type=int, default=4, help="also run at SCALE x N (0: skip)")
     p.add_argument("--runs", type=int, default=3, help="runs per case; medians are reported")
@@ -95,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="at N too, run only without the timestamp index (as at 4xN)",
     )
+
+
+def _writer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--writer-rate", type=float, default=200.0, help="writer upserts per second")
     p.add_argument("--writer-connections", type=int, default=8)
     p.add_argument(
@@ -109,6 +131,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="writer alone before each variant (its idle baseline)",
     )
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    """The server, the extras (cold start, artifact, evidence) and the output."""
     p.add_argument("--cold-samples", type=int, default=10)
     p.add_argument("--no-artifact", action="store_true", help="do not build the artifact")
     p.add_argument(
@@ -133,21 +159,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="tiny table, one run, short idle: a CI check that everything runs",
     )
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.rows = 20_000 if args.rows == 1_000_000 else args.rows
-        args.runs = 1
-        args.idle_seconds = min(args.idle_seconds, 1.0)
-        args.cold_samples = min(args.cold_samples, 2)
-        args.no_artifact = True
-        args.batch_size = min(args.batch_size, 2000)
-    if args.out is None:
-        args.out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else RESULTS_DIR
-    return args
-
-
-def log(msg: str) -> None:
-    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def machine_info(base_url: str) -> dict[str, Any]:
@@ -213,26 +224,25 @@ def server_counters(base_url: str) -> dict[str, Any]:
     return {"lsn": str(row[0]), "checkpoints": int(str(row[1])), "backend_writes": int(str(row[2]))}
 
 
-def counters_delta(base_url: str, before: dict[str, Any]) -> dict[str, Any]:
+def counters_delta(base_url: str, before: dict[str, Any]) -> ServerDelta:
     after = server_counters(base_url)
     with psycopg.connect(base_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (after["lsn"], before["lsn"])
         ).fetchone()
-    return {
-        "wal_mib": round(float(str(row[0] if row else 0)) / 2**20, 1),
-        "checkpoints": after["checkpoints"] - before["checkpoints"],
-        "backend_buffer_writes": after["backend_writes"] - before["backend_writes"],
-    }
+    return ServerDelta(
+        wal_mib=round(float(str(row[0] if row else 0)) / 2**20, 1),
+        checkpoints=after["checkpoints"] - before["checkpoints"],
+        backend_buffer_writes=after["backend_writes"] - before["backend_writes"],
+    )
 
 
 def count_old(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            sql.SQL(
-                "SELECT count(*) FROM {} WHERE updated_at < now() - make_interval(days => %s)"
-            ).format(sql.Identifier(REFERENCE_TABLE)),
-            (RETENTION_DAYS,),
+            sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                sql.Identifier(REFERENCE_TABLE), cutoff_predicate()
+            )
         ).fetchone()
     return int(str(row[0])) if row else 0
 
@@ -250,6 +260,20 @@ def variant_fn(args: argparse.Namespace, variant: str) -> Callable[[str], Outcom
     raise ValueError(f"unknown variant {variant}")
 
 
+@dataclass(frozen=True)
+class Timed:
+    """One variant on its copy, with the writer beside it: what run_case turns into a Run."""
+
+    outcome: Outcome
+    sampler: TxnSampler
+    server: ServerDelta
+    ops: list[list[Any]]  # the writer's (scheduled_t, latency_s, kind, error)
+    idle_from: float
+    started: float
+    ended: float
+    remaining_old: int
+
+
 def run_case(
     args: argparse.Namespace,
     prefix: str,
@@ -258,87 +282,97 @@ def run_case(
     *,
     run_no: int,
     workdir: Path,
-) -> dict[str, Any]:
+) -> Run:
     name = f"{prefix}_{case.size}_{case.variant.replace('-', '')}_{int(case.index)}_{run_no}"
-    fn = variant_fn(args, case.variant)
     with fresh_copy(args.database_url, template.name, name, timestamp_index=case.index) as url:
-        recent, old = sample_keys(url, RETENTION_DAYS)
-        # fork is ~1.4 s faster per case than spawn, and safe here: no thread and no
-        # connection is open in this process at this point (spawn is the fallback if one is).
-        ctx = mp.get_context("fork") if threading.active_count() == 1 else mp.get_context("spawn")
-        stop, ready = ctx.Event(), ctx.Event()
-        out_path = workdir / f"{name}.json"
-        cfg = WriterConfig(
-            url=url,
-            rate=args.writer_rate,
-            connections=args.writer_connections,
-            recent=recent,
-            old=old,
-            out_path=str(out_path),
-            lock_timeout_ms=args.writer_lock_timeout_ms,
-            seed=run_no,
-            run_id=name,
-        )
-        writer = ctx.Process(target=run_writer, args=(cfg, stop, ready), daemon=True)
-        writer.start()
-        try:
-            if not ready.wait(60):
-                raise RuntimeError("writer did not start")
-            t_idle = time.monotonic()
-            time.sleep(args.idle_seconds)
-            counters = server_counters(args.database_url)
-            t0 = time.monotonic()
-            with TxnSampler(args.database_url, name) as sampler:
-                outcome = fn(url)
-            t1 = time.monotonic()
-            server = counters_delta(args.database_url, counters)
-        finally:
-            stop.set()
-            writer.join(120)
-        if writer.exitcode != 0:
-            raise RuntimeError(f"writer exited with {writer.exitcode}")
-        ops = json.loads(out_path.read_text())
-        remaining = count_old(url)
-    by_phase = {
-        name: latency_summary([op for op in ops if a <= op[0] < b])
-        for name, (a, b) in outcome.phases.items()
-    }
-    idle = [op for op in ops if t_idle <= op[0] < t0]
-    during = [op for op in ops if t0 <= op[0] <= t1]
-    result: dict[str, Any] = {
-        "size": case.size,
-        "variant": case.variant,
-        "index": case.index,
-        "run": run_no,
-        "deleted": outcome.deleted,
-        "wall_s": round(outcome.wall_s, 3),
-        "rows_per_s": round(outcome.deleted / outcome.wall_s) if outcome.wall_s > 0 else None,
-        "transactions": outcome.transactions,
-        "max_txn_ms": round(outcome.max_txn_ms, 1),
-        "sampled_max_write_txn_ms": round(sampler.max_write_ms, 1),
-        "sampled_max_any_txn_ms": round(sampler.max_any_ms, 1),
-        "sampled_max_background_write_txn_ms": round(sampler.max_background_write_ms, 1),
-        "slow_txn_waits": dict(sorted(sampler.slow_waits.items(), key=lambda kv: -kv[1])),
-        # single and limit-batches are all delete; ours' loop comes from its progress ticks.
-        "delete_s": round(outcome.delete_s or outcome.wall_s, 3),
-        "delete_rows_per_s": round(outcome.deleted / (outcome.delete_s or outcome.wall_s)),
-        "phase_s": {k: round(b - a, 3) for k, (a, b) in outcome.phases.items()},
-        "remaining_old": remaining,
-        "server": server,
-        "writer_idle": latency_summary(idle),
-        "writer_during": latency_summary(during),
-        "writer_by_phase": by_phase,
-        **{k: v for k, v in outcome.extra.items()},
-    }
+        timed = _with_writer(args, case, name, url, run_no=run_no, workdir=workdir)
+    result = _figures(case, run_no, timed)
+    o, server = timed.outcome, timed.server
     log(
         f"{case.variant:14} idx={int(case.index)} n={case.size:>9} run {run_no}: "
-        f"{outcome.wall_s:7.2f}s {result['rows_per_s']} rows/s, {outcome.transactions} txns, "
-        f"max txn {outcome.max_txn_ms:.0f} ms; writer p99 "
-        f"{result['writer_idle']['p99_ms']} -> {result['writer_during']['p99_ms']} ms, "
-        f"errors {result['writer_during']['errors']}; WAL {server['wal_mib']} MiB, "
-        f"{server['checkpoints']} checkpoints"
+        f"{o.wall_s:7.2f}s {result.rows_per_s} rows/s, {o.transactions} txns, "
+        f"max txn {o.max_txn_ms:.0f} ms; writer p99 "
+        f"{result.writer_idle.p99_ms} -> {result.writer_during.p99_ms} ms, "
+        f"errors {result.writer_during.errors}; WAL {server.wal_mib} MiB, "
+        f"{server.checkpoints} checkpoints"
     )
     return result
+
+
+def _with_writer(
+    args: argparse.Namespace, case: Case, name: str, url: str, *, run_no: int, workdir: Path
+) -> Timed:
+    """The writer alone for --idle-seconds, then the variant beside it, on one copy."""
+    recent, old = sample_keys(url, RETENTION_DAYS)
+    # fork is ~1.4 s faster per case than spawn, and safe here: no thread and no
+    # connection is open in this process at this point (spawn is the fallback if one is).
+    ctx = mp.get_context("fork") if threading.active_count() == 1 else mp.get_context("spawn")
+    stop, ready = ctx.Event(), ctx.Event()
+    out_path = workdir / f"{name}.json"
+    cfg = WriterConfig(
+        url=url,
+        rate=args.writer_rate,
+        connections=args.writer_connections,
+        recent=recent,
+        old=old,
+        out_path=str(out_path),
+        lock_timeout_ms=args.writer_lock_timeout_ms,
+        seed=run_no,
+        run_id=name,
+    )
+    writer = ctx.Process(target=run_writer, args=(cfg, stop, ready), daemon=True)
+    writer.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("writer did not start")
+        t_idle = time.monotonic()
+        time.sleep(args.idle_seconds)
+        counters = server_counters(args.database_url)
+        t0 = time.monotonic()
+        with TxnSampler(args.database_url, name) as sampler:
+            outcome = variant_fn(args, case.variant)(url)
+        t1 = time.monotonic()
+        server = counters_delta(args.database_url, counters)
+    finally:
+        stop.set()
+        writer.join(120)
+    if writer.exitcode != 0:
+        raise RuntimeError(f"writer exited with {writer.exitcode}")
+    ops = json.loads(out_path.read_text())
+    return Timed(outcome, sampler, server, ops, t_idle, t0, t1, count_old(url))
+
+
+def _figures(case: Case, run_no: int, timed: Timed) -> Run:
+    o, sampler, ops = timed.outcome, timed.sampler, timed.ops
+    # single and limit-batches are all delete; ours' loop comes from its progress ticks.
+    delete_s = o.delete_s or o.wall_s
+    return Run(
+        size=case.size,
+        variant=case.variant,
+        index=case.index,
+        run=run_no,
+        deleted=o.deleted,
+        wall_s=round(o.wall_s, 3),
+        rows_per_s=round(o.deleted / o.wall_s) if o.wall_s > 0 else None,
+        transactions=o.transactions,
+        max_txn_ms=round(o.max_txn_ms, 1),
+        sampled_max_write_txn_ms=round(sampler.max_write_ms, 1),
+        sampled_max_any_txn_ms=round(sampler.max_any_ms, 1),
+        sampled_max_background_write_txn_ms=round(sampler.max_background_write_ms, 1),
+        slow_txn_waits=dict(sorted(sampler.slow_waits.items(), key=lambda kv: -kv[1])),
+        delete_s=round(delete_s, 3),
+        delete_rows_per_s=round(o.deleted / delete_s),
+        phase_s={k: round(b - a, 3) for k, (a, b) in o.phases.items()},
+        remaining_old=timed.remaining_old,
+        server=timed.server,
+        writer_idle=latency_summary([op for op in ops if timed.idle_from <= op[0] < timed.started]),
+        writer_during=latency_summary([op for op in ops if timed.started <= op[0] <= timed.ended]),
+        writer_by_phase={
+            phase: latency_summary([op for op in ops if a <= op[0] < b])
+            for phase, (a, b) in o.phases.items()
+        },
+        engine=o.engine,
+    )
 
 
 def cases_for(args: argparse.Namespace, size: int, variants: list[str]) -> list[Case]:
@@ -368,7 +402,21 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Plan:
+    """What one invocation runs, and what it has measured so far (kept if it fails)."""
+
+    variants: list[str]
+    large_variants: list[str]
+    sizes: list[int]
+    prefix: str
+    meta: dict[str, Any]
+    templates: dict[int, Template] = field(default_factory=dict)
+    runs: list[Run] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(args: argparse.Namespace) -> Plan:
     variants = [v for v in args.variants.split(",") if v]
     large_variants = [v for v in args.large_variants.split(",") if v in variants]
     notes: list[str] = []
@@ -380,93 +428,111 @@ def run(args: argparse.Namespace) -> int:
         if v not in ALL_VARIANTS:
             raise SystemExit(f"unknown variant {v}")
     sizes = [args.rows] + ([args.rows * args.scale] if args.scale > 0 else [])
-    prefix = f"bench_{os.getpid()}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(UTC)
     meta: dict[str, Any] = {
-        "started": started.isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m bench.run " + " ".join(sys.argv[1:]),
         "machine": machine_info(args.database_url),
         "git": git_state(),
-        "settings": {
-            "rows": args.rows,
-            "sizes": sizes,
-            "runs": args.runs,
-            "variants": variants,
-            "large_variants": large_variants,
-            "limit_batch_size": args.batch_size,
-            "ours_batch_size": args.ours_batch_size or "engine default",
-            "pacing_curve": args.pacing_curve,
-            "no_index_only": args.no_index_only,
-            "private_server": args.private_server,
-            "retention_days": RETENTION_DAYS,
-            "age_scale": AGE_SCALE,
-            "expected_old_fraction": round(expected_old_fraction(), 3),
-            "writer_rate": args.writer_rate,
-            "writer_connections": args.writer_connections,
-            "writer_lock_timeout_ms": args.writer_lock_timeout_ms,
-            "idle_seconds": args.idle_seconds,
-            "smoke": args.smoke,
-        },
+        "settings": _settings(args, sizes, variants, large_variants),
         "notes": notes,
     }
-    log(f"bench: sizes {sizes}, runs {args.runs}, variants {variants}; out {args.out}")
-    templates: dict[int, Template] = {}
-    runs: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {}
+    return Plan(variants, large_variants, sizes, f"bench_{os.getpid()}", meta)
+
+
+def _settings(
+    args: argparse.Namespace, sizes: list[int], variants: list[str], large_variants: list[str]
+) -> dict[str, Any]:
+    return {
+        "rows": args.rows,
+        "sizes": sizes,
+        "runs": args.runs,
+        "variants": variants,
+        "large_variants": large_variants,
+        "limit_batch_size": args.batch_size,
+        "ours_batch_size": args.ours_batch_size or "engine default",
+        "pacing_curve": args.pacing_curve,
+        "no_index_only": args.no_index_only,
+        "private_server": args.private_server,
+        "retention_days": RETENTION_DAYS,
+        "age_scale": AGE_SCALE,
+        "expected_old_fraction": round(expected_old_fraction(), 3),
+        "writer_rate": args.writer_rate,
+        "writer_connections": args.writer_connections,
+        "writer_lock_timeout_ms": args.writer_lock_timeout_ms,
+        "idle_seconds": args.idle_seconds,
+        "smoke": args.smoke,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    p = plan(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{'smoke' if args.smoke else 'bench'}-{args.rows}"
+    log(f"bench: sizes {p.sizes}, runs {args.runs}, variants {p.variants}; out {args.out}")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-writer-") as tmp:
-            for size in sizes:
-                log(f"seeding template with {size} rows")
-                tpl = build_template(args.database_url, f"{prefix}_tpl_{size}", size)
-                templates[size] = tpl
-                log(
-                    f"template ready in {tpl.seed_s:.1f}s: {tpl.rows} rows, "
-                    f"{tpl.old_rows} older than the cutoff, {tpl.total_bytes >> 20} MiB"
-                )
-                size_variants = variants if size == args.rows else large_variants
-                for run_no in range(1, args.runs + 1):
-                    for case in cases_for(args, size, size_variants):
-                        runs.append(
-                            run_case(args, prefix, tpl, case, run_no=run_no, workdir=Path(tmp))
-                        )
-            if "ours" in variants:
-                log("measurement phase vs count(*)")
-                extra["measure"] = measure.measure_vs_count(
-                    args.database_url,
-                    templates[args.rows].name,
-                    f"{prefix}_measure",
-                    repeats=args.runs,
-                )
-            replica_rows = args.rows if args.replica_rows is None else args.replica_rows
-            if "ours" in variants and replica_rows > 0:
-                extra["replica"] = replica.measure(replica_rows, log)
-            log("cold start")
-            extra["cold_start"] = coldstart.measure(args.cold_samples)
-            extra["artifact"] = coldstart.artifact_size(build=not args.no_artifact)
-            meta["templates"] = {str(k): asdict(v) for k, v in templates.items()}
-            summary = summarise(runs)
-            targets = evaluate_targets(args.rows, sizes, runs, extra)
+            for size in p.sizes:
+                _run_size(args, p, size, Path(tmp))
+            _measure_extras(args, p)
+            summary = summarise(p.runs)
+            targets = evaluate_targets(args.rows, p.sizes, p.runs, p.extra)
             if not args.no_evidence and not args.smoke:
-                extra["evidence"] = collect_evidence(args, prefix, templates, targets, log)
+                p.extra["evidence"] = collect_evidence(args, p.prefix, p.templates, targets, log)
     except BaseException:
         # Keep what was measured: a crash an hour in should not cost the finished runs.
-        crash = args.out / f"{'smoke' if args.smoke else 'bench'}-{args.rows}.partial.json"
-        crash.write_text(json.dumps({"meta": meta, "runs": runs, **extra}, default=str))
+        crash = args.out / f"{stem}.partial.json"
+        runs = [r.to_json() for r in p.runs]
+        crash.write_text(json.dumps({"meta": p.meta, "runs": runs, **p.extra}, default=str))
         log(f"failed; finished runs kept in {crash}")
         raise
     finally:
-        for tpl in templates.values():
+        for tpl in p.templates.values():
             drop_database(args.database_url, tpl.name)
-    meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    stem = f"{'smoke' if args.smoke else 'bench'}-{args.rows}"
-    result = {"meta": meta, "summary": summary, "targets": targets, "runs": runs, **extra}
+    p.meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result = {
+        "meta": p.meta,
+        "summary": summary,
+        "targets": [t.to_json() for t in targets],
+        "runs": [r.to_json() for r in p.runs],
+        **p.extra,
+    }
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (args.out / f"{stem}.md").write_text(render_markdown(result))
     log(f"wrote {args.out / (stem + '.md')} and .json")
     for t in targets:
-        log(f"{t['status']:4} {t['name']}: {t['value']}")
+        log(f"{t.status:4} {t.name}: {t.value}")
     return 0
+
+
+def _run_size(args: argparse.Namespace, p: Plan, size: int, workdir: Path) -> None:
+    """Seed the template of one size, then every case of it, --runs times."""
+    log(f"seeding template with {size} rows")
+    tpl = build_template(args.database_url, f"{p.prefix}_tpl_{size}", size)
+    p.templates[size] = tpl
+    log(
+        f"template ready in {tpl.seed_s:.1f}s: {tpl.rows} rows, "
+        f"{tpl.old_rows} older than the cutoff, {tpl.total_bytes >> 20} MiB"
+    )
+    size_variants = p.variants if size == args.rows else p.large_variants
+    for run_no in range(1, args.runs + 1):
+        for case in cases_for(args, size, size_variants):
+            p.runs.append(run_case(args, p.prefix, tpl, case, run_no=run_no, workdir=workdir))
+
+
+def _measure_extras(args: argparse.Namespace, p: Plan) -> None:
+    """The measuring pass against count(*), the replica lag, the cold start, the artifact."""
+    if "ours" in p.variants:
+        log("measurement phase vs count(*)")
+        p.extra["measure"] = measure.measure_vs_count(
+            args.database_url, p.templates[args.rows].name, f"{p.prefix}_measure", repeats=args.runs
+        )
+    replica_rows = args.rows if args.replica_rows is None else args.replica_rows
+    if "ours" in p.variants and replica_rows > 0:
+        p.extra["replica"] = replica.measure(replica_rows, log)
+    log("cold start")
+    p.extra["cold_start"] = coldstart.measure(args.cold_samples)
+    p.extra["artifact"] = coldstart.artifact_size(build=not args.no_artifact)
+    p.meta["templates"] = {str(k): asdict(v) for k, v in p.templates.items()}
 
 
 if __name__ == "__main__":

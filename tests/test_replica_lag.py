@@ -1,7 +1,7 @@
 """The replica-lag throttle against a real primary and a real streaming standby.
 
-The cluster (tests/replica_support.py) runs from the system PostgreSQL binaries on free local
-ports, whichever server the rest of the suite uses.
+The cluster (tools/pgcluster.py, via tests/replica_support.py) runs from the system PostgreSQL
+binaries on free local ports, whichever server the rest of the suite uses.
 """
 
 from __future__ import annotations
