@@ -27,15 +27,22 @@ from pydantic import SecretStr
 from handler import __version__, db
 from handler.cleanup import CleanupError, open_database, run_cleanup, trend_points
 from handler.deleteloop import Progress
-from handler.report import TREND_RUNS, Report, human_bytes, render_text, trend_lines
+from handler.report import (  # noqa: F401 - exit_code and the codes: the CLI's, re-exported
+    EXIT_ABORTED,
+    EXIT_LIVE_WOULD_FAIL,
+    EXIT_OK,
+    TREND_RUNS,
+    Report,
+    exit_code,
+    human_bytes,
+    render_text,
+    trend_lines,
+)
 from handler.secrets import SecretError, with_database_url
 from handler.settings import ConfigError, Flags, Settings
 
-EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
-EXIT_ABORTED = 3
-EXIT_LIVE_WOULD_FAIL = 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -151,14 +158,6 @@ class _ProgressLine:
         if self.shown:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def exit_code(report: Report) -> int:
-    """4 when a dry run found that a live run would fail for a missing privilege; 3 when the
-    safety guard stopped the run, or would stop it live (a dry run); else 0."""
-    if report.live_run_would_fail:
-        return EXIT_LIVE_WOULD_FAIL
-    return EXIT_ABORTED if report.stopped_by_guard else EXIT_OK
 
 
 @contextlib.contextmanager

@@ -188,6 +188,21 @@ class Report(_Model):
         return self.status == "aborted" or self.guard_triggered
 
 
+# Exit codes of the CLI and the local runner for a run that returned its Report (1: a failure,
+# 2: bad input are raised, not reported).
+EXIT_OK = 0
+EXIT_ABORTED = 3
+EXIT_LIVE_WOULD_FAIL = 4
+
+
+def exit_code(report: Report) -> int:
+    """4 when a dry run found that a live run would fail for a missing privilege; 3 when the
+    safety guard stopped the run, or would stop it live (a dry run); else 0."""
+    if report.live_run_would_fail:
+        return EXIT_LIVE_WOULD_FAIL
+    return EXIT_ABORTED if report.stopped_by_guard else EXIT_OK
+
+
 def human_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'. Negative values keep their sign."""
     sign = "-" if n < 0 else ""

@@ -24,8 +24,9 @@ from psycopg.conninfo import make_conninfo
 from pytest_httpserver import HTTPServer
 
 from handler import observability
-from handler.app import LocalContext, lambda_handler, parse_event
+from handler.app import lambda_handler, parse_event
 from handler.cleanup import CleanupError
+from handler.local import LocalContext
 from handler.settings import ConfigError, Settings
 
 REPO = Path(__file__).resolve().parent.parent

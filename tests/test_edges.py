@@ -27,9 +27,10 @@ from psycopg.conninfo import make_conninfo
 from pytest_httpserver import HTTPServer
 
 from handler import secrets as db_secrets
-from handler.app import LocalContext, lambda_handler
+from handler.app import lambda_handler
 from handler.cleanup import run_cleanup
 from handler.cli import EXIT_ABORTED, EXIT_BAD_INPUT, main
+from handler.local import LocalContext
 from handler.notify import secrets as notify_secrets
 from handler.observability import report_fields
 from handler.report import render_text

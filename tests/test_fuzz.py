@@ -11,7 +11,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handler.app import LocalContext, Request, lambda_handler, parse_event
+from handler.app import Request, lambda_handler, parse_event
+from handler.local import LocalContext
 from handler.settings import ConfigError, Settings
 from tests.conftest import KeyRow, PgSchema
 

@@ -48,7 +48,8 @@ from conftest import PgSchema
 from psycopg.conninfo import conninfo_to_dict
 
 from handler import cli
-from handler.app import LocalContext, lambda_handler
+from handler.app import lambda_handler
+from handler.local import LocalContext
 from handler.schema import reference_auth_schema, reference_schema
 
 REALCLIENT = Path(__file__).resolve().parent / "realclient"

@@ -50,7 +50,7 @@ sys.modules["bootstrap"] = bootstrap
 
 import sentry_sdk
 import handler.app  # the runtime's init phase
-from handler.app import LocalContext
+from handler.local import LocalContext
 
 outcome = {"initialised_at_import": sentry_sdk.is_initialized()}
 event = json.loads(sys.argv[1])
