@@ -52,9 +52,9 @@ from pytest_httpserver import HTTPServer
 from test_app import SETTING_VARS, set_lambda_env
 
 from handler import app, observability
-from handler.app import LocalContext
 from handler.cleanup import CleanupError
 from handler.deleteloop import Progress
+from handler.local import LocalContext
 from handler.notify.sentry import MESSAGE as SENTRY_RUN_MESSAGE
 
 # 610 keys of ~300 bytes, ~25 to a page: with CLEANUP_BATCH_SIZE=10 every batch is one page,
