@@ -5,8 +5,10 @@ Every entry point returns or prints this model; notifiers take it and nothing el
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,7 +16,8 @@ Status = Literal["completed", "partial", "skipped", "aborted"]
 # The orphan rule: not configured, applied, or refused for this run (see the notes for why).
 OrphanRule = Literal["off", "applied", "refused"]
 
-# Age buckets, in days: label -> [low, high). Order matters for rendering.
+# Age buckets, in days: label -> [low, high). Order matters for rendering. The one definition
+# of the edges: the measuring pass takes BUCKET_DAYS from here.
 AGE_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
     ("<1d", 0, 1),
     ("1-7d", 1, 7),
@@ -23,6 +26,8 @@ AGE_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
     (">30d", 30, None),
 )
 BUCKET_LABELS: tuple[str, ...] = tuple(label for label, _, _ in AGE_BUCKETS)
+# The inner edges, in days: (1, 7, 14, 30).
+BUCKET_DAYS: tuple[int, ...] = tuple(high for _, _, high in AGE_BUCKETS if high is not None)
 
 
 class _Model(BaseModel):
@@ -188,6 +193,240 @@ class Report(_Model):
         return self.status == "aborted" or self.guard_triggered
 
 
+# --- Where each figure is shown --------------------------------------------------------------
+
+# When a figure goes into the "run finished" log line: always, when truthy, when known (not
+# None), never, or when a test of the report says so.
+LogWhen = Literal["always", "if_set", "if_known", "never"] | Callable[["Report"], bool]
+MetricUnitName = Literal["Count", "Bytes", "Milliseconds"]
+Rendering = Literal["text", "telegram"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An EMF metric: its name in the namespace, and its unit (a CloudWatch unit name)."""
+
+    name: str
+    unit: MetricUnitName = "Count"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the report and where it is shown.
+
+    `name` is a Report field, or a figure derived from them (`get`); it is also the key in the
+    "run finished" log line. `log`: when it is in that line. `metric`: the EMF metric it feeds
+    (not emitted when the value is None). `sentry`: in the Sentry event's `cleanup` context (a
+    Report field as the JSON dump has it; a derived figure by its value). `shown`: the
+    renderings that show it (render_text, the Telegram summary in notify/html.py); with
+    `label`, as a generic `label: value` line there, else in a place of its own.
+    """
+
+    name: str
+    get: Callable[[Report], Any] | None = None
+    log: LogWhen = "always"
+    metric: Metric | None = None
+    sentry: bool = True
+    shown: tuple[Rendering, ...] = ()
+    label: str | None = None
+
+    def value(self, report: Report) -> Any:
+        return getattr(report, self.name) if self.get is None else self.get(report)
+
+    def logged(self, report: Report, value: Any) -> bool:
+        if callable(self.log):
+            return self.log(report)
+        return {
+            "always": True,
+            "if_set": bool(value),
+            "if_known": value is not None,
+            "never": False,
+        }[self.log]
+
+
+def _before(attr: str) -> Callable[[Report], Any]:
+    return lambda r: None if r.before is None else getattr(r.before, attr)
+
+
+def _after(attr: str) -> Callable[[Report], Any]:
+    return lambda r: None if r.after is None else getattr(r.after, attr)
+
+
+def _age(label: str) -> Callable[[Report], Any]:
+    # Sizes and counts as the run found the table: nothing when it was not measured.
+    return lambda r: None if r.before is None else r.age_distribution.get(label, 0)
+
+
+def _ttl(r: Report) -> bool:
+    return r.expires_column is not None
+
+
+def _orphan_rule(r: Report) -> bool:
+    return r.orphan_rule != "off"
+
+
+def bucket_metric(label: str) -> str:
+    """ "<1d" -> "KeysAge0to1d", ..., ">30d" -> "KeysAgeOver30d": metric names without symbols."""
+    low, high = next((lo, hi) for name, lo, hi in AGE_BUCKETS if name == label)
+    return f"KeysAgeOver{low}d" if high is None else f"KeysAge{low}to{high}d"
+
+
+BOTH: tuple[Rendering, ...] = ("text", "telegram")
+TEXT: tuple[Rendering, ...] = ("text",)
+TELEGRAM: tuple[Rendering, ...] = ("telegram",)
+_NEVER: LogWhen = "never"
+
+# Every Report field, and the figures derived from them, in the order of the log line. A new
+# figure is one line here (and its field in the Report); docs/report.md describes each field.
+FIGURES: tuple[Figure, ...] = (
+    Figure("status", shown=BOTH),
+    Figure("mode", get=lambda r: r.mode, shown=BOTH),
+    Figure("dry_run", log=_NEVER, shown=BOTH),
+    Figure("table", shown=BOTH),
+    Figure("timestamp_column", log=_NEVER),
+    Figure("key_type_column", log=_NEVER, shown=BOTH),
+    Figure("retention_days", shown=BOTH),
+    Figure("retention_overrides", log=_NEVER, shown=TEXT),
+    Figure("protected_types", log=_NEVER, shown=TEXT),
+    Figure("cutoff", get=lambda r: r.cutoff.isoformat() if r.cutoff else None, shown=BOTH),
+    Figure("started_at", log=_NEVER, shown=TELEGRAM),
+    Figure("eligible", metric=Metric("KeysEligible"), shown=BOTH),
+    Figure("protected", metric=Metric("KeysProtected"), shown=BOTH),
+    Figure("deleted", metric=Metric("KeysDeleted"), shown=BOTH),
+    Figure("released_bytes", metric=Metric("ReleasedBytes", "Bytes"), shown=BOTH),
+    Figure("reclaimable_bytes", metric=Metric("ReclaimableBytes", "Bytes"), shown=BOTH),
+    Figure("batches", metric=Metric("Batches"), shown=BOTH),
+    Figure("max_batch_ms", metric=Metric("MaxBatchMs", "Milliseconds"), shown=BOTH),
+    Figure("max_batch_rows", metric=Metric("MaxBatchRows"), shown=TEXT),
+    Figure("throttle_waits", metric=Metric("ThrottleWaits"), shown=TEXT),
+    Figure("throttle_wait_ms", metric=Metric("ThrottleWaitMs", "Milliseconds"), shown=TEXT),
+    Figure("pacing_wait_ms", metric=Metric("PacingWaitMs", "Milliseconds"), shown=TEXT),
+    Figure("duration_ms", metric=Metric("DurationMs", "Milliseconds"), shown=BOTH),
+    Figure("before", log=_NEVER, shown=BOTH),
+    Figure("after", log=_NEVER, shown=BOTH),
+    Figure(
+        "keys_before", get=_before("keys"), log="if_known", metric=Metric("KeysTotal"), sentry=False
+    ),
+    Figure(
+        "table_bytes_before",
+        get=_before("table_bytes"),
+        log=_NEVER,
+        metric=Metric("TableBytes", "Bytes"),
+        sentry=False,
+    ),
+    Figure(
+        "index_bytes_before",
+        get=_before("index_bytes"),
+        log=_NEVER,
+        metric=Metric("IndexBytes", "Bytes"),
+        sentry=False,
+    ),
+    Figure(
+        "total_bytes_before",
+        get=_before("total_bytes"),
+        log="if_known",
+        metric=Metric("TotalBytes", "Bytes"),
+        sentry=False,
+    ),
+    Figure("keys_after", get=_after("keys"), log="if_known", sentry=False),
+    Figure("total_bytes_after", get=_after("total_bytes"), log="if_known", sentry=False),
+    Figure("age_distribution", log=_NEVER, shown=BOTH),
+    *(
+        Figure(
+            f"age {label}",
+            get=_age(label),
+            log=_NEVER,
+            metric=Metric(bucket_metric(label)),
+            sentry=False,
+        )
+        for label in BUCKET_LABELS
+    ),
+    Figure("reason", log="if_set", shown=BOTH),
+    Figure("notes", log="if_set", shown=BOTH),
+    Figure("no_timestamp", log=_NEVER, shown=BOTH),
+    Figure("out_of_range_timestamps", log="if_set", shown=TEXT),
+    Figure("oldest", log=_NEVER, shown=TEXT),
+    Figure("newest", log=_NEVER, shown=TEXT),
+    Figure("by_type", log=_NEVER, shown=BOTH),
+    Figure("guard_triggered", log="if_set", shown=TELEGRAM),
+    Figure("kept", get=lambda r: [k.model_dump() for k in r.kept], log="if_set", shown=BOTH),
+    Figure(
+        "kept_keys",
+        get=lambda r: sum(k.keys for k in r.kept),
+        log=_NEVER,
+        metric=Metric("KeysKept"),
+        sentry=False,
+    ),
+    Figure("expires_column", log=_NEVER, shown=BOTH),
+    Figure("expired", log=_ttl, metric=Metric("KeysExpired"), shown=BOTH),
+    Figure("expired_by_age", log=_NEVER, shown=TEXT),
+    Figure("auth_table", log=_NEVER, shown=BOTH),
+    Figure("orphan_rule", log=_orphan_rule, shown=BOTH),
+    Figure("orphan_grace_days", log=_NEVER, shown=TEXT),
+    Figure("orphaned", log=_orphan_rule, metric=Metric("KeysOrphaned"), shown=BOTH),
+    Figure("orphaned_tenants", log=_orphan_rule, metric=Metric("OrphanedTenants"), shown=BOTH),
+    # Tenant ids are identifiers of the operator's customers: never sent to Sentry.
+    Figure("orphaned_tenant_ids", log=_NEVER, sentry=False, shown=TEXT),
+    Figure("orphaned_deleted", log=_NEVER, shown=BOTH),
+    Figure("orphan_candidates", log=_NEVER, shown=BOTH),
+    Figure("top_tenants", log=_NEVER, sentry=False, shown=BOTH),
+    Figure("vacuumed", log=_NEVER, shown=BOTH),
+    Figure("batch_retries", log=_NEVER),
+    Figure("skipped_pages", log=_NEVER),
+    # The verbose listing: never sent to Sentry (only its length is), never logged.
+    Figure("keys", log=_NEVER, sentry=False, shown=BOTH),
+    Figure("keys_omitted", log=_NEVER, shown=BOTH),
+    Figure("listed_keys", get=lambda r: len(r.keys) + r.keys_omitted, log=_NEVER),
+    Figure("live_run_would_fail", log=_NEVER),
+    Figure("event_id", log=_NEVER, shown=TELEGRAM),
+    Figure("duplicate", log=_NEVER),
+    Figure("stalled_runs", log=_NEVER, metric=Metric("StalledRuns"), shown=TELEGRAM),
+    Figure("trend", log=_NEVER, shown=BOTH),
+)
+
+
+def log_fields(report: Report) -> dict[str, Any]:
+    """The figures of the "run finished" log line: counts and sizes, never a key."""
+    fields = {}
+    for figure in FIGURES:
+        value = figure.value(report)
+        if figure.logged(report, value):
+            fields[figure.name] = value
+    return fields
+
+
+def metric_values(report: Report) -> list[tuple[Metric, Any]]:
+    """Each metric the report feeds, with its value (none for a figure not measured)."""
+    return [
+        (f.metric, value)
+        for f in FIGURES
+        if f.metric is not None and (value := f.value(report)) is not None
+    ]
+
+
+def sentry_fields(report: Report) -> dict[str, Any]:
+    """The Sentry event's `cleanup` context: the Report's fields as JSON, but those kept out,
+    then the derived figures that go along."""
+    hidden = {f.name for f in FIGURES if not f.sentry and f.name in Report.model_fields}
+    data = report.model_dump(mode="json", exclude=hidden)
+    for f in FIGURES:
+        if f.sentry and f.name not in Report.model_fields:
+            data[f.name] = f.value(report)
+    return data
+
+
+def labelled_lines(report: Report, rendering: Rendering) -> list[str]:
+    """`label: value` for the figures a rendering shows by label (not HTML-escaped)."""
+    lines = []
+    for f in FIGURES:
+        if f.label is not None and rendering in f.shown:
+            value = f.value(report)
+            lines.append(
+                f"{f.label}: {value:,}" if isinstance(value, int) else f"{f.label}: {value}"
+            )
+    return lines
+
+
 # Exit codes of the CLI and the local runner for a run that returned its Report (1: a failure,
 # 2: bad input are raised, not reported).
 EXIT_OK = 0
@@ -290,10 +529,24 @@ def _rule_lines(r: Report) -> list[str]:
 
 def render_text(report: Report) -> str:
     """A human summary for terminals: sizes, age bars, the per-type table, the listing."""
-    r = report
-    lines = [
-        f"keys-cleanup · {r.table} · {'DRY RUN' if r.dry_run else 'LIVE'} · {r.status}",
-    ]
+    lines = _text_head(report)
+    if report.before is None:
+        return "\n".join(lines)
+    return "\n".join(
+        [
+            *lines,
+            *_text_figures(report, report.before),
+            *_text_ages(report),
+            *_text_tables(report),
+            *_text_listing(report),
+            *_text_run(report),
+        ]
+    )
+
+
+def _text_head(r: Report) -> list[str]:
+    """The title, reason, notes and what was asked."""
+    lines = [f"keys-cleanup · {r.table} · {'DRY RUN' if r.dry_run else 'LIVE'} · {r.status}"]
     if r.reason:
         lines.append(f"reason: {r.reason}")
     lines.extend(f"note: {note}" for note in r.notes)
@@ -306,19 +559,21 @@ def render_text(report: Report) -> str:
         lines.append(f"retention overrides: {overrides}")
     if r.protected_types:
         lines.append(f"protected types: {', '.join(r.protected_types)}")
-    if r.before is None:
-        return "\n".join(lines)
+    return lines
 
+
+def _text_figures(r: Report, before: TableStats) -> list[str]:
+    """Keys, sizes, the rules, the space, the oldest and newest key."""
     verb = "would delete" if r.dry_run else "deleted"
     amount = r.eligible if r.dry_run else r.deleted
-    lines += [
+    lines = [
         "",
-        f"keys: {r.before.keys:,} · eligible {r.eligible:,} · protected {r.protected:,}"
+        f"keys: {before.keys:,} · eligible {r.eligible:,} · protected {r.protected:,}"
         f" · {verb} {amount:,}",
     ]
-    size = f"size: {human_bytes(r.before.total_bytes)}"
-    size += f" (table {human_bytes(r.before.table_bytes)}, "
-    size += f"indexes {human_bytes(r.before.index_bytes)})"
+    size = f"size: {human_bytes(before.total_bytes)}"
+    size += f" (table {human_bytes(before.table_bytes)}, "
+    size += f"indexes {human_bytes(before.index_bytes)})"
     if r.after is not None:
         size += f" → {human_bytes(r.after.total_bytes)}"
         if r.deleted:
@@ -326,29 +581,34 @@ def render_text(report: Report) -> str:
             size += f", keys → ≈{r.after.keys:,} (before - deleted)"
     lines.append(size)
     lines.extend(_rule_lines(r))
-    if r.dry_run:
-        lines.append(
-            f"space: a live run would make ≈{human_bytes(r.reclaimable_bytes)} reusable (estimated)"
-        )
-    else:
-        if r.released_bytes < 0:
-            released = (
-                f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the "
-                "run (the application's writes)"
-            )
-        else:
-            released = f"released {human_bytes(r.released_bytes)} (measured)"
-        lines.append(
-            f"space: {released}, reclaimable {human_bytes(r.reclaimable_bytes)} (estimated)"
-            + (" · vacuumed" if r.vacuumed else "")
-        )
+    lines.append(_space_line(r))
     if r.oldest is not None and r.newest is not None:
         lines.append(
             f"oldest {r.oldest.isoformat(timespec='seconds')}, "
             f"newest {r.newest.isoformat(timespec='seconds')}"
         )
+    return lines
 
-    lines += ["", "age distribution:"]
+
+def _space_line(r: Report) -> str:
+    if r.dry_run:
+        return (
+            f"space: a live run would make ≈{human_bytes(r.reclaimable_bytes)} reusable (estimated)"
+        )
+    if r.released_bytes < 0:
+        released = (
+            f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the "
+            "run (the application's writes)"
+        )
+    else:
+        released = f"released {human_bytes(r.released_bytes)} (measured)"
+    return f"space: {released}, reclaimable {human_bytes(r.reclaimable_bytes)} (estimated)" + (
+        " · vacuumed" if r.vacuumed else ""
+    )
+
+
+def _text_ages(r: Report) -> list[str]:
+    lines = ["", "age distribution:"]
     largest = max(r.age_distribution.values(), default=0)
     for label in BUCKET_LABELS:
         count = r.age_distribution.get(label, 0)
@@ -361,13 +621,17 @@ def render_text(report: Report) -> str:
         lines.append(
             f"  infinite or out-of-range timestamp: {r.out_of_range_timestamps:,} (never deleted)"
         )
+    return lines
 
+
+def _text_tables(r: Report) -> list[str]:
+    """The per-type table, the kept keys, the top tenants, the orphaned tenants."""
+    lines = []
     if r.by_type:
         lines += ["", *_type_table(r)]
     if r.kept:
         lines += ["", "kept past the retention, because Baileys still needs them:"]
         lines.extend(f"  {line}" for line in kept_lines(r))
-
     if r.top_tenants:
         width = max(8, *(len(t.tenant or "(null)") for t in r.top_tenants))
         lines += [
@@ -387,17 +651,25 @@ def render_text(report: Report) -> str:
             + ", ".join(r.orphaned_tenant_ids)
             + (f" … and {more:,} more" if more > 0 else ""),
         ]
+    return lines
 
-    if r.keys:
-        title = "keys that would be deleted" if r.dry_run else "deleted keys"
-        lines += ["", f"{title} (first {len(r.keys)}):"]
-        for entry in r.keys:
-            age = "?" if entry.age_days is None else f"{entry.age_days:.1f}d"
-            lines.append(f"  {listing_line(entry, r.key_type_column)}  age {age}")
-        if r.keys_omitted:
-            lines.append(f"  … and {r.keys_omitted:,} more")
 
-    lines += ["", "trend: " + " · ".join(trend_lines(r.trend))]
+def _text_listing(r: Report) -> list[str]:
+    if not r.keys:
+        return []
+    title = "keys that would be deleted" if r.dry_run else "deleted keys"
+    lines = ["", f"{title} (first {len(r.keys)}):"]
+    for entry in r.keys:
+        age = "?" if entry.age_days is None else f"{entry.age_days:.1f}d"
+        lines.append(f"  {listing_line(entry, r.key_type_column)}  age {age}")
+    if r.keys_omitted:
+        lines.append(f"  … and {r.keys_omitted:,} more")
+    return lines
+
+
+def _text_run(r: Report) -> list[str]:
+    """The trend, then how the run went: batches, duration, waits, labelled figures."""
+    lines = ["", "trend: " + " · ".join(trend_lines(r.trend))]
     # A run that deleted nothing has no batches to speak of.
     if r.batches:
         lines += [
@@ -412,7 +684,7 @@ def render_text(report: Report) -> str:
             f"waited: {r.throttle_waits} time(s) for replicas ({r.throttle_wait_ms:,} ms), "
             f"{r.pacing_wait_ms:,} ms pacing WAL"
         )
-    return "\n".join(lines)
+    return lines + labelled_lines(r, "text")
 
 
 def _type_table(r: Report) -> list[str]:

@@ -44,7 +44,8 @@ def emitted_at_run_time(capsys: pytest.CaptureFixture[str]) -> set[str]:
 
 
 def named_in_source() -> set[str]:
-    pattern = re.compile(r"(?:add_metric|single_metric)\(\s*name=\"(\w+)\"")
+    # add_metric/single_metric literals, and the metrics declared in handler.report.FIGURES.
+    pattern = re.compile(r"(?:(?:add_metric|single_metric)\(\s*name=|Metric\()\"(\w+)\"")
     names: set[str] = set()
     for path in (ROOT / "handler").rglob("*.py"):
         names |= set(pattern.findall(path.read_text("utf-8")))

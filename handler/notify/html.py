@@ -23,6 +23,7 @@ from handler.report import (
     TableStats,
     human_bytes,
     kept_lines,
+    labelled_lines,
     listing_line,
     trend_lines,
 )
@@ -300,28 +301,14 @@ def render_summary(
     With `warning_threshold` (CLEANUP_WARNING_THRESHOLD), a run that deleted more keys than
     that carries ⚠️ instead of ✅.
     """
-    icon = _STATUS_ICON.get(report.status, "•")
-    if report.status == "completed" and _warns(report, warning_threshold):
-        icon = _STATUS_ICON["partial"]
-    if report.stalled:
-        icon = _STALLED_ICON
-    header_lines = [
-        f"{icon} <b>WhatsApp keys cleanup</b> · <b>{esc(_mode(report))}</b> · {esc(report.status)}",
-        _target(report),
-    ]
-    if report.stalled:
-        header_lines.append(
-            f"<b>Stuck:</b> {report.stalled_runs:,} runs in a row ended partial having deleted "
-            "nothing"
-        )
-    if report.reason:
-        header_lines.append(f"Reason: {esc(_clip(report.reason, _MAX_REASON))}")
     # Fewer notes until the whole summary fits; else the essentials with as many notes as
     # fit; then, for a tiny `limit`, whole lines from the top.
+    header_lines = _header_lines(report, warning_threshold)
     heads = [
         "\n".join([*header_lines, *_note_lines(report.notes, shown)])
         for shown in range(min(len(report.notes), _MAX_NOTES), -1, -1)
     ]
+    text = ""
     for essentials in (False, True):
         for head in heads:
             text = _summary_parts(
@@ -335,6 +322,27 @@ def render_summary(
             if telegram_len(text) <= limit:
                 return text
     return _fit_lines(text, limit)
+
+
+def _header_lines(report: Report, warning_threshold: int | None) -> list[str]:
+    """The title with the status icon, the target, and why the run ended as it did."""
+    icon = _STATUS_ICON.get(report.status, "•")
+    if report.status == "completed" and _warns(report, warning_threshold):
+        icon = _STATUS_ICON["partial"]
+    if report.stalled:
+        icon = _STALLED_ICON
+    lines = [
+        f"{icon} <b>WhatsApp keys cleanup</b> · <b>{esc(_mode(report))}</b> · {esc(report.status)}",
+        _target(report),
+    ]
+    if report.stalled:
+        lines.append(
+            f"<b>Stuck:</b> {report.stalled_runs:,} runs in a row ended partial having deleted "
+            "nothing"
+        )
+    if report.reason:
+        lines.append(f"Reason: {esc(_clip(report.reason, _MAX_REASON))}")
+    return lines
 
 
 def _summary_parts(
@@ -353,6 +361,7 @@ def _summary_parts(
         *filter(None, [_rules(report)]),
         *(f"<b>Kept</b> {esc(_clip(line, _MAX_REASON))}" for line in kept_lines(report)),
         _duration_line(report),
+        *(esc(_clip(line, _MAX_REASON)) for line in labelled_lines(report, "telegram")),
         *_sizes(report),
         "<b>Trend:</b> " + esc(" · ".join(trend_lines(report.trend))),
     ]

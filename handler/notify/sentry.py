@@ -22,7 +22,7 @@ from sentry_sdk.integrations.logging import LoggingIntegration
 
 from handler import __version__
 from handler.notify import secrets
-from handler.report import Report
+from handler.report import Report, sentry_fields
 from handler.settings import Settings
 
 if TYPE_CHECKING:
@@ -111,10 +111,7 @@ def level_for(report: Report, settings: Settings) -> Level:
 def figures(report: Report) -> dict[str, Any]:
     """The report's figures for the event context: everything but the key listing and tenant
     ids (identifiers of the operator's customers: their counts are enough here)."""
-    data = report.model_dump(mode="json", exclude={"keys", "orphaned_tenant_ids", "top_tenants"})
-    data["mode"] = report.mode
-    data["listed_keys"] = len(report.keys) + report.keys_omitted  # a count; the list stays out
-    return data
+    return sentry_fields(report)  # which: handler.report.FIGURES
 
 
 def capture_report(report: Report, settings: Settings) -> str | None:
