@@ -125,6 +125,35 @@ def _log_progress(progress: Progress) -> None:
     )
 
 
+def _requested(event: object, settings: Settings) -> Request:
+    """The event's request, validated and logged (with the settings ignored)."""
+    for warning in settings.config_warnings:
+        logger.warning("setting ignored", detail=warning)
+    request = parse_event(event, settings)
+    flags = request.flags
+    logger.info(
+        "run requested",
+        trigger="schedule" if request.scheduled else "manual",
+        mode=request.mode,
+        event_id=request.event_id,
+        retention_days=flags.retention_days or settings.retention_days,
+        verbose=flags.verbose,
+        force=flags.force,
+        vacuum=flags.vacuum,
+    )
+    return request
+
+
+def _with_database(settings: Settings) -> Settings:
+    """The settings with the database URL resolved, and the notifiers started (they then know
+    the password to redact)."""
+    source = "DATABASE_URL" if settings.database_url is not None else "DATABASE_SECRET_ARN"
+    settings = with_database_url(settings)
+    logger.info("database resolved", source=source, table=settings.table)
+    notify.init(settings)
+    return settings
+
+
 # The scheduled event's `id` correlates every log line of its run; other events have none.
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -138,26 +167,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     notify.start_invocation()
     try:
         settings = Settings.from_env()
-        for warning in settings.config_warnings:
-            logger.warning("setting ignored", detail=warning)
-        request = parse_event(event, settings)
+        request = _requested(event, settings)
         mode = request.mode
-        flags = request.flags
-        logger.info(
-            "run requested",
-            trigger="schedule" if request.scheduled else "manual",
-            mode=mode,
-            event_id=request.event_id,
-            retention_days=flags.retention_days or settings.retention_days,
-            verbose=flags.verbose,
-            force=flags.force,
-            vacuum=flags.vacuum,
-        )
-        source = "DATABASE_URL" if settings.database_url is not None else "DATABASE_SECRET_ARN"
-        settings = with_database_url(settings)
-        logger.info("database resolved", source=source, table=settings.table)
-        # After the URL is resolved, so the notifiers know the password to redact.
-        notify.init(settings)
+        settings = _with_database(settings)
         deadline = min(
             lambda_end - settings.deadline_margin_ms / 1000,
             notify_deadline - NOTIFY_MIN_BUDGET_S,
@@ -173,7 +185,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         with monitor:
             report = run_cleanup(
                 settings,
-                flags,
+                request.flags,
                 deadline=deadline,
                 progress=_log_progress,
                 event_id=request.event_id,

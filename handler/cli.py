@@ -25,8 +25,9 @@ import psycopg
 from pydantic import SecretStr
 
 from handler import __version__, db
-from handler.cleanup import CleanupError, open_database, run_cleanup, trend_points
+from handler.cleanup import CleanupError, open_database, run_cleanup
 from handler.deleteloop import Progress
+from handler.history import trend_points
 from handler.report import (  # noqa: F401 - exit_code and the codes: the CLI's, re-exported
     EXIT_ABORTED,
     EXIT_LIVE_WOULD_FAIL,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from psycopg import errors as pg_errors
 
@@ -70,6 +71,204 @@ def type_name(key_type: str | None) -> str:
     return "(null)" if key_type is None else key_type
 
 
+@dataclass(frozen=True)
+class LoopStats:
+    """How the delete loop went: its one result, read by the engine and mapped onto the Report
+    once (`report_fields`)."""
+
+    status: Status = "completed"
+    reason: str | None = None  # why it stopped (status partial)
+    notes: tuple[str, ...] = ()
+    deleted: int = 0
+    orphaned: int = 0  # of `deleted`, keys of the orphan rule's measured tenants
+    deleted_by_type: dict[str, int] | None = None  # counted by RETURNING, when asked for
+    listing: db.Listing = field(default_factory=list)  # the verbose listing, so far as it goes
+    batches: int = 0
+    retries: int = 0
+    skipped_pages: int = 0
+    max_batch_ms: float = 0.0
+    max_batch_rows: int = 0
+    throttle_waits: int = 0
+    throttle_wait_s: float = 0.0
+    pacing_wait_s: float = 0.0
+
+    def report_fields(self) -> dict[str, object]:
+        """The Report's fields these figures fill (status and reason included)."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "deleted": self.deleted,
+            "orphaned_deleted": self.orphaned,
+            "batches": self.batches,
+            "batch_retries": self.retries,
+            "skipped_pages": self.skipped_pages,
+            "max_batch_ms": round(self.max_batch_ms),
+            "max_batch_rows": self.max_batch_rows,
+            "throttle_waits": self.throttle_waits,
+            "throttle_wait_ms": round(self.throttle_wait_s * 1000),
+            "pacing_wait_ms": round(self.pacing_wait_s * 1000),
+        }
+
+
+@dataclass
+class _Tally:
+    """The loop's running figures; frozen into LoopStats when it ends."""
+
+    status: Status = "completed"
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    deleted: int = 0
+    orphaned: int = 0
+    deleted_by_type: dict[str, int] | None = None
+    listing: db.Listing = field(default_factory=list)
+    batches: int = 0
+    retries: int = 0
+    skipped_pages: int = 0
+    max_batch_ms: float = 0.0
+    max_batch_rows: int = 0
+    throttle_waits: int = 0
+    throttle_wait_s: float = 0.0
+    pacing_wait_s: float = 0.0
+
+    def add(self, result: db.BatchResult, batch_ms: float, list_limit: int) -> None:
+        self.batches += 1
+        self.max_batch_ms = max(self.max_batch_ms, batch_ms)
+        self.max_batch_rows = max(self.max_batch_rows, result.deleted)
+        self.deleted += result.deleted
+        self.orphaned += result.orphaned
+        if self.deleted_by_type is not None and result.by_type is not None:
+            for key_type, n in result.by_type.items():
+                name = type_name(key_type)
+                self.deleted_by_type[name] = self.deleted_by_type.get(name, 0) + n
+        if list_limit:
+            self.listing.extend(result.listed[:list_limit])
+
+    def freeze(self) -> LoopStats:
+        return LoopStats(
+            status=self.status,
+            reason=self.reason,
+            notes=tuple(self.notes),
+            deleted=self.deleted,
+            orphaned=self.orphaned,
+            deleted_by_type=None if self.deleted_by_type is None else dict(self.deleted_by_type),
+            listing=list(self.listing),
+            batches=self.batches,
+            retries=self.retries,
+            skipped_pages=self.skipped_pages,
+            max_batch_ms=self.max_batch_ms,
+            max_batch_rows=self.max_batch_rows,
+            throttle_waits=self.throttle_waits,
+            throttle_wait_s=self.throttle_wait_s,
+            pacing_wait_s=self.pacing_wait_s,
+        )
+
+
+class _ReplicaWatch:
+    """Before each batch: the standbys' and logical slots' lag, waited for while too far
+    behind (handler/pacing.py decides how long), and named in notes where it cannot be."""
+
+    def __init__(
+        self, conn: db.Conn, settings: Settings, deadline: float | None, tally: _Tally
+    ) -> None:
+        self.conn, self.settings, self.deadline, self.tally = conn, settings, deadline, tally
+        self.lsn = 0  # WAL insert position read just before the current batch
+        self.hidden_noted = False
+        self.idle_noted: set[str] = set()  # inactive logical slots already named in a note
+        self.replicas = False  # a standby or logical slot was seen at the last reading
+
+    def wait(self) -> str | None:
+        """Wait while a replica lags; the reason the run must stop, or None to go on."""
+        s, t = self.settings, self.tally
+        attempt = 0
+        while True:
+            state = db.replication_state(self.conn)
+            self.replicas = bool(state.lags)
+            self.lsn = state.lsn
+            if state.hidden_standbys and not self.hidden_noted:
+                self.hidden_noted = True
+                t.notes.append(
+                    f"replay lag of {state.hidden_standbys} streaming standby(s) not watched: "
+                    "this role cannot read pg_stat_replication (GRANT pg_monitor TO it)"
+                )
+            self._note_idle_slots(state.idle_slots)
+            step = pacing.throttle_step(
+                state.lags,
+                limit_bytes=s.max_replica_lag_bytes,
+                attempt=attempt,
+                waited_s=t.throttle_wait_s,
+                max_wait_s=s.throttle_max_wait_s,
+                remaining_s=remaining_ms(self.deadline) / 1000,
+            )
+            if step.stop == "deadline":
+                return "stopped at the deadline; the next run continues where the data stands"
+            if step.stop is not None and step.worst is not None:
+                return (
+                    f"stopped: {step.worst.name} is {step.worst.bytes:,} bytes of WAL behind, "
+                    f"above CLEANUP_MAX_REPLICA_LAG_BYTES={s.max_replica_lag_bytes:,}, after "
+                    f"waiting {t.throttle_wait_s:.1f} s in total for replicas "
+                    f"(CLEANUP_THROTTLE_MAX_WAIT_S={s.throttle_max_wait_s:g}); the next run "
+                    "continues where the data stands"
+                )
+            if step.wait_s <= 0:
+                return None
+            t.throttle_waits += 1
+            t.throttle_wait_s += step.wait_s
+            db.nudge_standbys(self.conn)
+            sleep(step.wait_s)
+            attempt += 1
+
+    def _note_idle_slots(self, idle: list[pacing.Lag]) -> None:
+        """Name each inactive logical slot once: not waited for, but holding WAL back."""
+        for slot in idle:
+            if slot.name in self.idle_noted:
+                continue
+            self.idle_noted.add(slot.name)
+            self.tally.notes.append(
+                f"{slot.name} has no consumer connected and is {slot.bytes:,} bytes of WAL "
+                "behind: not waited for (waiting cannot make it catch up); the primary keeps "
+                "WAL for it until it is consumed or dropped (pg_drop_replication_slot)"
+            )
+
+
+class _WalPace:
+    """The run's WAL budget (handler/pacing.py): after each batch, its WAL is charged, and a
+    debt is paid off with a pause that still lets the run finish before its deadline."""
+
+    def __init__(
+        self, conn: db.Conn, settings: Settings, deadline: float | None, tally: _Tally
+    ) -> None:
+        self.conn, self.deadline, self.tally = conn, deadline, tally
+        c = db.checkpoint_settings(conn)
+        trigger = pacing.checkpoint_trigger(c.max_wal_size, c.completion_target)
+        rate = settings.wal_bytes_per_s
+        if rate is None:
+            rate = round(pacing.default_wal_rate(trigger, c.timeout_s))
+        self.budget = pacing.WalBudget.start(rate, trigger, c.since_checkpoint)
+        self.spent_at = monotonic()  # when the budget was last settled
+
+    def pace(self, lsn: int, *, work_s: float, share: float) -> None:
+        """Charge the WAL written since `lsn` (read just before the batch: other sessions'
+        WAL during pauses is theirs, and would otherwise slow the run); pause off any debt.
+        `work_s`: the batches' time still ahead; `share`: the next batch's part of it."""
+        if self.budget.rate <= 0:
+            return
+        now = monotonic()
+        wal = db.wal_insert_position(self.conn) - lsn
+        self.budget, debt_s = self.budget.spend(wal, now - self.spent_at)
+        self.spent_at = now
+        if debt_s <= 0:
+            return
+        pause = pacing.pause_within_deadline(
+            debt_s,
+            remaining_s=remaining_ms(self.deadline) / 1000 - MIN_BATCH_BUDGET_MS / 1000,
+            work_s=work_s,
+            share=share,
+        )
+        if pause > 0:
+            sleep(pause)
+            self.tally.pacing_wait_s += pause
+
+
 class DeleteLoop:
     """Delete eligible rows page range by page range, each range one short transaction.
 
@@ -79,6 +278,7 @@ class DeleteLoop:
     privilege; this way SELECT and DELETE are enough.) A table lock that cannot be had within
     the lock timeout, or a batch over its statement timeout, is retried a bounded number of
     times, then the run ends as `partial`. Spans and pauses come from handler/pacing.py.
+    `run()` returns the figures, as a LoopStats.
     """
 
     def __init__(
@@ -117,231 +317,132 @@ class DeleteLoop:
             target_ms=settings.target_batch_ms,
         )
         self.span = pacing.first_span(self.limits)
-        self.wal = self._wal_budget()
-        self.lsn = 0  # WAL insert position read just before the current batch
-        self.spent_at = monotonic()  # when the WAL budget was last settled
-        self.hidden_noted = False
-        self.idle_noted: set[str] = set()  # inactive logical slots already named in a note
-        self.replicas = False  # a standby or logical slot was seen at the last reading
-        self.status: Status = "completed"
-        self.reason: str | None = None
-        self.notes: list[str] = []
-        self.deleted = 0
-        self.orphaned = 0  # of `deleted`, keys of the orphan rule's measured tenants
-        self.deleted_by_type: dict[str, int] | None = {} if count_by_type else None
-        self.listing: db.Listing = []
-        self.batches = 0
-        self.retries = 0
-        self.skipped_pages = 0
-        self.max_batch_ms = 0.0
-        self.max_batch_rows = 0
+        self.tally = _Tally(deleted_by_type={} if count_by_type else None)
+        self.wal = _WalPace(conn, settings, deadline, self.tally)
+        self.watch = _ReplicaWatch(conn, settings, deadline, self.tally)
         self.batch_s = 0.0  # time inside batches, to estimate the work left
-        self.throttle_waits = 0
-        self.throttle_wait_s = 0.0
-        self.pacing_wait_s = 0.0
         self.pages_done = 0
+        self.pending: list[tuple[int, int]] = []  # split ranges, processed first (LIFO)
+        self.attempts = 0  # batches in a row that hit a table lock or statement timeout
 
-    def _wal_budget(self) -> pacing.WalBudget:
-        c = db.checkpoint_settings(self.conn)
-        trigger = pacing.checkpoint_trigger(c.max_wal_size, c.completion_target)
-        rate = self.settings.wal_bytes_per_s
-        if rate is None:
-            rate = round(pacing.default_wal_rate(trigger, c.timeout_s))
-        return pacing.WalBudget.start(rate, trigger, c.since_checkpoint)
+    def run(self) -> LoopStats:
+        """Delete until done, stopped (the deadline, timeouts, a bound, a replica) or out of
+        pages; the figures of how it went."""
+        self._loop()
+        return self.tally.freeze()
 
-    def run(self) -> None:
+    def _loop(self) -> None:
+        t = self.tally
         next_page = 0
-        pending: list[tuple[int, int]] = []  # split ranges, processed first (LIFO)
-        attempts = 0
-        while self.eligible and (pending or next_page < self.pages_total):
+        while self.eligible and (self.pending or next_page < self.pages_total):
             if not self._throttled():
                 return
             budget_ms = remaining_ms(self.deadline)
-            if budget_ms < max(MIN_BATCH_BUDGET_MS, self.max_batch_ms * 2):
+            if budget_ms < max(MIN_BATCH_BUDGET_MS, t.max_batch_ms * 2):
                 self._stop("stopped at the deadline; the next run continues where the data stands")
                 return
-            if pending:
-                lo, hi = pending.pop()
+            if self.pending:
+                lo, hi = self.pending.pop()
             else:
                 lo, hi = next_page, min(self.pages_total, next_page + self.span.pages)
                 next_page = hi
-            try:
-                self._batch(lo, hi, budget_ms)
-            except BoundExceeded as exc:
-                self._stop(
-                    f"stopped: {exc.rule} would have deleted {exc.would:,} keys, more than the "
-                    f"{exc.measured:,} measured plus a margin of {margin(exc.measured):,}; the "
-                    "last batch was rolled back. The data changed during the run (a restore, a "
-                    "bulk load, a reloaded auth table?): check it; the next run measures again"
-                )
+            outcome = self._attempt(lo, hi, budget_ms)
+            if outcome == "stop":
                 return
-            except RowLockWait:
-                self.retries += 1
-                if hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    pending += [(mid, hi), (lo, mid)]
-                else:
-                    self.skipped_pages += 1
-                    self.pages_done += 1
-                continue
-            except (TableLockWait, pg_errors.QueryCanceled) as exc:
-                self.retries += 1
-                attempts += 1
-                if attempts >= self.settings.batch_attempts:
-                    what = (
-                        f"lock timeout on {exc.table} (is it locked by another session?"
-                        + (" is it being reloaded?" if exc.table != self.target.qualified else "")
-                        + f" CLEANUP_LOCK_TIMEOUT_MS={self.settings.lock_timeout_ms:,})"
-                        if isinstance(exc, TableLockWait)
-                        else "statement timeout"
-                    )
-                    self._stop(
-                        f"stopped after {attempts} batches in a row hit the {what} at "
-                        f"page {lo:,} of {self.pages_total:,}; the next run continues where "
-                        "the data stands"
-                    )
-                    return
-                if isinstance(exc, pg_errors.QueryCanceled) and hi - lo > 1:
-                    # Too slow: smaller batches from now on.
-                    self.span = pacing.Span(max(1, self.span.pages // 2), self.span.densest)
-                    mid = (lo + hi) // 2
-                    pending += [(mid, hi), (lo, mid)]
-                else:
-                    pending.append((lo, hi))
-                sleep(min(0.05 * 2**attempts, max(0.0, budget_ms / 4000)))
-                continue
-            attempts = 0
-            self._pace(next_page)
-        if self.skipped_pages:
-            self.notes.append(
-                f"{self.skipped_pages} page(s) skipped: the application held rows there; their "
+            if outcome == "done":
+                self.attempts = 0
+                self._pace(next_page)
+        if t.skipped_pages:
+            t.notes.append(
+                f"{t.skipped_pages} page(s) skipped: the application held rows there; their "
                 "keys are left for the next run"
             )
 
+    def _attempt(self, lo: int, hi: int, budget_ms: float) -> Literal["done", "retry", "stop"]:
+        """One batch over pages [lo, hi): done, to be retried (split or whole), or the loop
+        must stop (reason set)."""
+        t = self.tally
+        try:
+            self._batch(lo, hi, budget_ms)
+        except BoundExceeded as exc:
+            self._stop(
+                f"stopped: {exc.rule} would have deleted {exc.would:,} keys, more than the "
+                f"{exc.measured:,} measured plus a margin of {margin(exc.measured):,}; the "
+                "last batch was rolled back. The data changed during the run (a restore, a "
+                "bulk load, a reloaded auth table?): check it; the next run measures again"
+            )
+            return "stop"
+        except RowLockWait:
+            t.retries += 1
+            if hi - lo > 1:
+                mid = (lo + hi) // 2
+                self.pending += [(mid, hi), (lo, mid)]
+            else:
+                t.skipped_pages += 1
+                self.pages_done += 1
+            return "retry"
+        except (TableLockWait, pg_errors.QueryCanceled) as exc:
+            return self._timed_out(exc, lo, hi, budget_ms)
+        return "done"
+
+    def _timed_out(
+        self, exc: TableLockWait | pg_errors.QueryCanceled, lo: int, hi: int, budget_ms: float
+    ) -> Literal["retry", "stop"]:
+        """A batch hit a table-lock or statement timeout: retried, up to CLEANUP_BATCH_ATTEMPTS
+        in a row (a slow one in halves, and smaller batches from then on)."""
+        self.tally.retries += 1
+        self.attempts += 1
+        if self.attempts >= self.settings.batch_attempts:
+            what = (
+                f"lock timeout on {exc.table} (is it locked by another session?"
+                + (" is it being reloaded?" if exc.table != self.target.qualified else "")
+                + f" CLEANUP_LOCK_TIMEOUT_MS={self.settings.lock_timeout_ms:,})"
+                if isinstance(exc, TableLockWait)
+                else "statement timeout"
+            )
+            self._stop(
+                f"stopped after {self.attempts} batches in a row hit the {what} at "
+                f"page {lo:,} of {self.pages_total:,}; the next run continues where "
+                "the data stands"
+            )
+            return "stop"
+        if isinstance(exc, pg_errors.QueryCanceled) and hi - lo > 1:
+            # Too slow: smaller batches from now on.
+            self.span = pacing.Span(max(1, self.span.pages // 2), self.span.densest)
+            mid = (lo + hi) // 2
+            self.pending += [(mid, hi), (lo, mid)]
+        else:
+            self.pending.append((lo, hi))
+        sleep(min(0.05 * 2**self.attempts, max(0.0, budget_ms / 4000)))
+        return "retry"
+
     def _throttled(self) -> bool:
         """Before a batch: wait while a replica lags. False: the run must stop (reason set)."""
-        s = self.settings
-        attempt = 0
-        while True:
-            state = db.replication_state(self.conn)
-            self.replicas = bool(state.lags)
-            self.lsn = state.lsn
-            if state.hidden_standbys and not self.hidden_noted:
-                self.hidden_noted = True
-                self.notes.append(
-                    f"replay lag of {state.hidden_standbys} streaming standby(s) not watched: "
-                    "this role cannot read pg_stat_replication (GRANT pg_monitor TO it)"
-                )
-            self._note_idle_slots(state.idle_slots)
-            step = pacing.throttle_step(
-                state.lags,
-                limit_bytes=s.max_replica_lag_bytes,
-                attempt=attempt,
-                waited_s=self.throttle_wait_s,
-                max_wait_s=s.throttle_max_wait_s,
-                remaining_s=remaining_ms(self.deadline) / 1000,
-            )
-            if step.stop == "deadline":
-                self._stop("stopped at the deadline; the next run continues where the data stands")
-                return False
-            if step.stop is not None and step.worst is not None:
-                self._stop(
-                    f"stopped: {step.worst.name} is {step.worst.bytes:,} bytes of WAL behind, "
-                    f"above CLEANUP_MAX_REPLICA_LAG_BYTES={s.max_replica_lag_bytes:,}, after "
-                    f"waiting {self.throttle_wait_s:.1f} s in total for replicas "
-                    f"(CLEANUP_THROTTLE_MAX_WAIT_S={s.throttle_max_wait_s:g}); the next run "
-                    "continues where the data stands"
-                )
-                return False
-            if step.wait_s <= 0:
-                break
-            self.throttle_waits += 1
-            self.throttle_wait_s += step.wait_s
-            db.nudge_standbys(self.conn)
-            sleep(step.wait_s)
-            attempt += 1
-        return True
-
-    def _note_idle_slots(self, idle: list[pacing.Lag]) -> None:
-        """Name each inactive logical slot once: not waited for, but holding WAL back."""
-        for slot in idle:
-            if slot.name in self.idle_noted:
-                continue
-            self.idle_noted.add(slot.name)
-            self.notes.append(
-                f"{slot.name} has no consumer connected and is {slot.bytes:,} bytes of WAL "
-                "behind: not waited for (waiting cannot make it catch up); the primary keeps "
-                "WAL for it until it is consumed or dropped (pg_drop_replication_slot)"
-            )
+        reason = self.watch.wait()
+        if reason is not None:
+            self._stop(reason)
+        return reason is None
 
     def _pace(self, next_page: int) -> None:
-        """After a batch: charge its WAL to the budget and pay off any debt with a pause.
-
-        Only the WAL written while the batch ran counts (the insert position before and after
-        it): other sessions' WAL during pauses is theirs, and would otherwise slow the run.
-        """
-        if self.wal.rate <= 0:
-            return
-        now = monotonic()
-        wal = db.wal_insert_position(self.conn) - self.lsn
-        self.wal, debt_s = self.wal.spend(wal, now - self.spent_at)
-        self.spent_at = now
-        if debt_s <= 0:
-            return
+        """After a batch: its WAL charged to the budget, any debt paid off with a pause."""
         pages_left = max(1, self.pages_total - next_page)
-        work_s = self.batch_s / self.pages_done * pages_left if self.pages_done else 0.0
-        pause = pacing.pause_within_deadline(
-            debt_s,
-            remaining_s=remaining_ms(self.deadline) / 1000 - MIN_BATCH_BUDGET_MS / 1000,
-            work_s=work_s,
+        self.wal.pace(
+            self.watch.lsn,
+            work_s=self.batch_s / self.pages_done * pages_left if self.pages_done else 0.0,
             share=self.span.pages / pages_left,
         )
-        if pause > 0:
-            sleep(pause)
-            self.pacing_wait_s += pause
 
     def _stop(self, reason: str) -> None:
-        self.status = "partial"
-        self.reason = reason
+        self.tally.status = "partial"
+        self.tally.reason = reason
 
     def _batch(self, lo: int, hi: int, budget_ms: float) -> None:
-        s, conn = self.settings, self.conn
         started = monotonic()
-        with conn.transaction():
-            # Losing the last batches to a crash only means the next run redoes them, so
-            # there is no need to wait for each commit's WAL flush. With replicas attached,
-            # though, WAL left in WAL buffers cannot be sent, and the lag the throttle reads
-            # would not shrink until the WAL writer's next round: then flush, locally only
-            # (a synchronous standby's wait is what the throttle bounds, not the commit).
-            statement_ms = int(min(s.batch_timeout_ms, budget_ms))
-            # One round trip for the three settings, one for the lock and the row timeout: at
-            # ~250 batches per million rows, each round trip saved is ~3 % of the loop.
-            db.set_local(
-                conn,
-                synchronous_commit="local" if self.replicas else "off",
-                statement_timeout=f"{max(1, statement_ms)}ms",
-                lock_timeout=f"{max(1, s.lock_timeout_ms)}ms",
-            )
-            # The table lock first, with the full lock timeout: a conflict here is a table
-            # lock (DDL, VACUUM FULL), worth waiting for and retrying as a whole. So is the
-            # auth table's, which the orphan rule's subquery reads (a TRUNCATE and reload in
-            # one transaction holds it). Then rows: never wait long for one the application
-            # holds.
-            row_wait = min(s.lock_timeout_ms, ROW_WAIT_MS)
-            try:
-                db.lock_for_delete_then_row_wait(
-                    conn, self.target, row_wait_ms=None if self.auth else row_wait
-                )
-            except pg_errors.LockNotAvailable as exc:
-                raise TableLockWait(self.target.qualified) from exc
-            if self.auth is not None:
-                try:
-                    db.lock_shared_then_row_wait(conn, self.auth.ident, row_wait_ms=row_wait)
-                except pg_errors.LockNotAvailable as exc:
-                    raise TableLockWait(self.auth.qualified) from exc
+        with self.conn.transaction():
+            self._lock(budget_ms)
             try:
                 result = db.delete_range(
-                    conn,
+                    self.conn,
                     self.target,
                     self.policy,
                     first_page=lo,
@@ -357,32 +458,58 @@ class DeleteLoop:
             # Still inside the transaction: past a bound, the batch is rolled back.
             self._check_bounds(result)
         batch_ms = (monotonic() - started) * 1000
-        self.max_batch_ms = max(self.max_batch_ms, batch_ms)
-        self.max_batch_rows = max(self.max_batch_rows, result.deleted)
         self.batch_s += batch_ms / 1000
         self.span = pacing.next_span(
             self.limits, self.span, pacing.Observed(hi - lo, result.deleted, batch_ms)
         )
-        self.batches += 1
         self.pages_done += hi - lo
-        self.deleted += result.deleted
-        self.orphaned += result.orphaned
-        if self.deleted_by_type is not None and result.by_type is not None:
-            for key_type, n in result.by_type.items():
-                name = type_name(key_type)
-                self.deleted_by_type[name] = self.deleted_by_type.get(name, 0) + n
+        t = self.tally
+        t.add(result, batch_ms, self.list_budget)
         if self.list_budget:
-            self.listing.extend(result.listed[: self.list_budget])
             self.list_budget = max(0, self.list_budget - len(result.listed))
         if self.progress is not None:
-            self.progress(Progress(self.pages_done, self.pages_total, self.deleted, self.batches))
+            self.progress(Progress(self.pages_done, self.pages_total, t.deleted, t.batches))
+
+    def _lock(self, budget_ms: float) -> None:
+        """A batch's settings and locks, inside its transaction."""
+        s, conn = self.settings, self.conn
+        # Losing the last batches to a crash only means the next run redoes them, so there is
+        # no need to wait for each commit's WAL flush. With replicas attached, though, WAL left
+        # in WAL buffers cannot be sent, and the lag the throttle reads would not shrink until
+        # the WAL writer's next round: then flush, locally only (a synchronous standby's wait
+        # is what the throttle bounds, not the commit).
+        statement_ms = int(min(s.batch_timeout_ms, budget_ms))
+        # One round trip for the three settings, one for the lock and the row timeout: at ~250
+        # batches per million rows, each round trip saved is ~3 % of the loop.
+        db.set_local(
+            conn,
+            synchronous_commit="local" if self.watch.replicas else "off",
+            statement_timeout=f"{max(1, statement_ms)}ms",
+            lock_timeout=f"{max(1, s.lock_timeout_ms)}ms",
+        )
+        # The table lock first, with the full lock timeout: a conflict here is a table lock
+        # (DDL, VACUUM FULL), worth waiting for and retrying as a whole. So is the auth table's,
+        # which the orphan rule's subquery reads (a TRUNCATE and reload in one transaction holds
+        # it). Then rows: never wait long for one the application holds.
+        row_wait = min(s.lock_timeout_ms, ROW_WAIT_MS)
+        try:
+            db.lock_for_delete_then_row_wait(
+                conn, self.target, row_wait_ms=None if self.auth else row_wait
+            )
+        except pg_errors.LockNotAvailable as exc:
+            raise TableLockWait(self.target.qualified) from exc
+        if self.auth is not None:
+            try:
+                db.lock_shared_then_row_wait(conn, self.auth.ident, row_wait_ms=row_wait)
+            except pg_errors.LockNotAvailable as exc:
+                raise TableLockWait(self.auth.qualified) from exc
 
     def _check_bounds(self, result: db.BatchResult) -> None:
-        m = self.measured
-        others = self.deleted - self.orphaned + result.deleted - result.orphaned
+        m, t = self.measured, self.tally
+        others = t.deleted - t.orphaned + result.deleted - result.orphaned
         if others > m.others + margin(m.others):
             raise BoundExceeded("the age and TTL rules", m.others, others)
-        orphaned = self.orphaned + result.orphaned
+        orphaned = t.orphaned + result.orphaned
         if m.orphans is not None and orphaned > m.orphans + margin(m.orphans):
             raise BoundExceeded("the orphan rule", m.orphans, orphaned)
 

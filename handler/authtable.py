@@ -1,0 +1,99 @@
+"""The auth (creds) table beside the key table: found, and its creds read for the key lifecycle.
+
+The orphan rule (handler/orphans.py) reads the same table. Creds that cannot be read are a
+note, never a failed run: those tenants keep every pre-key (docs/key-lifecycle.md).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from handler import db, lifecycle
+from handler.settings import Settings
+
+# The reference deployment's creds table, looked for beside the key table when
+# CLEANUP_AUTH_TABLE is unset.
+DEFAULT_AUTH_TABLE = "whatsapp_auth"
+
+
+def find_auth(conn: db.Conn, settings: Settings, target: db.Target) -> db.AuthTable | None:
+    """The creds table: CLEANUP_AUTH_TABLE, else `whatsapp_auth` beside the key table."""
+    parts = settings.auth_table_parts
+    if parts is None:
+        return db.find_auth_table(conn, target.schema, DEFAULT_AUTH_TABLE)
+    return db.find_auth_table(conn, parts[0], parts[1])
+
+
+def auth_table_name(settings: Settings, target: db.Target) -> str:
+    """How the auth table is named in a note: as configured, or the default beside the keys."""
+    return settings.auth_table or f"{target.schema}.{DEFAULT_AUTH_TABLE}"
+
+
+def locked_problem(settings: Settings, table: str) -> str:
+    return (
+        f"{table} is locked by another session (waited CLEANUP_LOCK_TIMEOUT_MS="
+        f"{settings.lock_timeout_ms:,}; is it being reloaded?)"
+    )
+
+
+def _creds_problem(
+    settings: Settings, target: db.Target, auth: db.AuthTable | None, *, auth_locked: bool
+) -> str | None:
+    """Why the creds cannot be read, or None when they can be tried."""
+    s = settings
+    if auth is None:
+        return f"no auth table {auth_table_name(s, target)} (CLEANUP_AUTH_TABLE)"
+    if target.tenant_column is None:
+        return f"{target.qualified} has no tenant column {s.tenant_column}"
+    if s.tenant_column not in auth.columns or s.creds_column not in auth.columns:
+        return (
+            f"{auth.qualified} lacks column {s.tenant_column} or {s.creds_column} "
+            "(CLEANUP_TENANT_COLUMN, CLEANUP_CREDS_COLUMN)"
+        )
+    if (kind := auth.columns[s.creds_column]) not in db.JSON_TYPES | db.TEXT_TYPES:
+        return f"{auth.qualified}.{s.creds_column} is {kind}, not JSON or text"
+    if auth_locked:
+        return locked_problem(s, auth.qualified)
+    return None
+
+
+def read_lifecycle(
+    conn: db.Conn,
+    settings: Settings,
+    target: db.Target,
+    auth: db.AuthTable | None,
+    *,
+    auth_locked: bool,
+    notes: list[str],
+) -> lifecycle.Lifecycle | None:
+    """The key-lifecycle facts from the creds (docs/key-lifecycle.md), or None without a
+    key-type column. Creds that cannot be read are a note: those tenants keep every pre-key,
+    and their sender keys wait for their groups' memory rows."""
+    s = settings
+    if target.key_type_column is None:
+        return None
+    problem = _creds_problem(s, target, auth, auth_locked=auth_locked)
+    rows: list[tuple[str | None, object]] = []
+    if problem is None and auth is not None:
+        try:
+            rows = db.read_creds(conn, auth, s.tenant_column, s.creds_column)
+        except pg_errors.LockNotAvailable:
+            problem = locked_problem(s, auth.qualified)
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            problem = f"{auth.qualified} not readable ({type(exc).__name__})"
+    facts, problems = lifecycle.build(
+        rows, window=s.prekey_window, prekey_age_only=s.prekey_age_only
+    )
+    if s.prekey_age_only:
+        notes.append(
+            "CLEANUP_PREKEY_AGE_ONLY=true: pre-keys go by age alone, including ones the "
+            "server may still hand out (their first messages then fail)"
+        )
+    elif problem is not None:
+        notes.append(f"creds not read, so every pre-key is kept: {problem}")
+    for why, tenants in sorted(problems.items()):
+        notes.append(f"pre-keys of {tenants:,} tenant{'' if tenants == 1 else 's'} kept: {why}")
+    return facts
