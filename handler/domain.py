@@ -13,6 +13,11 @@ from typing import Literal, NamedTuple
 
 from psycopg import sql
 
+# The age buckets' inner edges, in days: <1d, 1-7d, 7-14d, 14-30d, >30d. The one definition:
+# the measuring pass takes these edges, and the report names its buckets after them
+# (handler.report.AGE_BUCKETS).
+BUCKET_DAYS: tuple[int, ...] = (1, 7, 14, 30)
+
 # Keys the job keeps for the key lifecycle, and why (the report shows one line per reason).
 KeepReason = Literal["prekey_window", "prekey_no_creds", "own_session", "own_sender_key", "index"]
 

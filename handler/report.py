@@ -8,26 +8,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from handler.domain import BUCKET_DAYS as BUCKET_DAYS  # noqa: PLC0414 - the engine's name
 
 Status = Literal["completed", "partial", "skipped", "aborted"]
 # The orphan rule: not configured, applied, or refused for this run (see the notes for why).
 OrphanRule = Literal["off", "applied", "refused"]
 
-# Age buckets, in days: label -> [low, high). Order matters for rendering. The one definition
-# of the edges: the measuring pass takes BUCKET_DAYS from here.
+# Age buckets, in days: label -> [low, high), from the one definition of the edges
+# (domain.BUCKET_DAYS): <1d, 1-7d, 7-14d, 14-30d, >30d. Order matters for rendering.
 AGE_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
-    ("<1d", 0, 1),
-    ("1-7d", 1, 7),
-    ("7-14d", 7, 14),
-    ("14-30d", 14, 30),
-    (">30d", 30, None),
+    (f"<{BUCKET_DAYS[0]}d", 0, BUCKET_DAYS[0]),
+    *((f"{lo}-{hi}d", lo, hi) for lo, hi in pairwise(BUCKET_DAYS)),
+    (f">{BUCKET_DAYS[-1]}d", BUCKET_DAYS[-1], None),
 )
 BUCKET_LABELS: tuple[str, ...] = tuple(label for label, _, _ in AGE_BUCKETS)
-# The inner edges, in days: (1, 7, 14, 30).
-BUCKET_DAYS: tuple[int, ...] = tuple(high for _, _, high in AGE_BUCKETS if high is not None)
 
 
 class _Model(BaseModel):

@@ -56,7 +56,6 @@ from handler.db.history import (
     stalled_runs_before,
 )
 from handler.db.measure import (
-    BUCKET_DAYS,
     JSON_TYPES,
     TEXT_TYPES,
     auth_has_tenants,
@@ -92,6 +91,7 @@ from handler.db.replication import (
     wal_insert_position,
 )
 from handler.domain import (
+    BUCKET_DAYS,
     AuthTable,
     BatchResult,
     CheckpointSettings,

@@ -44,8 +44,6 @@ from handler.domain import (
     TypeCounts,
 )
 
-BUCKET_DAYS = (1, 7, 14, 30)
-
 
 def sizes(conn: Conn, target: Target) -> Sizes:
     with conn.cursor(row_factory=class_row(Sizes)) as cur:
