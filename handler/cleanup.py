@@ -14,7 +14,7 @@ from datetime import datetime
 
 import psycopg
 
-from handler import db, lifecycle, rules
+from handler import db, rules
 from handler.authtable import find_auth, read_lifecycle
 from handler.checks import TargetChecks, resolve
 from handler.deleteloop import DeleteLoop, LoopStats, Measured, ProgressFn
@@ -149,19 +149,16 @@ class _Run:
             type_cutoffs={t: edges[d] for t, d in overrides.items()},
             expires_now=now if target.expires_column else None,
             orphans=self.orphans.rule(conn, target, edges[s.orphan_grace_days], now),
-            lifecycle=self._lifecycle(conn, target),
+            lifecycle=read_lifecycle(
+                conn,
+                s,
+                target,
+                self.orphans.auth,
+                auth_locked=self.orphans.auth_locked,
+                notes=self.notes,
+            ),
         )
         return policy, now, edges
-
-    def _lifecycle(self, conn: db.Conn, target: db.Target) -> lifecycle.Lifecycle | None:
-        return read_lifecycle(
-            conn,
-            self.settings,
-            target,
-            self.orphans.auth,
-            auth_locked=self.orphans.auth_locked,
-            notes=self.notes,
-        )
 
     def _measure(self, conn: db.Conn, target: db.Target) -> MeasuredRun:
         """The measuring step: cutoffs, sizes, the measuring pass, the orphan rule's share
