@@ -31,9 +31,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from handler import notify
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
+from handler.errors import ConfigError
 from handler.observability import logger, publish_failure, publish_report, report_fields
 from handler.secrets import with_database_url
-from handler.settings import ConfigError, Flags, Settings
+from handler.settings import Flags, Settings
 
 # Sentry starts here, at import, so its Lambda integration wraps the first (cold) invocation
 # too; see notify.init_from_env.

@@ -25,8 +25,9 @@ import psycopg
 from pydantic import SecretStr
 
 from handler import __version__, db
-from handler.cleanup import CleanupError, open_database, run_cleanup
+from handler.cleanup import open_database, run_cleanup
 from handler.deleteloop import Progress
+from handler.errors import CleanupError, ConfigError
 from handler.history import trend_points
 from handler.report import (  # noqa: F401 - exit_code and the codes: the CLI's, re-exported
     EXIT_ABORTED,
@@ -40,7 +41,7 @@ from handler.report import (  # noqa: F401 - exit_code and the codes: the CLI's,
     trend_lines,
 )
 from handler.secrets import SecretError, with_database_url
-from handler.settings import ConfigError, Flags, Settings
+from handler.settings import Flags, Settings
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2

@@ -20,8 +20,8 @@ from typing import Any, cast
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from handler.app import lambda_handler
+from handler.errors import ConfigError
 from handler.report import Report, exit_code, render_text
-from handler.settings import ConfigError
 
 
 @dataclass

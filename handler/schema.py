@@ -204,38 +204,59 @@ def seed_rules(
         cur.execute("SELECT setseed(%s)", (seed,))
         cur.execute(reference_auth_schema(auth_table))
         cur.execute(sql.SQL("ALTER TABLE {t} DISABLE TRIGGER {trg}").format(t=t, trg=trigger))
-        # Each tenant's creds as Baileys keeps them: the pre-key counters just past its highest
-        # pre-key id (all uploaded), and its own JIDs. Its own devices' sessions, its own sender
-        # key for a group it sent to (with the group's memory row) and the tctoken index are
-        # written as old as the oldest keys: the key lifecycle keeps them all the same.
-        cur.execute(
-            sql.SQL(
-                """
+        _seed_creds(cur, t, sql.Identifier(auth_table), without_creds)
+        _seed_own_keys(cur, t, sql.Identifier(auth_table))
+        if logged_out is not None:
+            _copy_to_logged_out(cur, t, logged_out, logged_out_share)
+        _seed_expiries(cur, t, expired_share, future_share)
+        cur.execute(sql.SQL("ALTER TABLE {t} ENABLE TRIGGER {trg}").format(t=t, trg=trigger))
+        cur.execute(sql.SQL("ANALYZE {t}").format(t=t))
+
+
+def _seed_creds(
+    cur: psycopg.Cursor[tuple[object, ...]],
+    t: sql.Identifier,
+    auth: sql.Identifier,
+    without_creds: Sequence[str],
+) -> None:
+    # Each tenant's creds as Baileys keeps them: the pre-key counters just past its highest
+    # pre-key id (all uploaded), and its own JIDs. Its own devices' sessions, its own sender
+    # key for a group it sent to (with the group's memory row) and the tctoken index are
+    # written as old as the oldest keys: the key lifecycle keeps them all the same.
+    cur.execute(
+        sql.SQL(
+            """
 INSERT INTO {auth} (company_id, creds)
 SELECT company_id, jsonb_build_object(
-         'nextPreKeyId', next_id, 'firstUnuploadedPreKeyId', next_id,
-         'me', jsonb_build_object('id', own || ':3@s.whatsapp.net', 'lid', own_lid || ':3@lid'))
+     'nextPreKeyId', next_id, 'firstUnuploadedPreKeyId', next_id,
+     'me', jsonb_build_object('id', own || ':3@s.whatsapp.net', 'lid', own_lid || ':3@lid'))
 FROM (
   SELECT company_id,
-         coalesce(max(CASE WHEN key_id ~ '^[0-9]{{1,15}}$' THEN key_id::bigint END)
-                  FILTER (WHERE key_type = 'pre-key'), 0) + 1 AS next_id,
-         (5400000000000 + dense_rank() OVER (ORDER BY company_id))::text AS own,
-         (9000000000000 + dense_rank() OVER (ORDER BY company_id))::text AS own_lid
+     coalesce(max(CASE WHEN key_id ~ '^[0-9]{{1,15}}$' THEN key_id::bigint END)
+              FILTER (WHERE key_type = 'pre-key'), 0) + 1 AS next_id,
+     (5400000000000 + dense_rank() OVER (ORDER BY company_id))::text AS own,
+     (9000000000000 + dense_rank() OVER (ORDER BY company_id))::text AS own_lid
   FROM {t} WHERE company_id <> ALL (%(without)s::text[]) GROUP BY company_id
 ) AS tenants
 """
-            ).format(auth=sql.Identifier(auth_table), t=t),
-            {"without": list(without_creds)},
-        )
-        cur.execute(
-            sql.SQL(
-                """
+        ).format(auth=auth, t=t),
+        {"without": list(without_creds)},
+    )
+
+
+def _seed_own_keys(
+    cur: psycopg.Cursor[tuple[object, ...]], t: sql.Identifier, auth: sql.Identifier
+) -> None:
+    """The account's own keys that the key lifecycle keeps, as old as the oldest keys."""
+    cur.execute(
+        sql.SQL(
+            """
 INSERT INTO {t} (company_id, key_type, key_id, value, updated_at)
 SELECT a.company_id, k.key_type, k.key_id, '{{"k": "x"}}'::jsonb, now() - interval '90 days'
 FROM {auth} AS a
 CROSS JOIN LATERAL (
   SELECT split_part(a.creds -> 'me' ->> 'id', ':', 1) AS own,
-         split_part(a.creds -> 'me' ->> 'lid', ':', 1) AS own_lid
+     split_part(a.creds -> 'me' ->> 'lid', ':', 1) AS own_lid
 ) AS me
 CROSS JOIN LATERAL (VALUES
   ('session', me.own || '.0'),
@@ -246,26 +267,34 @@ CROSS JOIN LATERAL (VALUES
 ) AS k(key_type, key_id)
 ON CONFLICT DO NOTHING
 """
-            ).format(auth=sql.Identifier(auth_table), t=t)
-        )
-        if logged_out is not None:
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {t} (company_id, key_type, key_id, value, created_at, updated_at) "
-                    "SELECT %s, key_type, key_id, value, created_at, updated_at FROM {t} "
-                    "WHERE random() < %s AND updated_at < now() - interval '2 days' "
-                    "ON CONFLICT DO NOTHING"
-                ).format(t=t),
-                (logged_out, logged_out_share),
-            )
-        # An hour to ten days away, in the past for a share past / (past + future) of them.
-        cur.execute(
-            sql.SQL(
-                "UPDATE {t} SET expires_at = now() + make_interval(secs => "
-                "(CASE WHEN random() * %(all)s < %(past)s THEN -1 ELSE 1 END) "
-                "* (3600 + random() * 86400 * 10)) WHERE random() < %(all)s"
-            ).format(t=t),
-            {"past": expired_share, "all": expired_share + future_share},
-        )
-        cur.execute(sql.SQL("ALTER TABLE {t} ENABLE TRIGGER {trg}").format(t=t, trg=trigger))
-        cur.execute(sql.SQL("ANALYZE {t}").format(t=t))
+        ).format(auth=auth, t=t)
+    )
+
+
+def _copy_to_logged_out(
+    cur: psycopg.Cursor[tuple[object, ...]], t: sql.Identifier, tenant: str, share: float
+) -> None:
+    """Copy a share of the keys older than two days to `tenant`, which has no creds row."""
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {t} (company_id, key_type, key_id, value, created_at, updated_at) "
+            "SELECT %s, key_type, key_id, value, created_at, updated_at FROM {t} "
+            "WHERE random() < %s AND updated_at < now() - interval '2 days' "
+            "ON CONFLICT DO NOTHING"
+        ).format(t=t),
+        (tenant, share),
+    )
+
+
+def _seed_expiries(
+    cur: psycopg.Cursor[tuple[object, ...]], t: sql.Identifier, expired: float, future: float
+) -> None:
+    # An hour to ten days away, in the past for a share past / (past + future) of them.
+    cur.execute(
+        sql.SQL(
+            "UPDATE {t} SET expires_at = now() + make_interval(secs => "
+            "(CASE WHEN random() * %(all)s < %(past)s THEN -1 ELSE 1 END) "
+            "* (3600 + random() * 86400 * 10)) WHERE random() < %(all)s"
+        ).format(t=t),
+        {"past": expired, "all": expired + future},
+    )

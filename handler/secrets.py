@@ -16,8 +16,9 @@ from botocore.config import Config  # botocore comes with boto3, which the runti
 from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from handler.errors import ConfigError
 from handler.errors import SecretError as SecretError  # noqa: PLC0414 - re-exported
-from handler.settings import ConfigError, Settings, format_validation_error
+from handler.settings import Settings, format_validation_error
 
 # Five minutes: a warm container reuses the value (one run a day rarely finds one warm, but
 # Lambda's retry and hand-triggered runs do), and a rotated password is picked up soon after.

@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
+from handler.errors import ConfigError
 from handler.notify import html, secrets, sentry, telegram
 from handler.observability import logger
 from handler.report import Report
-from handler.settings import ConfigError, Settings
+from handler.settings import Settings
 
 __all__ = [
     "after_run",
