@@ -455,6 +455,11 @@ def test_live_run_that_deleted_nothing_shows_no_batch_line(bot: FakeBot) -> None
     send(bot, make_report(deleted=0, eligible=0, batches=0, max_batch_ms=0))
 
     _, shown = telegram_structure(bot.texts[0])
+    # The lines are there, only without a batch count: an empty or cut message fails here.
+    assert "LIVE · completed" in shown
+    assert "Deleted: 0 of 0 eligible · protected 1,312" in shown
+    (line,) = [line for line in shown.splitlines() if line.startswith("Duration:")]
+    assert line == "Duration: 4.2 s"
     assert "batches" not in shown
 
 
