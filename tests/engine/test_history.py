@@ -1,0 +1,140 @@
+"""Run history: one row per live run, the trend the reports carry, and history the role cannot
+create or read is a note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from handler.cleanup import run_cleanup
+from handler.settings import Flags, Settings
+from tests.support.db import KeyRow, PgSchema
+from tests.support.history import history_rows, init_history
+from tests.support.tables import FORCE
+
+LIVE = Flags(dry_run=False)
+
+
+def test_live_run_records_one_row_and_dry_run_none(history_table: PgSchema) -> None:
+    run_cleanup(history_table.settings(), Flags())
+    with history_table.connect() as conn:
+        assert conn.execute("SELECT to_regclass('keys_cleanup_runs')").fetchone() == (None,)
+    run_cleanup(history_table.settings(), LIVE, event_id="evt-1")
+    assert history_rows(history_table) == [("evt-1", "completed", 7, 10, 3, "completed")]
+
+
+def test_history_can_be_turned_off(history_table: PgSchema) -> None:
+    run_cleanup(history_table.settings(CLEANUP_HISTORY="false"), LIVE, event_id="evt-1")
+    with history_table.connect() as conn:
+        assert conn.execute("SELECT to_regclass('keys_cleanup_runs')").fetchone() == (None,)
+
+
+def test_completed_event_is_acknowledged_not_rerun(history_table: PgSchema) -> None:
+    first = run_cleanup(history_table.settings(), LIVE, event_id="evt-dup")
+    assert first.deleted == 7
+    history_table.insert_keys([KeyRow("c", "session", "late-old", 99)])
+
+    again = run_cleanup(history_table.settings(), LIVE, event_id="evt-dup")
+    assert again.status == "skipped"
+    assert again.duplicate
+    assert again.deleted == 0
+    assert ("c", "session", "late-old") in history_table.key_set()  # nothing ran
+    assert len(history_rows(history_table)) == 1
+
+    other = run_cleanup(history_table.settings(), LIVE, event_id="evt-next")
+    assert other.deleted == 1
+    assert not other.duplicate
+
+
+def test_aborted_event_may_run_again(history_table: PgSchema) -> None:
+    settings = history_table.settings(CLEANUP_GUARD_MIN_KEYS="1", CLEANUP_MAX_DELETE_FRACTION="0.1")
+    assert run_cleanup(settings, LIVE, event_id="evt-a").status == "aborted"
+    forced = run_cleanup(settings, Flags(dry_run=False, force=True), event_id="evt-a")
+    assert forced.status == "completed"
+    assert [r[1] for r in history_rows(history_table)] == ["aborted", "completed"]
+
+
+def test_role_without_create_runs_and_notes_missing_history(history_table: PgSchema) -> None:
+    role = f"{history_table.schema}_ro"
+    with history_table.connect() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA {history_table.schema} TO {role}")
+        conn.execute(f"GRANT SELECT, DELETE ON whatsapp_keys TO {role}")
+    try:
+        settings = history_table.settings(DATABASE_URL=history_table.dsn + f" user={role}")
+        report = run_cleanup(settings, LIVE, event_id="evt-ro")
+        assert report.status == "completed"
+        assert report.deleted == 7
+        assert any("run history not recorded" in note for note in report.notes)
+    finally:
+        with history_table.connect() as conn:
+            conn.execute(f"REVOKE ALL ON whatsapp_keys FROM {role}")
+            conn.execute(f"REVOKE ALL ON SCHEMA {history_table.schema} FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_reports_carry_keys_and_size_of_the_last_seven_runs(history_table: PgSchema) -> None:
+    assert run_cleanup(history_table.settings(), Flags()).trend == []  # no history yet
+
+    for i in range(8):
+        history_table.insert_keys(
+            [KeyRow("c", "session", f"old{i}", 40), KeyRow("c", "pre-key", f"n{i}", 1)]
+        )
+        report = run_cleanup(history_table.settings(), LIVE)
+    assert len(report.trend) == 7  # this run included, the first one left out
+    # Each run adds two keys and deletes the old one: 4, 5, ... 11 keys after runs 1 to 8.
+    assert [p.keys for p in report.trend] == list(range(5, 12))  # oldest first
+    assert report.after is not None
+    assert (report.trend[-1].keys, report.trend[-1].total_bytes) == (
+        report.after.keys,
+        report.after.total_bytes,
+    )
+    assert all(p.total_bytes > 0 for p in report.trend)
+    times = [p.finished_at for p in report.trend]
+    assert times == sorted(times)
+
+    dry = run_cleanup(history_table.settings(), Flags())  # a dry run shows the live runs' trend
+    assert [p.keys for p in dry.trend] == [p.keys for p in report.trend]
+
+
+def test_trend_is_left_out_when_history_is_off(history_table: PgSchema) -> None:
+    run_cleanup(history_table.settings(), LIVE)
+    assert run_cleanup(history_table.settings(CLEANUP_HISTORY="false"), Flags()).trend == []
+
+
+def test_unreadable_history_is_a_note_not_a_failure(history_table: PgSchema) -> None:
+    # A history table of another shape: recording and reading it both fail.
+    with history_table.connect() as conn:
+        conn.execute("CREATE TABLE keys_cleanup_runs (id int)")
+
+    dry = run_cleanup(history_table.settings(), Flags())
+    assert dry.status == "completed"
+    assert dry.trend == []
+    assert dry.notes == ["run history not read (UndefinedColumn); no trend this run"]
+
+    live = run_cleanup(history_table.settings(), LIVE)
+    assert live.status == "completed"
+    assert live.deleted == 7
+    assert live.reason is None
+    assert any("run history not recorded" in note for note in live.notes)
+    assert any("run history not read (UndefinedColumn)" in note for note in live.notes)
+
+
+@pytest.fixture
+def no_history_role(app_state: PgSchema) -> Iterator[Settings]:
+    """A role that may delete keys but may not read the run history (made by the owner)."""
+    init_history(app_state)
+    with app_state.role("nohist", "GRANT SELECT, DELETE ON whatsapp_keys TO {role}") as role:
+        yield app_state.settings(DATABASE_URL=app_state.dsn + f" user={role}")
+
+
+def test_unreadable_history_is_a_note_and_the_scheduled_run_goes_on(
+    app_state: PgSchema, no_history_role: Settings
+) -> None:
+    report = run_cleanup(no_history_role, FORCE, event_id="evt-1")
+    assert report.status == "completed"
+    assert report.deleted == 3
+    assert any("run history not readable (InsufficientPrivilege)" in n for n in report.notes)
+    assert any("run history not recorded" in n for n in report.notes)

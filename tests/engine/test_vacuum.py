@@ -1,0 +1,73 @@
+"""VACUUM after a run: on request, and its trouble (lock held, too little time) is a note, never
+a failed run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from handler.cleanup import run_cleanup
+from handler.settings import Flags
+from tests.support.db import KeyRow, PgSchema
+from tests.support.history import history, init_history
+
+
+def test_vacuum_flag_runs_vacuum_and_reports_it(pg: PgSchema, table: list[KeyRow]) -> None:
+    report = run_cleanup(
+        pg.settings(CLEANUP_GUARD_MIN_KEYS="100000"), Flags(dry_run=False, vacuum=True)
+    )
+    assert report.vacuumed
+    assert report.reclaimable_bytes > 0
+    with pg.connect() as conn:
+        row = conn.execute(
+            "SELECT vacuum_count + autovacuum_count FROM pg_stat_user_tables "
+            "WHERE relid = 'whatsapp_keys'::regclass"
+        ).fetchone()
+    assert row is not None
+    assert row[0] >= 1
+
+
+def test_vacuum_that_cannot_get_its_lock_is_a_note_and_the_run_completes(
+    app_state: PgSchema,
+) -> None:
+    settings = app_state.settings(CLEANUP_LOCK_TIMEOUT_MS="300")
+    with app_state.connect() as other, other.transaction():
+        # What a concurrent VACUUM or CREATE INDEX CONCURRENTLY holds; batches don't need it.
+        other.execute("LOCK TABLE whatsapp_keys IN SHARE UPDATE EXCLUSIVE MODE")
+        report = run_cleanup(settings, Flags(dry_run=False, force=True, vacuum=True), event_id="e")
+    assert report.status == "completed"
+    assert report.deleted == 3
+    assert not report.vacuumed
+    assert any("VACUUM not done" in note for note in report.notes)
+    assert history(app_state) == [("e", "completed")]
+
+
+def test_vacuum_is_skipped_when_too_little_time_is_left(app_state: PgSchema) -> None:
+    report = run_cleanup(
+        app_state.settings(),
+        Flags(dry_run=False, force=True, vacuum=True),
+        deadline=time.monotonic() + 5,
+    )
+    assert report.status == "completed"
+    assert report.deleted == 3
+    assert not report.vacuumed
+    assert any("VACUUM skipped" in note for note in report.notes)
+
+
+def test_session_timeouts_are_restored_after_a_deadline_shortened_vacuum(
+    app_state: PgSchema,
+) -> None:
+    init_history(app_state)
+    with app_state.connect() as conn:
+        # The history row records the statement timeout the job's session had when it wrote.
+        conn.execute(
+            "ALTER TABLE keys_cleanup_runs ADD COLUMN seen_timeout text "
+            "DEFAULT current_setting('statement_timeout')"
+        )
+    run_cleanup(
+        app_state.settings(CLEANUP_STATEMENT_TIMEOUT_MS="300000"),
+        Flags(dry_run=False, force=True, vacuum=True),
+        deadline=time.monotonic() + 120,
+    )
+    with app_state.connect() as conn:
+        assert conn.execute("SELECT seen_timeout FROM keys_cleanup_runs").fetchall() == [("5min",)]

@@ -1,0 +1,111 @@
+"""The Lambda deadline: the margin and the notify reserve give `partial` before it, and the
+notifications are still sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from handler import app
+from handler.notify.sentry import MESSAGE as SENTRY_RUN_MESSAGE
+from tests.support.db import PgSchema
+from tests.support.faults import (
+    ELIGIBLE,
+    LIVE_EVENT,
+    ROWS,
+    SURVIVORS,
+    invoke_handler,
+    shown,
+    slow_batches,
+)
+from tests.support.handler import invoke, seed_mixed, set_lambda_env
+from tests.support.notify import (
+    FakeBot,
+    SentryEndpoint,
+)
+
+# No Sentry client enters or leaves a test here (another module's test may have left one).
+pytestmark = pytest.mark.usefixtures("isolated_sentry")
+
+
+def test_deadline_leaves_the_margin_so_a_short_budget_ends_partial(
+    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no more time left than the margin, no batch starts: `partial`, nothing deleted."""
+    seed_mixed(pg)
+    set_lambda_env(monkeypatch, pg, CLEANUP_DEADLINE_MARGIN_MS="60000")
+    result = invoke({"dry_run": False}, timeout_s=60.0)
+    assert result["status"] == "partial"
+    assert result["deleted"] == 0
+    assert result["eligible"] == 70
+    assert pg.count() == 235
+
+
+def test_without_a_margin_the_same_budget_completes(
+    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_mixed(pg)
+    set_lambda_env(monkeypatch, pg, CLEANUP_DEADLINE_MARGIN_MS="0")
+    result = invoke({"dry_run": False}, timeout_s=60.0)
+    assert (result["status"], result["deleted"]) == ("completed", 70)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_fake_servers() -> Iterator[None]:
+    """werkzeug logs every request the fake servers get, the bot token in its path included.
+
+    That is the test double talking, not the job: left on, it would put the token into the
+    captured output of the canary test.
+    """
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
+    yield
+    werkzeug.setLevel(level)
+
+
+def test_close_deadline_returns_partial_before_it_and_still_notifies(
+    notified: PgSchema,
+    fault_bot: FakeBot,
+    fault_sentry: SentryEndpoint,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 24 batches of >= 0.25 s each cannot fit in the ~2 s the engine gets here.
+    slow_batches(notified, 0.25)
+    timeout_s = 5.0
+    # The margin covers the notifications' reserve (a smaller one: see the test below).
+    margin_ms = int(app.NOTIFY_RESERVE_S * 1000) + 1000
+    monkeypatch.setenv("CLEANUP_DEADLINE_MARGIN_MS", str(margin_ms))
+
+    result, elapsed = invoke_handler(LIVE_EVENT, timeout_s=timeout_s)
+
+    assert result["status"] == "partial"
+    assert elapsed < timeout_s
+    assert result["eligible"] == ELIGIBLE
+    assert 0 < result["deleted"] < ELIGIBLE
+    assert notified.count() == len(ROWS) - result["deleted"]
+    assert notified.key_set() >= SURVIVORS
+    (summary,) = fault_bot.texts
+    assert "LIVE · partial" in shown(summary)
+    (message,) = [e for e in fault_sentry.events() if e.get("message") == SENTRY_RUN_MESSAGE]
+    assert message["level"] == "warning"
+    assert (message["tags"]["status"], message["tags"]["mode"]) == ("partial", "live")
+    assert fault_sentry.checkins() == []  # a run by hand does not check in
+
+
+def test_close_deadline_with_a_margin_below_the_notify_reserve_still_notifies(
+    notified: PgSchema, fault_bot: FakeBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow_batches(notified, 0.25)
+    timeout_s = 4.0
+    monkeypatch.setenv("CLEANUP_DEADLINE_MARGIN_MS", "500")  # accepted by Settings (ge=0)
+
+    result, elapsed = invoke_handler(LIVE_EVENT, timeout_s=timeout_s)
+
+    assert result["status"] == "partial"
+    assert elapsed < timeout_s
+    assert len(fault_bot.texts) == 1, "the Telegram summary was not sent"
+    assert "LIVE · partial" in shown(fault_bot.texts[0])

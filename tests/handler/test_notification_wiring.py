@@ -1,0 +1,65 @@
+"""The handler's notifications: a failed run alerts and still raises, a live run sends the
+summary, the schedule checks in to Sentry Crons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from handler.settings import ConfigError
+from tests.support.db import PgSchema
+from tests.support.handler import invoke, scheduled_event
+from tests.support.notify import CHAT_ID, TOKEN, FakeBot, SentryEndpoint, reset_sentry
+
+
+@pytest.fixture
+def bot(httpserver: HTTPServer) -> FakeBot:
+    return FakeBot(httpserver).install()
+
+
+def test_failed_run_alerts_telegram_and_still_raises(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
+) -> None:
+    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+    monkeypatch.setenv("CLEANUP_TABLE", "no_such_table")
+    with pytest.raises(ConfigError, match="no_such_table"):
+        invoke({"dry_run": False})
+    assert len(bot.texts) == 1
+    assert "no_such_table" in bot.texts[0]
+
+
+def test_live_run_sends_the_telegram_summary(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
+) -> None:
+    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+    result = invoke({"dry_run": False})
+    assert result["deleted"] == 70
+    assert len(bot.texts) == 1
+    assert "70" in bot.texts[0]
+
+
+@pytest.fixture
+def sentry_endpoint(httpserver: HTTPServer) -> Iterator[SentryEndpoint]:
+    reset_sentry()
+    yield SentryEndpoint(httpserver).install()
+    reset_sentry()
+
+
+def test_scheduled_run_checks_in_to_sentry_crons(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry_endpoint: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry_endpoint.dsn)
+    invoke(scheduled_event())
+    statuses = [c["status"] for c in sentry_endpoint.checkins()]
+    assert statuses == ["in_progress", "ok"]
+    messages = [
+        e.get("message") or e.get("logentry", {}).get("message") for e in sentry_endpoint.events()
+    ]
+    assert "WhatsApp session keys cleanup completed" in messages

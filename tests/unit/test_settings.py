@@ -1,0 +1,57 @@
+"""Settings read from the environment without a database: defaults, empty values, and bad values
+refused naming the setting.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from handler.settings import ConfigError, Settings
+
+
+def test_rule_settings_defaults_empty_values_and_bad_values() -> None:
+    defaults = Settings.from_env({})
+    # TTL and orphans are opt-in (docs/key-lifecycle.md); the creds are read by default.
+    assert (defaults.expires_column, defaults.orphan_rule) == (None, False)
+    assert (defaults.prekey_window, defaults.prekey_age_only) == (1000, False)
+    assert (defaults.creds_column, defaults.key_id_column) == ("creds", "key_id")
+    assert (defaults.auth_table, defaults.auth_table_parts) == (None, None)
+    assert (defaults.tenant_column, defaults.orphan_grace_days) == ("company_id", 1)
+    assert (defaults.max_orphan_tenant_fraction, defaults.top_tenants) == (0.25, 5)
+    empty = Settings.from_env({"CLEANUP_EXPIRES_COLUMN": "", "CLEANUP_AUTH_TABLE": " "})
+    assert (empty.expires_column, empty.auth_table) == (None, None)
+    assert Settings.from_env({"CLEANUP_AUTH_TABLE": "auth.creds"}).auth_table_parts == (
+        "auth",
+        "creds",
+    )
+    for name, value in [
+        ("CLEANUP_EXPIRES_COLUMN", "expires at"),
+        ("CLEANUP_TENANT_COLUMN", "company-id"),
+        ("CLEANUP_ORPHAN_GRACE_DAYS", "0"),
+        ("CLEANUP_MAX_ORPHAN_TENANT_FRACTION", "0"),
+        ("CLEANUP_MAX_ORPHAN_TENANT_FRACTION", "1.5"),
+        ("CLEANUP_TOP_TENANTS", "-1"),
+        ("CLEANUP_EXPIRES_COLUMN", "updated_at"),
+        ("CLEANUP_PREKEY_WINDOW", "811"),
+        ("CLEANUP_CREDS_COLUMN", "creds;"),
+        ("CLEANUP_KEY_ID_COLUMN", "key id"),
+        ("CLEANUP_ORPHAN_RULE", "maybe"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})
+
+
+def test_orphan_settings_defaults() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.max_orphan_tenant_fraction == 0.25
+    assert defaults.max_orphan_tenants == 100
+
+
+def test_unknown_time_zone_is_refused_naming_the_setting_and_the_closest_zone() -> None:
+    with pytest.raises(ConfigError, match=r"CLEANUP_TIMESTAMP_TIMEZONE.*Europe/Berlin"):
+        Settings.from_env({"CLEANUP_TIMESTAMP_TIMEZONE": "Europe/Berlinn"})
+
+
+def test_the_opt_out_refuses_a_name_that_is_not_a_builtin_protected_type() -> None:
+    with pytest.raises(ConfigError, match=r"CLEANUP_UNPROTECT_KEY_TYPES.*lid-maping"):
+        Settings.from_env({"CLEANUP_UNPROTECT_KEY_TYPES": "lid-maping"})
