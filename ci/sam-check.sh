@@ -54,8 +54,9 @@ def elf_machine(path: Path) -> int | None:
 
 EM_AARCH64 = 183
 
-for name in ("handler/__init__.py", "handler/app.py", "handler/cleanup.py", "handler/db.py",
-             "handler/settings.py", "handler/report.py", "handler/secrets.py",
+for name in ("handler/__init__.py", "handler/app.py", "handler/cleanup.py",
+             "handler/db/__init__.py", "handler/db/measure.py", "handler/db/batch.py",
+             "handler/domain.py", "handler/errors.py", "handler/settings.py", "handler/report.py", "handler/secrets.py",
              "handler/observability.py", "handler/notify/__init__.py"):
     if not (art / name).is_file():
         problems.append(f"missing {name}")
