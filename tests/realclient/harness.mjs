@@ -2,8 +2,12 @@
 // library is npm `libsignal` 6.x) against a real PostgreSQL key store, so that a test can
 // prove what a cleanup run does to a live WhatsApp client.
 //
-//   node harness.mjs setup  --schema S --state FILE [--dsn URL]
-//   node harness.mjs verify --schema S --state FILE [--dsn URL]
+//   node harness.mjs setup  --schema S --state FILE [--dsn URL] [--layout reference|encoded]
+//   node harness.mjs verify --schema S --state FILE [--dsn URL] [--layout reference|encoded]
+//
+// `--layout encoded` keeps keys and creds as devlikeapro/waha's NOWEB PostgreSQL store does
+// (docs/layouts.md): one table `waha_auth(session_id, key, value jsonb)`, keys `<type>-<id>`,
+// the creds under the key `creds`, no timestamps.
 //
 // Without --dsn, node-postgres reads the libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD,
 // PGDATABASE), which also covers a server reached through a Unix socket directory.
@@ -157,6 +161,84 @@ class PgKeyStore {
 	}
 }
 
+// --- the PostgreSQL key store in the encoded layout (devlikeapro/waha's) ---------------------
+
+// The layout the accounts' keys and creds are stored in: set once from --layout.
+const layout = { encoded: false }
+
+// As src/core/engines/noweb/store/postgres/usePostgresAuthState.ts (devlikeapro/waha) reads and
+// writes: `${type}-${id}` per session_id, revived by BufferJSON.reviver on read; a null value
+// deletes the row; no timestamp is written. One difference: waha hands the value to
+// node-postgres as is (JSON.stringify, Buffers as byte arrays), which turns the Uint8Arrays
+// Baileys 7 keeps in some values into {"0": ..} objects that no longer decrypt; this store
+// writes them with BufferJSON.replacer. The job reads only the keys and the creds counters.
+class EncodedKeyStore {
+	constructor(db, schema, session) {
+		this.db = db
+		this.session = session
+		this.table = `${db.escapeIdentifier(schema)}.waha_auth`
+		this.writes = Promise.resolve()
+	}
+
+	async get(type, ids) {
+		const res = await this.db.query(
+			`SELECT key, value::text AS v FROM ${this.table} WHERE session_id = $1 AND key = ANY($2::text[])`,
+			[this.session, ids.map(id => `${type}-${id}`)]
+		)
+		const out = {}
+		for (const row of res.rows) {
+			let value = JSON.parse(row.v, BufferJSON.reviver)
+			if (type === 'app-state-sync-key' && value) {
+				value = proto.Message.AppStateSyncKeyData.fromObject(value)
+			}
+			out[row.key.slice(type.length + 1)] = value
+		}
+		return out
+	}
+
+	// usePostgresAuthState's readData: one row by its whole key (the creds: 'creds').
+	async read(key) {
+		const res = await this.db.query(`SELECT value::text AS v FROM ${this.table} WHERE session_id = $1 AND key = $2`, [
+			this.session,
+			key
+		])
+		return res.rows.length ? JSON.parse(res.rows[0].v, BufferJSON.reviver) : null
+	}
+
+	set(data) {
+		const write = this.writes.then(() => this.write(data))
+		this.writes = write.catch(() => {})
+		return write
+	}
+
+	async write(data) {
+		await this.db.query('BEGIN')
+		try {
+			for (const type of Object.keys(data)) {
+				for (const [id, value] of Object.entries(data[type])) {
+					await this.put(`${type}-${id}`, value)
+				}
+			}
+			await this.db.query('COMMIT')
+		} catch (err) {
+			await this.db.query('ROLLBACK')
+			throw err
+		}
+	}
+
+	async put(key, value) {
+		if (value === null || value === undefined) {
+			await this.db.query(`DELETE FROM ${this.table} WHERE session_id = $1 AND key = $2`, [this.session, key])
+			return
+		}
+		await this.db.query(
+			`INSERT INTO ${this.table} (session_id, key, value) VALUES ($1, $2, $3)
+			 ON CONFLICT (session_id, key) DO UPDATE SET value = EXCLUDED.value`,
+			[this.session, key, JSON.stringify(value, BufferJSON.replacer)]
+		)
+	}
+}
+
 // --- an in-memory key store, for the other parties ------------------------------------------
 
 function memoryStore(data) {
@@ -230,7 +312,7 @@ class Account {
 		this.db = db
 		this.company = company
 		this.authTable = `${db.escapeIdentifier(schema)}.whatsapp_auth`
-		this.store = new PgKeyStore(db, schema, company)
+		this.store = layout.encoded ? new EncodedKeyStore(db, schema, company) : new PgKeyStore(db, schema, company)
 		this.adopt(creds)
 	}
 
@@ -246,6 +328,13 @@ class Account {
 	}
 
 	static async load(db, schema, company) {
+		if (layout.encoded) {
+			const creds = await new EncodedKeyStore(db, schema, company).read('creds')
+			if (!creds) {
+				throw new Error(`no creds for session ${company}`)
+			}
+			return new Account(db, schema, company, creds)
+		}
 		const res = await db.query(
 			`SELECT creds::text AS c FROM ${db.escapeIdentifier(schema)}.whatsapp_auth WHERE company_id = $1`,
 			[company]
@@ -259,6 +348,11 @@ class Account {
 	// The adapter's saveCreds: creds as jsonb (BufferJSON), so that creds->>'nextPreKeyId' and
 	// creds->'me'->>'id' read as plain JSON.
 	async saveCreds() {
+		if (layout.encoded) {
+			// usePostgresAuthState's saveCreds: writeData(creds, 'creds')
+			await this.store.put('creds', this.creds)
+			return
+		}
 		await this.db.query(
 			`INSERT INTO ${this.authTable} (company_id, creds, created_at, updated_at)
 			 SELECT $1, $2::jsonb, c.w, c.w
@@ -786,13 +880,22 @@ async function verify(db, schema, statePath) {
 async function main() {
 	const { positionals, values } = parseArgs({
 		allowPositionals: true,
-		options: { dsn: { type: 'string' }, schema: { type: 'string' }, state: { type: 'string' } }
+		options: {
+			dsn: { type: 'string' },
+			schema: { type: 'string' },
+			state: { type: 'string' },
+			layout: { type: 'string', default: 'reference' }
+		}
 	})
 	const [phase] = positionals
-	if (!['setup', 'verify'].includes(phase) || !values.schema || !values.state) {
-		process.stderr.write('usage: node harness.mjs setup|verify --schema S --state FILE [--dsn URL]\n')
+	const layouts = ['reference', 'encoded']
+	if (!['setup', 'verify'].includes(phase) || !values.schema || !values.state || !layouts.includes(values.layout)) {
+		process.stderr.write(
+			'usage: node harness.mjs setup|verify --schema S --state FILE [--dsn URL] [--layout reference|encoded]\n'
+		)
 		process.exit(2)
 	}
+	layout.encoded = values.layout === 'encoded'
 	const db = new pg.Client(values.dsn ? { connectionString: values.dsn } : {})
 	await db.connect()
 	try {
