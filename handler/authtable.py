@@ -18,7 +18,10 @@ DEFAULT_AUTH_TABLE = "whatsapp_auth"
 
 
 def find_auth(conn: db.Conn, settings: Settings, target: db.Target) -> db.AuthTable | None:
-    """The creds table: CLEANUP_AUTH_TABLE, else `whatsapp_auth` beside the key table."""
+    """The creds table: CLEANUP_AUTH_TABLE, else `whatsapp_auth` beside the key table; in the
+    encoded layout the key table itself (its creds rows)."""
+    if target.encoded is not None:
+        return db.AuthTable(target.schema, target.name, {}, target.oid)
     parts = settings.auth_table_parts
     if parts is None:
         return db.find_auth_table(conn, target.schema, DEFAULT_AUTH_TABLE)
@@ -27,6 +30,8 @@ def find_auth(conn: db.Conn, settings: Settings, target: db.Target) -> db.AuthTa
 
 def auth_table_name(settings: Settings, target: db.Target) -> str:
     """How the auth table is named in a note: as configured, or the default beside the keys."""
+    if target.encoded is not None:
+        return target.qualified
     return settings.auth_table or f"{target.schema}.{DEFAULT_AUTH_TABLE}"
 
 
@@ -42,6 +47,8 @@ def _creds_problem(
 ) -> str | None:
     """Why the creds cannot be read, or None when they can be tried."""
     s = settings
+    if target.encoded is not None:
+        return locked_problem(s, target.qualified) if auth_locked else None
     if auth is None:
         return f"no auth table {auth_table_name(s, target)} (CLEANUP_AUTH_TABLE)"
     if target.tenant_column is None:
@@ -71,13 +78,17 @@ def read_lifecycle(
     key-type column. Creds that cannot be read are a note: those tenants keep every pre-key,
     and their sender keys wait for their groups' memory rows."""
     s = settings
-    if target.key_type_column is None:
+    if not target.has_key_types:
         return None
     problem = _creds_problem(s, target, auth, auth_locked=auth_locked)
     rows: list[tuple[str | None, object]] = []
     if problem is None and auth is not None:
         try:
-            rows = db.read_creds(conn, auth, s.tenant_column, s.creds_column)
+            rows = (
+                db.read_encoded_creds(conn, target)
+                if target.encoded is not None
+                else db.read_creds(conn, auth, s.tenant_column or "", s.creds_column)
+            )
         except pg_errors.LockNotAvailable:
             problem = locked_problem(s, auth.qualified)
         except psycopg.Error as exc:

@@ -49,6 +49,9 @@ def resolve(conn: db.Conn, settings: Settings) -> db.Target:
         expires_column=s.expires_column,
         tenant_column=s.tenant_column,
         key_id_column=s.key_id_column,
+        encoded=db.Encoded(s.key_column, s.value_column, s.creds_key, separator=s.session_separator)
+        if s.layout == "encoded"
+        else None,
     )
 
 
@@ -62,9 +65,24 @@ class TargetChecks:
         """Every check before the lock; True when a dry run found that a live run would fail
         for a missing privilege."""
         self.rule_columns(target)
+        self.untimed(target)
         self.zone_name(conn)
         self.timezone(target)
         return self.flags.dry_run and self.live_privileges(conn, target)
+
+    def untimed(self, target: db.Target) -> None:
+        """Without a timestamp the age rule is off: said in the report, every run."""
+        if target.timestamp_column is not None:
+            return
+        self.notes.append(
+            "CLEANUP_TIMESTAMP_COLUMN=none: the age rule is off (the table has no timestamp); "
+            "only the pre-key window and, when on, the orphan rule delete keys"
+            + (
+                ", and the orphan rule has no grace to wait (no key's last use is known)"
+                if self.settings.orphan_rule
+                else ""
+            )
+        )
 
     def rule_columns(self, target: db.Target) -> None:
         s = self.settings
@@ -74,7 +92,12 @@ class TargetChecks:
                 "rules (pre-key window, own devices, sender keys) need the key id; set "
                 "CLEANUP_KEY_ID_COLUMN"
             )
-        if s.orphan_rule and target.tenant_column is None:
+        if s.orphan_rule and not target.has_tenant:
+            if s.tenant_column is None:
+                raise ConfigError(
+                    "the orphan rule (CLEANUP_ORPHAN_RULE) needs the session: set "
+                    "CLEANUP_TENANT_COLUMN (or, encoded, CLEANUP_KEY_SESSION_SEPARATOR)"
+                )
             raise ConfigError(
                 f"column {s.tenant_column} does not exist in {target.qualified}: the orphan rule "
                 "(CLEANUP_ORPHAN_RULE) needs CLEANUP_TENANT_COLUMN in both tables"

@@ -67,7 +67,7 @@ class _Run:
 
     def _base(self, target: db.Target | None) -> dict[str, object]:
         s = self.settings
-        overrides = dict(s.type_retention_days) if s.key_type_column else {}
+        overrides = dict(s.type_retention_days) if s.has_key_types else {}
         return {
             "event_id": self.event_id,
             "dry_run": self.flags.dry_run,
@@ -76,7 +76,7 @@ class _Run:
             "key_type_column": s.key_type_column,
             "retention_days": self.retention_days,
             "retention_overrides": overrides,
-            "protected_types": list(s.protected_key_types) if s.key_type_column else [],
+            "protected_types": list(s.protected_key_types) if s.has_key_types else [],
         }
 
     def _report(self, target: db.Target, **fields: object) -> Report:
@@ -139,13 +139,13 @@ class _Run:
         """The cutoffs, bucket edges and the TTL's "now", all from one reading of the database
         clock; and the orphan rule when its auth table is usable."""
         s = self.settings
-        overrides = dict(s.type_retention_days) if s.key_type_column else {}
+        overrides = dict(s.type_retention_days) if s.has_key_types else {}
         days = [self.retention_days, *BUCKET_DAYS, *overrides.values(), s.orphan_grace_days]
         now, edges = db.clock(conn, days)
         self.orphans.auth = find_auth(conn, s, target)
         policy = db.Policy(
             cutoff=edges[self.retention_days],
-            protected=tuple(s.protected_key_types) if s.key_type_column else (),
+            protected=tuple(s.protected_key_types) if s.has_key_types else (),
             type_cutoffs={t: edges[d] for t, d in overrides.items()},
             expires_now=now if target.expires_column else None,
             orphans=self.orphans.rule(conn, target, edges[s.orphan_grace_days], now),
@@ -251,7 +251,7 @@ class _Run:
             eligible=m.eligible,
             list_limit=s.verbose_limit if flags.verbose else 0,
             # The verbose listing needs RETURNING anyway; the counts per type then come free.
-            count_by_type=flags.verbose and target.key_type_column is not None,
+            count_by_type=flags.verbose and target.has_key_types,
             progress=self.progress,
         ).run()
         self.notes.extend(stats.notes)

@@ -63,13 +63,25 @@ class Relation(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Encoded:
+    """The encoded layout's parts: the key column ("<type>-<id>", after "<session><separator>"
+    when `separator` is set), the value column (the creds' JSON) and the creds row's key."""
+
+    key_column: str
+    value_column: str
+    creds_key: str
+    separator: str | None = None
+    value_type: str = "text"
+
+
+@dataclass(frozen=True)
 class Target:
     """A resolved, validated target table."""
 
     oid: int
     schema: str
     name: str
-    timestamp_column: str
+    timestamp_column: str | None  # None: the table has no timestamp (the age rule is off)
     key_type_column: str | None
     primary_key: tuple[str, ...]
     # The column's type has no time zone (`timestamp`): its wall time is read in
@@ -83,6 +95,18 @@ class Target:
     tenant_column: str | None = None
     # The key id column, when the table has the configured one (the key-lifecycle rules).
     key_id_column: str | None = None
+    # The encoded layout (docs/layouts.md): set when the keys are "<type>-<id>" in one column.
+    encoded: Encoded | None = None
+
+    @property
+    def has_key_types(self) -> bool:
+        return self.encoded is not None or self.key_type_column is not None
+
+    @property
+    def has_tenant(self) -> bool:
+        return self.tenant_column is not None or (
+            self.encoded is not None and self.encoded.separator is not None
+        )
 
     @property
     def qualified(self) -> str:

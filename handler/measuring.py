@@ -125,12 +125,20 @@ def type_figures(
     """The per-type figures; {} without a key-type column, or one that plainly holds no key
     types (`holds_types` notes why). Configured types that match no key get a note too."""
     s = settings
-    if target.key_type_column is None:
+    if not target.has_key_types:
         return {}
     types = [c.key_type for c in counts]
     keys = sum(c.keys for c in counts)
-    if keys and not holds_types(target, types):
+    # Encoded: the types are parsed from the keys, spelt as Baileys spells them by construction.
+    if keys and target.encoded is None and not holds_types(target, types):
         return {}  # not key types
+    unknown = sum(c.keys for c in counts if c.key_type is None)
+    if target.encoded is not None and unknown:
+        notes.append(
+            f"{unknown:,} key{'' if unknown == 1 else 's'} of no known Baileys type kept "
+            f"(creds rows among them): the key column ({target.encoded.key_column}) does not start "
+            "with a type Baileys writes followed by '-'"
+        )
     if keys:
         extra = [t for t in s.extra_protected_key_types if t not in DEFAULT_PROTECTED_KEY_TYPES]
         notes.extend(
@@ -229,7 +237,11 @@ def measured_run(
         total=total,
         by_type=by_type,
         age_distribution=rules.age_distribution(counts, bucket_edges),
-        no_timestamp=sum(c.keys - c.with_timestamp - c.out_of_range for c in counts),
+        # Without a timestamp column no key has one: not "never deleted" (the pre-key window and
+        # the orphan rule need none), said in a note instead.
+        no_timestamp=sum(c.keys - c.with_timestamp - c.out_of_range for c in counts)
+        if target.timestamp_column is not None
+        else 0,
         out_of_range_timestamps=sum(c.out_of_range for c in counts),
         oldest=min((c.oldest for c in counts if c.oldest), default=None),
         newest=max((c.newest for c in counts if c.newest), default=None),

@@ -123,6 +123,8 @@ class OrphanRun:
         """Two tenant columns of different explicit collations: PostgreSQL cannot compare them
         (IndeterminateCollation), and either collation could decide what "equal" means."""
         column = self.settings.tenant_column
+        if column is None or target.encoded is not None:
+            return None  # encoded: the creds rows are in the key table itself
         ours = db.column_collation(conn, target.oid, column)
         theirs = db.column_collation(conn, auth.oid, column)
         if ours is None or theirs is None or ours == theirs or "default" in (ours, theirs):

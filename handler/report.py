@@ -101,7 +101,7 @@ class Report(_Model):
     status: Status
     dry_run: bool
     table: str
-    timestamp_column: str
+    timestamp_column: str | None
     key_type_column: str | None
     retention_days: int
     retention_overrides: dict[str, int] = Field(default_factory=dict)

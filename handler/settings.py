@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from handler.errors import ConfigError as ConfigError  # noqa: PLC0414 - re-exported
+from handler.keyparse import KEY_TYPES, key_type_of
 
 # A plain SQL identifier. Quoted, unicode or dotted names are refused rather than guessed at:
 # this tool deletes rows, so an odd name is far more likely a typo or an attack than a need.
@@ -37,18 +38,7 @@ SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 # only CLEANUP_UNPROTECT_KEY_TYPES, which accepts nothing but these names, lifts it.
 DEFAULT_PROTECTED_KEY_TYPES = ("app-state-sync-key", "app-state-sync-version", "lid-mapping")
 # Every type Baileys writes (SignalDataTypeMap in src/Types/Auth.ts), spelt as it spells them.
-BAILEYS_KEY_TYPES = frozenset(
-    {
-        *DEFAULT_PROTECTED_KEY_TYPES,
-        "pre-key",
-        "session",
-        "sender-key",
-        "sender-key-memory",
-        "device-list",
-        "tctoken",
-        "identity-key",
-    }
-)
+BAILEYS_KEY_TYPES = frozenset(KEY_TYPES)
 MAX_RETENTION_DAYS = 3650
 # Baileys' INITIAL_PREKEY_COUNT (src/Defaults/index.ts): the largest single upload. A window
 # below it could delete pre-keys of the last upload that the server still holds.
@@ -190,6 +180,26 @@ def _retention_map(value: Any) -> Any:
     return result
 
 
+def _separator(value: str | None) -> str | None:
+    """The session prefix's separator: short, printable, and not "-" (types hold it)."""
+    if value is None:
+        return None
+    if len(value) > 8 or not value.isprintable() or "-" in value or value.strip() != value:
+        raise ValueError(
+            "must be 1 to 8 printable characters without '-' or surrounding spaces, such as ':'"
+        )
+    return value
+
+
+def _creds_key(value: str) -> str:
+    if len(value) > 255 or not value.isprintable() or value.strip() != value:
+        raise ValueError("must be 1 to 255 printable characters without surrounding spaces")
+    if (key_type := key_type_of(value)) is not None:
+        # It would be read as a key of that type, and could then be deleted.
+        raise ValueError(f"reads as a key of type {key_type}: name the creds row's own key")
+    return value
+
+
 RetentionDays = Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 
@@ -205,7 +215,11 @@ class Settings(BaseModel):
     )
     database_secret_arn: str | None = Field(None, alias="DATABASE_SECRET_ARN")
     table: Annotated[str, AfterValidator(_table)] = Field("whatsapp_keys", alias="CLEANUP_TABLE")
-    timestamp_column: Identifier = Field("updated_at", alias="CLEANUP_TIMESTAMP_COLUMN")
+    # How keys are stored (docs/layouts.md): `columns`, a key-type and a key-id column beside an
+    # auth table; `encoded`, one key column holding "<type>-<id>" and the creds in the same table.
+    layout: Literal["columns", "encoded"] = Field("columns", alias="CLEANUP_LAYOUT")
+    # None (`none`): the table has no timestamp; the age rule is off.
+    timestamp_column: Identifier | None = Field("updated_at", alias="CLEANUP_TIMESTAMP_COLUMN")
     key_type_column: Identifier | None = Field("key_type", alias="CLEANUP_KEY_TYPE_COLUMN")
     # The zone the application writes a `timestamp without time zone` column in. Without it
     # such a column is read as UTC wall time in dry runs, and live runs refuse.
@@ -237,8 +251,20 @@ class Settings(BaseModel):
         None, alias="CLEANUP_AUTH_TABLE"
     )
     creds_column: Identifier = Field("creds", alias="CLEANUP_CREDS_COLUMN")
-    tenant_column: Identifier = Field("company_id", alias="CLEANUP_TENANT_COLUMN")
+    # None (`none`): one session per table (or, encoded, the session prefix of the key).
+    tenant_column: Identifier | None = Field("company_id", alias="CLEANUP_TENANT_COLUMN")
     key_id_column: Identifier = Field("key_id", alias="CLEANUP_KEY_ID_COLUMN")
+    # The encoded layout (CLEANUP_LAYOUT=encoded): the key column ("<type>-<id>"), the separator
+    # after a session prefix inside the key ("<session>:<type>-<id>"; unset: no prefix), the
+    # value column and the key of the creds row (per session).
+    key_column: Identifier = Field("key", alias="CLEANUP_KEY_COLUMN")
+    session_separator: Annotated[str | None, AfterValidator(_separator)] = Field(
+        None, alias="CLEANUP_KEY_SESSION_SEPARATOR"
+    )
+    value_column: Identifier = Field("value", alias="CLEANUP_VALUE_COLUMN")
+    creds_key: Annotated[str, AfterValidator(_creds_key)] = Field(
+        "creds", alias="CLEANUP_CREDS_KEY"
+    )
     # Pre-keys kept per tenant below the first un-uploaded id: the newest uploaded ones, which
     # the server may still hand out. Baileys uploads 812 at most at once (INITIAL_PREKEY_COUNT).
     prekey_window: int = Field(
@@ -309,7 +335,9 @@ class Settings(BaseModel):
     )(_csv)
     _split_map = field_validator("type_retention_days", mode="before")(_retention_map)
 
-    @field_validator("key_type_column", "expires_column", mode="before")
+    @field_validator(
+        "key_type_column", "expires_column", "timestamp_column", "tenant_column", mode="before"
+    )
     @classmethod
     def _none_is_no_column(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip().lower() == NO_COLUMN else value
@@ -333,11 +361,51 @@ class Settings(BaseModel):
                 "CLEANUP_TYPE_RETENTION_DAYS names protected key types: "
                 + ", ".join(sorted(overlap))
             )
+        self._coherent_layout()
         if self.key_type_column is not None and self.key_type_column == self.timestamp_column:
             raise ValueError("CLEANUP_KEY_TYPE_COLUMN and CLEANUP_TIMESTAMP_COLUMN are the same")
         if self.expires_column is not None and self.expires_column == self.timestamp_column:
             raise ValueError("CLEANUP_EXPIRES_COLUMN and CLEANUP_TIMESTAMP_COLUMN are the same")
         return self
+
+    def _coherent_layout(self) -> None:
+        """The layout's settings and the timestamp's absence, each refused with its own line."""
+        if self.timestamp_column is None:
+            if self.type_retention_days:
+                raise ValueError(
+                    "CLEANUP_TYPE_RETENTION_DAYS needs a timestamp: CLEANUP_TIMESTAMP_COLUMN=none "
+                    "turns the age rule off"
+                )
+            if self.prekey_age_only:
+                raise ValueError(
+                    "CLEANUP_PREKEY_AGE_ONLY needs a timestamp: CLEANUP_TIMESTAMP_COLUMN=none "
+                    "turns the age rule off"
+                )
+        if self.layout != "encoded":
+            return
+        if self.session_separator is not None and self.tenant_column is not None:
+            raise ValueError(
+                "CLEANUP_KEY_SESSION_SEPARATOR and CLEANUP_TENANT_COLUMN both name the session: "
+                "set CLEANUP_TENANT_COLUMN=none when the key holds it"
+            )
+        named = {
+            "CLEANUP_KEY_COLUMN": self.key_column,
+            "CLEANUP_VALUE_COLUMN": self.value_column,
+            "CLEANUP_TENANT_COLUMN": self.tenant_column,
+            "CLEANUP_TIMESTAMP_COLUMN": self.timestamp_column,
+        }
+        seen: dict[str, str] = {}
+        for name, column in named.items():
+            if column is None:
+                continue
+            if column in seen:
+                raise ValueError(f"{seen[column]} and {name} are the same column ({column})")
+            seen[column] = name
+
+    @property
+    def has_key_types(self) -> bool:
+        """Keys have types: a key-type column, or the encoded layout's parsed types."""
+        return self.layout == "encoded" or self.key_type_column is not None
 
     @property
     def protected_key_types(self) -> tuple[str, ...]:

@@ -62,6 +62,7 @@ from handler.db.measure import (
     list_eligible,
     measure,
     read_creds,
+    read_encoded_creds,
     sizes,
 )
 from handler.db.predicates import (
@@ -96,6 +97,7 @@ from handler.domain import (
     BatchResult,
     CheckpointSettings,
     DayTrend,
+    Encoded,
     HistoryRow,
     ListedKey,
     Listing,
@@ -130,6 +132,7 @@ __all__ = [
     "Conn",
     "DatabaseError",
     "DayTrend",
+    "Encoded",
     "HistoryRow",
     "ListedKey",
     "Listing",
@@ -184,6 +187,7 @@ __all__ = [
     "orphan_candidates",
     "policy_params",
     "read_creds",
+    "read_encoded_creds",
     "recent_runs",
     "redact",
     "replication_state",

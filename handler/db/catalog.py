@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import psycopg
@@ -11,7 +12,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow, class_row, dict_row
 
-from handler.domain import AuthTable, Relation, Target
+from handler.domain import AuthTable, Encoded, Relation, Target
 from handler.errors import DatabaseError, TargetNotFound, TargetTypeError
 
 Conn = psycopg.Connection[TupleRow]
@@ -162,19 +163,73 @@ def _cleanable_relation(conn: Conn, schema: str | None, name: str) -> Relation:
     return rel
 
 
+# Column names of a one-JSON-blob-per-session store (the whaticket family's `Whatsapps.session`).
+BLOB_COLUMNS = frozenset({"session", "sessions", "session_data", "auth_state", "authstate"})
+
+
+def _is_text(kind: str) -> bool:
+    return kind == "text" or kind.startswith(("character varying", "character("))
+
+
+def refuse_blob(rel: Relation, columns: dict[str, str], key_column: str | None) -> None:
+    """Refuse a table that keeps all of a session's keys in one JSON blob: it lacks the key
+    column, and has a JSON or text column named like a session."""
+    if key_column is not None and key_column in columns:
+        return
+    for column, kind in columns.items():
+        if column.lower() in BLOB_COLUMNS and (kind in {"json", "jsonb"} or _is_text(kind)):
+            raise TargetTypeError(
+                f"refusing {rel.schema}.{rel.name}: it keeps each session's keys in one JSON blob "
+                f"({column}), which the running application rewrites whole, so an edit by this "
+                "job would be lost or would corrupt it"
+            )
+
+
+def _check_encoded(
+    rel: Relation, columns: dict[str, str], encoded: Encoded, tenant_column: str | None
+) -> Encoded:
+    """The encoded layout's columns: a text key column, a JSON or text value column, and the
+    tenant column when one is named. Returns `encoded` with the value column's type."""
+    where = f"{rel.schema}.{rel.name}"
+    wanted = [
+        (encoded.key_column, "CLEANUP_KEY_COLUMN"),
+        (encoded.value_column, "CLEANUP_VALUE_COLUMN"),
+    ]
+    if tenant_column is not None:
+        wanted.append((tenant_column, "CLEANUP_TENANT_COLUMN, or none for a table of one session"))
+    for column, setting in wanted:
+        if column not in columns:
+            raise TargetNotFound(f"column {column} does not exist in {where} (set {setting})")
+    if not _is_text(kind := columns[encoded.key_column]):
+        raise TargetTypeError(
+            f"column {where}.{encoded.key_column} is {kind}, not text: the encoded layout's key "
+            'column holds "<type>-<id>" (CLEANUP_KEY_COLUMN)'
+        )
+    value = columns[encoded.value_column]
+    if value not in {"json", "jsonb"} and not _is_text(value):
+        raise TargetTypeError(
+            f"column {where}.{encoded.value_column} is {value}, not JSON or text "
+            "(CLEANUP_VALUE_COLUMN)"
+        )
+    return replace(encoded, value_type="text" if _is_text(value) else value)
+
+
 def _check_columns(
     rel: Relation,
     columns: dict[str, str],
-    timestamp_column: str,
+    timestamp_column: str | None,
     key_type_column: str | None,
     expires_column: str | None,
 ) -> None:
     """TargetNotFound / TargetTypeError for a configured column the table lacks or types
     wrongly. The TTL column is optional: used when the table has it, checked when it does."""
     where = f"{rel.schema}.{rel.name}"
-    ts_type = columns.get(timestamp_column)
+    ts_type = columns.get(timestamp_column) if timestamp_column is not None else TIMESTAMPTZ
     if ts_type is None:
-        raise TargetNotFound(f"column {timestamp_column} does not exist in {where}")
+        raise TargetNotFound(
+            f"column {timestamp_column} does not exist in {where} "
+            "(set CLEANUP_TIMESTAMP_COLUMN=none if the table has no timestamp)"
+        )
     if ts_type not in TIMESTAMP_TYPES:
         raise TargetTypeError(f"column {where}.{timestamp_column} is {ts_type}, not a timestamp")
     if key_type_column is not None and key_type_column not in columns:
@@ -194,13 +249,14 @@ def resolve_target(
     conn: Conn,
     schema: str | None,
     name: str,
-    timestamp_column: str,
+    timestamp_column: str | None,
     key_type_column: str | None,
     timestamp_timezone: str | None = None,
     *,
     expires_column: str | None = None,
     tenant_column: str | None = None,
     key_id_column: str | None = None,
+    encoded: Encoded | None = None,
 ) -> Target:
     """Find the table in the catalog and check its columns; raise TargetNotFound or
     TargetTypeError (both ConfigError) when it will not do.
@@ -210,6 +266,10 @@ def resolve_target(
     """
     rel = _cleanable_relation(conn, schema, name)
     columns = table_columns(conn, rel.oid)
+    refuse_blob(rel, columns, encoded.key_column if encoded else key_id_column)
+    if encoded is not None:
+        encoded = _check_encoded(rel, columns, encoded, tenant_column)
+        key_type_column = key_id_column = None
     _check_columns(rel, columns, timestamp_column, key_type_column, expires_column)
     expires_type = columns.get(expires_column) if expires_column else None
     return Target(
@@ -219,12 +279,13 @@ def resolve_target(
         timestamp_column,
         key_type_column,
         _primary_key(conn, rel.oid),
-        naive_timestamp=columns[timestamp_column] == TIMESTAMP,
+        naive_timestamp=timestamp_column is not None and columns[timestamp_column] == TIMESTAMP,
         timestamp_timezone=timestamp_timezone,
         expires_column=expires_column if expires_type is not None else None,
         naive_expires=expires_type == TIMESTAMP,
         tenant_column=tenant_column if tenant_column in columns else None,
         key_id_column=key_id_column if key_id_column in columns else None,
+        encoded=encoded,
     )
 
 

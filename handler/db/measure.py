@@ -18,6 +18,7 @@ from handler.db.predicates import (
     aged,
     applies_ttl,
     eligible_predicate,
+    encoded_session,
     expired,
     in_range,
     key_type_text,
@@ -27,6 +28,8 @@ from handler.db.predicates import (
     measures_orphans,
     no_auth_row,
     policy_params,
+    prekeys_due,
+    tenant_expr,
     tenant_ref,
     timestamp_expr,
 )
@@ -85,7 +88,7 @@ class _Pass:
     def at(self, prefix: str, pick: Callable[[datetime], datetime]) -> sql.Composable:
         """Per group, the `prefix` count at its own edge: pick(its key type's cutoff)."""
         default = self.col(prefix, pick(self.policy.cutoff))
-        if self.target.key_type_column is None or not self.cutoffs:
+        if not self.target.has_key_types or not self.cutoffs:
             return default
         return sql.SQL("CASE kt {whens} ELSE {default} END").format(
             whens=sql.SQL(" ").join(
@@ -119,7 +122,7 @@ def _plan(target: Target, edges: Sequence[datetime], policy: Policy, by_tenant: 
         policy=policy,
         ttl=applies_ttl(target, policy),
         orphans=orphans,
-        by_tenant=(by_tenant or orphans is not None) and target.tenant_column is not None,
+        by_tenant=(by_tenant or orphans is not None) and target.has_tenant,
         grace=grace,
         cutoffs=cutoffs,
         distinct=distinct,
@@ -191,7 +194,9 @@ def _kept_counts(p: _Pass) -> list[sql.Composable]:
         else sql.SQL("0 AS lkx")
     )
     lkq = (
-        sql.SQL(
+        sql.SQL("count(*) FILTER (WHERE kc_code > 0) AS lkq")
+        if p.reasons and p.orphans is not None and p.target.timestamp_column is None
+        else sql.SQL(
             "count(*) FILTER (WHERE kc_code > 0 AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s) "
             "AS lkq"
         ).format(ts=p.ts, first=FIRST_TIMESTAMP)
@@ -222,7 +227,7 @@ def _source(p: _Pass) -> sql.Composable:
     )
     # Only the columns the pass reads: `*` would carry every value along (~300 bytes a row).
     used = (
-        target.key_type_column,
+        target.encoded.key_column if target.encoded is not None else target.key_type_column,
         target.timestamp_column,
         target.tenant_column if p.by_tenant else None,
         target.expires_column if p.ttl else None,
@@ -253,34 +258,65 @@ def _derived(p: _Pass) -> sql.Composable:  # a declared SQL statement builder
         member = sql.SQL("coalesce(g.tn = ANY (%(orphan_tenants)s), false)")
     protected = (
         sql.SQL("coalesce(kt = ANY (%(protected)s::text[]), false)")
-        if p.target.key_type_column is not None
+        if p.target.has_key_types
         else sql.SQL("false")
     )
     kept_sum = sql.SQL(" + ").join(
         sql.Identifier(f"k{code}") for code in range(1, len(p.reasons) + 1)
     )
+    if p.target.timestamp_column is None:
+        u = _due_untimed(p)
+        q: sql.Composable = sql.SQL("CASE WHEN tn IS NULL THEN 0 ELSE keys END")
+        qu: sql.Composable = sql.SQL("CASE WHEN tn IS NULL THEN 0 ELSE {} END").format(u)
+        # No key's last use is known: no tenant is fresh, every key of a tenant is quiet.
+        tfresh: sql.Composable = sql.SQL("0::numeric")
+    else:
+        u = sql.SQL("with_ts - {n_cut} + x - (xts - {xn_cut})").format(
+            n_cut=p.at("n", lambda c: c), xn_cut=p.at("xn", lambda c: c)
+        )
+        q = sql.SQL("CASE WHEN tn IS NULL THEN 0 ELSE with_ts - {n_grace} END").format(
+            n_grace=p.col("n", p.grace)
+        )
+        qu = sql.SQL(
+            "CASE WHEN tn IS NULL THEN 0 "
+            "ELSE (with_ts - {n_low}) + (xts - {xn_grace}) - (xts - {xn_low}) END"
+        ).format(
+            n_low=p.at("n", p.lower), xn_grace=p.col("xn", p.grace), xn_low=p.at("xn", p.lower)
+        )
+        tfresh = sql.SQL("sum(fresh) OVER (PARTITION BY tn)")
     return sql.SQL(
         """
         SELECT g.*, {protected} AS p, {noauth} AS noauth, {member} AS member,
-               sum(fresh) OVER (PARTITION BY tn) AS tfresh, {kept_sum} AS lk,
-               with_ts - {n_cut} + x - (xts - {xn_cut}) AS u,
-               CASE WHEN tn IS NULL THEN 0 ELSE with_ts - {n_grace} END AS q,
-               CASE WHEN tn IS NULL THEN 0
-                    ELSE (with_ts - {n_low}) + (xts - {xn_grace}) - (xts - {xn_low}) END AS qu
+               {tfresh} AS tfresh, {kept_sum} AS lk, {u} AS u, {q} AS q, {qu} AS qu
         FROM g
         """
     ).format(
         protected=protected,
         noauth=noauth,
         member=member,
+        tfresh=tfresh,
         kept_sum=kept_sum if p.reasons else sql.SQL("0"),
-        n_cut=p.at("n", lambda c: c),
-        xn_cut=p.at("xn", lambda c: c),
-        n_grace=p.col("n", p.grace),
-        xn_grace=p.col("xn", p.grace),
-        n_low=p.at("n", p.lower),
-        xn_low=p.at("xn", p.lower),
+        u=_if_known(p, u),
+        q=_if_known(p, q),
+        qu=_if_known(p, qu),
     )
+
+
+def _if_known(p: _Pass, figure: sql.Composable) -> sql.Composable:
+    """A figure of the rules, 0 for a group of encoded keys of no known type: no rule takes
+    those (their tenant facts still count: a fresh one keeps its tenant)."""
+    if p.target.encoded is None:
+        return figure
+    return sql.SQL("CASE WHEN kt IS NULL THEN 0 ELSE {} END").format(figure)
+
+
+def _due_untimed(p: _Pass) -> sql.Composable:
+    """Without a timestamp no key is aged but pre-keys, when the pre-key window applies (all of
+    them are then due, and the window keeps what Baileys may need); expired keys (a TTL column)
+    are due too."""
+    if prekeys_due(p.target, p.policy):
+        return sql.SQL("CASE WHEN kt = 'pre-key' THEN keys ELSE x END")
+    return sql.SQL("x")
 
 
 def _totals(p: _Pass) -> list[sql.Composable]:
@@ -321,7 +357,7 @@ def _query(p: _Pass) -> sql.Composed:  # a declared SQL statement builder
     if p.by_tenant:
         # Unqualified: the rows may come from the kc_rows subquery. In its own type: the auth
         # table and the measured set are compared with it as each DELETE compares them.
-        tenant: sql.Composable = sql.Identifier(p.target.tenant_column or "")
+        tenant: sql.Composable = tenant_expr(p.target, False)
         head = sql.SQL("kt AS key_type, tn::text AS tenant, GROUPING(kt) AS is_tenant")
         group = sql.SQL("GROUPING SETS ((kt), (tn))")
     else:
@@ -423,7 +459,14 @@ def auth_has_tenants(conn: Conn, target: Target, orphans: Orphans) -> bool:
     read, has no tenant column, or its tenant column cannot be compared with the key table's.
 
     The second subquery is planned, never run (LIMIT 0): planning is what checks the comparison.
+    Encoded: the key table itself holds a creds row of some session.
     """
+    if target.encoded is not None:
+        probe = sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE {creds}) AS has_tenants").format(
+            t=target.ident, creds=creds_rows(target)
+        )
+        with conn.cursor(row_factory=dict_row) as cur:
+            return bool(fetch_one(cur.execute(probe))["has_tenants"])
     col = sql.Identifier(target.tenant_column or "")
     query = sql.SQL(
         """
@@ -443,25 +486,70 @@ JSON_TYPES = frozenset({"jsonb", "json"})
 TEXT_TYPES = frozenset({"text", "character varying"})
 
 
-def read_creds(
-    conn: Conn, auth: AuthTable, tenant_column: str, creds_column: str
-) -> list[tuple[str | None, object]]:
-    """(tenant, creds) per auth row: only the pre-key counters and `me` of a JSON object (the
-    rest of the creds, private keys included, never leaves the database), or the raw value
-    when it is not an object (a JSON string holding it, or text) for the caller to parse."""
-    kind = auth.columns[creds_column]
+def creds_rows(target: Target) -> sql.Composable:
+    """Encoded: TRUE for a creds row (`creds`, or `<session><sep>creds`) of a non-empty session."""
+    enc = target.encoded
+    if enc is None:  # pragma: no cover - callers check
+        raise ValueError("the target is not of the encoded layout")
+    key = sql.SQL("{}::text").format(sql.Identifier(enc.key_column))
+    if enc.separator is None:
+        return sql.SQL("{key} = {creds}").format(key=key, creds=sql.Literal(enc.creds_key))
+    suffix = enc.separator + enc.creds_key
+    # The session is what precedes the FIRST separator, as in every other statement.
+    return sql.SQL(
+        "(right({key}, {n}) = {suffix} AND strpos({key}, {sep}) = length({key}) - {n} + 1 "
+        "AND length({key}) > {n})"
+    ).format(
+        key=key,
+        n=sql.Literal(len(suffix)),
+        suffix=sql.Literal(suffix),
+        sep=sql.Literal(enc.separator),
+    )
+
+
+def read_encoded_creds(conn: Conn, target: Target) -> list[tuple[str | None, object]]:
+    """(session, creds) per creds row of an encoded table: its value read as read_creds reads
+    a creds column. A table without sessions is one session, named ''."""
+    enc = target.encoded
+    if enc is None:  # pragma: no cover - callers check
+        raise ValueError("the target is not of the encoded layout")
+    if target.tenant_column is not None:
+        tenant: sql.Composable = sql.SQL("{}::text").format(sql.Identifier(target.tenant_column))
+    elif enc.separator is not None:
+        tenant = encoded_session(target, False)
+    else:
+        tenant = sql.SQL("''::text")
+    query = sql.SQL("SELECT {tenant} AS tenant, {value} AS creds FROM {t} WHERE {creds}").format(
+        tenant=tenant,
+        value=_creds_value(enc.value_column, enc.value_type),
+        t=target.ident,
+        creds=creds_rows(target),
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [(r["tenant"], r["creds"]) for r in cur.execute(query).fetchall()]
+
+
+def _creds_value(creds_column: str, kind: str) -> sql.Composable:
+    """Only the pre-key counters and `me` of a JSON object (the rest of the creds, private keys
+    included, never leaves the database), or the raw value when it is not an object (a JSON
+    string holding it, or text) for the caller to parse."""
     creds = sql.Identifier(creds_column)
-    value: sql.Composable
     if kind in JSON_TYPES:
-        value = sql.SQL(
+        return sql.SQL(
             "CASE WHEN jsonb_typeof({c}::jsonb) = 'object' THEN jsonb_build_object("
             "'nextPreKeyId', {c}::jsonb -> 'nextPreKeyId', "
             "'firstUnuploadedPreKeyId', {c}::jsonb -> 'firstUnuploadedPreKeyId', "
             "'me', jsonb_build_object('id', {c}::jsonb -> 'me' -> 'id', "
             "'lid', {c}::jsonb -> 'me' -> 'lid')) ELSE {c}::jsonb END"
         ).format(c=creds)
-    else:
-        value = sql.SQL("{}::text").format(creds)
+    return sql.SQL("{}::text").format(creds)
+
+
+def read_creds(
+    conn: Conn, auth: AuthTable, tenant_column: str, creds_column: str
+) -> list[tuple[str | None, object]]:
+    """(tenant, creds) per auth row (see _creds_value)."""
+    value = _creds_value(creds_column, auth.columns[creds_column])
     query = sql.SQL("SELECT {tenant}::text AS tenant, {value} AS creds FROM {auth}").format(
         tenant=sql.Identifier(tenant_column), value=value, auth=auth.ident
     )

@@ -9,7 +9,8 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from handler.domain import MAX_ID_DIGITS, KeepReason, Orphans, Policy, Target
+from handler.domain import MAX_ID_DIGITS, Encoded, KeepReason, Orphans, Policy, Target
+from handler.keyparse import LONGEST_FIRST
 
 # Timestamps outside [FIRST, LAST) are "out of range": infinity, -infinity, BC dates and years
 # past 9999. Python cannot load them (min/max would fail every run), and -infinity or a BC
@@ -60,7 +61,9 @@ def _instant(column: str, naive: bool, zone: str | None) -> sql.Composable:
 
 
 def timestamp_expr(target: Target) -> sql.Composable:
-    """The row's timestamp as an instant (timestamptz)."""
+    """The row's timestamp as an instant (timestamptz); NULL for a table without one."""
+    if target.timestamp_column is None:
+        return sql.SQL("NULL::timestamptz")
     return _instant(target.timestamp_column, target.naive_timestamp, target.timestamp_timezone)
 
 
@@ -78,23 +81,119 @@ def in_range(ts: sql.Composable) -> sql.Composable:
     )
 
 
-def key_type_text(target: Target) -> sql.Composable:
-    """The key type as text, or NULL for a table without a key-type column."""
+def _ref(target: Target, column: str, qualified: bool) -> sql.Composable:
+    """A key-table column, qualified by the table when it is compared inside a subquery."""
+    if qualified:
+        return sql.Identifier(target.schema, target.name, column)
+    return sql.Identifier(column)
+
+
+def _enc(target: Target) -> Encoded:
+    if target.encoded is None:  # pragma: no cover - callers check
+        raise ValueError("the target is not of the encoded layout")
+    return target.encoded
+
+
+def _encoded_rest(target: Target, qualified: bool) -> sql.Composable:
+    """The key after its session prefix ("<type>-<id>"); NULL when the separator is missing.
+    The session is what precedes the FIRST separator (handler/keyparse.py split_session)."""
+    enc = _enc(target)
+    key = sql.SQL("{}::text").format(_ref(target, enc.key_column, qualified))
+    if enc.separator is None:
+        return key
+    return sql.SQL(
+        "CASE WHEN strpos({k}, {sep}) > 0 THEN substr({k}, strpos({k}, {sep}) + {n}) END"
+    ).format(k=key, sep=sql.Literal(enc.separator), n=sql.Literal(len(enc.separator)))
+
+
+def encoded_session(target: Target, qualified: bool) -> sql.Composable:
+    """The session prefix of an encoded key (NULL without the separator)."""
+    enc = _enc(target)
+    key = sql.SQL("{}::text").format(_ref(target, enc.key_column, qualified))
+    return sql.SQL(
+        "CASE WHEN strpos({k}, {sep}) > 0 THEN left({k}, strpos({k}, {sep}) - 1) END"
+    ).format(k=key, sep=sql.Literal(enc.separator or ""))
+
+
+def _encoded_type(target: Target, qualified: bool) -> sql.Composable:
+    """The longest known Baileys type that, followed by "-", starts the key; else NULL (an
+    unknown key, always kept). Longest first: `sender-key-memory-x` also starts with
+    `sender-key-`. The Python twin is handler/keyparse.py key_type_of."""
+    rest = _encoded_rest(target, qualified)
+    return sql.SQL("(CASE {whens} END)").format(
+        whens=sql.SQL(" ").join(
+            sql.SQL("WHEN starts_with({rest}, {prefix}) THEN {t}").format(
+                rest=rest, prefix=sql.Literal(t + "-"), t=sql.Literal(t)
+            )
+            for t in LONGEST_FIRST
+        )
+    )
+
+
+def key_type_text(target: Target, qualified: bool = False) -> sql.Composable:
+    """The key type as text, or NULL for a table without a key-type column (encoded: the type
+    parsed from the key, NULL for an unknown one)."""
+    if target.encoded is not None:
+        return _encoded_type(target, qualified)
     if target.key_type_column is None:
         return sql.SQL("NULL::text")
-    return sql.SQL("{}::text").format(sql.Identifier(target.key_type_column))
+    return sql.SQL("{}::text").format(_ref(target, target.key_type_column, qualified))
+
+
+def _key_id(target: Target, key_type: str) -> sql.Composable:
+    """The id of a key of `key_type` as text (qualified by the table)."""
+    if target.encoded is not None:
+        return sql.SQL("substr({rest}, {n})").format(
+            rest=_encoded_rest(target, True), n=sql.Literal(len(key_type) + 2)
+        )
+    return sql.SQL("{}::text").format(_column(target, target.key_id_column))
+
+
+def encoded_key_id(target: Target) -> sql.Composable:
+    """An encoded key's id (what follows "<type>-"), NULL for an unknown type; qualified."""
+    return sql.SQL("(CASE {kt} {whens} END)").format(
+        kt=key_type_text(target, qualified=True),
+        whens=sql.SQL(" ").join(
+            sql.SQL("WHEN {} THEN {}").format(sql.Literal(t), _key_id(target, t))
+            for t in LONGEST_FIRST
+        ),
+    )
+
+
+def tenant_expr(target: Target, qualified: bool) -> sql.Composable:
+    """The key's tenant: its tenant column, or the encoded key's session prefix."""
+    if target.tenant_column is not None:
+        return _ref(target, target.tenant_column, qualified)
+    if target.encoded is not None and target.encoded.separator is not None:
+        return encoded_session(target, qualified)
+    raise ValueError("the target has no tenant column")  # pragma: no cover - callers check
 
 
 def tenant_ref(target: Target) -> sql.Composable:
-    """The key's tenant column, qualified by the table (it is compared inside a subquery)."""
-    if target.tenant_column is None:  # pragma: no cover - callers check
-        raise ValueError("the target has no tenant column")
-    return sql.Identifier(target.schema, target.name, target.tenant_column)
+    """The key's tenant, qualified by the table (it is compared inside a subquery)."""
+    return tenant_expr(target, True)
+
+
+def known_type(target: Target) -> sql.Composable:
+    """FALSE for an encoded key of no known type: no rule ever takes it."""
+    if target.encoded is None:
+        return sql.SQL("true")
+    return sql.SQL("({} IS NOT NULL)").format(key_type_text(target))
+
+
+def creds_key_of(target: Target, tenant: sql.Composable) -> sql.Composable:
+    """The encoded key of `tenant`'s creds row."""
+    enc = _enc(target)
+    if enc.separator is None:
+        return sql.Literal(enc.creds_key)
+    return sql.SQL("({tenant}::text || {suffix})").format(
+        tenant=tenant, suffix=sql.Literal(enc.separator + enc.creds_key)
+    )
 
 
 def _protected(target: Target) -> sql.Composable:
     """TRUE for rows of a protected type. NULL key types are never protected."""
-    if target.key_type_column is None:
+    if not target.has_key_types:
         return sql.SQL("false")
     return sql.SQL("coalesce({kt} = ANY (%(protected)s::text[]), false)").format(
         kt=key_type_text(target)
@@ -102,7 +201,7 @@ def _protected(target: Target) -> sql.Composable:
 
 
 def _row_cutoff(target: Target, policy: Policy) -> sql.Composable:
-    if target.key_type_column is None or not policy.type_cutoffs:
+    if not target.has_key_types or not policy.type_cutoffs:
         return sql.SQL("%(cutoff)s")
     whens = [
         sql.SQL("WHEN {p} THEN {c}").format(
@@ -121,21 +220,33 @@ def applies_ttl(target: Target, policy: Policy) -> bool:
 
 def applies_orphans(target: Target, policy: Policy) -> bool:
     """True when the orphan rule may delete: it has a measured set of tenants."""
-    return (
-        policy.orphans is not None
-        and target.tenant_column is not None
-        and bool(policy.orphans.tenants)
-    )
+    return policy.orphans is not None and target.has_tenant and bool(policy.orphans.tenants)
 
 
 def measures_orphans(target: Target, policy: Policy) -> bool:
     """True when the measuring pass looks for orphaned tenants (their set may be empty)."""
-    return policy.orphans is not None and target.tenant_column is not None
+    return policy.orphans is not None and target.has_tenant
+
+
+def prekeys_due(target: Target, policy: Policy) -> bool:
+    """Without a timestamp, pre-keys are the one type a rule may take by itself: every one is
+    due, and the pre-key window keeps the ones Baileys may still need."""
+    return (
+        target.timestamp_column is None
+        and target.has_key_types
+        and policy.lifecycle is not None
+        and not policy.lifecycle.prekey_age_only
+    )
 
 
 def aged(target: Target, policy: Policy) -> sql.Composable:
     """The age rule, before protection. Out-of-range timestamps (-infinity, BC dates) would sort
-    before any cutoff: the lower bound keeps them, as NULL timestamps are kept."""
+    before any cutoff: the lower bound keeps them, as NULL timestamps are kept. Without a
+    timestamp the age rule is off: only pre-keys are due (`prekeys_due`)."""
+    if target.timestamp_column is None:
+        if prekeys_due(target, policy):
+            return sql.SQL("coalesce({} = 'pre-key', false)").format(key_type_text(target))
+        return sql.SQL("false")
     ts = timestamp_expr(target)
     return sql.SQL("({ts} >= {first} AND {ts} < {cut})").format(
         ts=ts, first=FIRST_TIMESTAMP, cut=_row_cutoff(target, policy)
@@ -160,12 +271,19 @@ def expired(target: Target, policy: Policy) -> sql.Composable:
         col=sql.Identifier(target.expires_column or ""),
         exp=exp,
         first=FIRST_TIMESTAMP,
-        ts_ok=in_range(timestamp_expr(target)),
+        ts_ok=in_range(timestamp_expr(target))
+        if target.timestamp_column is not None
+        else sql.SQL("true"),
     )
 
 
 def _orphan_quiet(target: Target) -> sql.Composable:
-    """The orphan rule's own conditions on the key: a tenant, untouched since the grace cutoff."""
+    """The orphan rule's own conditions on the key: a tenant, untouched since the grace cutoff
+    (without a timestamp: a tenant, and a known type)."""
+    if target.timestamp_column is None:
+        return sql.SQL("({tenant} IS NOT NULL AND {known})").format(
+            tenant=tenant_ref(target), known=known_type(target)
+        )
     ts = timestamp_expr(target)
     return sql.SQL(
         "({tenant} IS NOT NULL AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s)"
@@ -181,7 +299,24 @@ def in_orphan_set(target: Target) -> sql.Composable:
 
 def no_auth_row(target: Target, orphans: Orphans, tenant: sql.Composable) -> sql.Composable:
     """TRUE when the auth table has no row for `tenant`: the one comparison of tenant ids, the
-    same in the measuring pass (per group) and in each DELETE (per key)."""
+    same in the measuring pass (per group) and in each DELETE (per key). Encoded: no creds row
+    for the session in the key table itself (its primary key serves the lookup)."""
+    if target.encoded is not None:
+        same = (
+            sql.SQL("kc_auth.{col} = {tenant} AND ").format(
+                col=sql.Identifier(target.tenant_column), tenant=tenant
+            )
+            if target.tenant_column is not None
+            else sql.SQL("")
+        )
+        return sql.SQL(
+            "NOT EXISTS (SELECT 1 FROM {table} AS kc_auth WHERE {same}kc_auth.{key} = {creds})"
+        ).format(
+            table=target.ident,
+            same=same,
+            key=sql.Identifier(target.encoded.key_column),
+            creds=creds_key_of(target, tenant),
+        )
     return sql.SQL(
         "NOT EXISTS (SELECT 1 FROM {auth} AS kc_auth WHERE kc_auth.{col} = {tenant})"
     ).format(auth=orphans.ident, col=sql.Identifier(target.tenant_column or ""), tenant=tenant)
@@ -210,8 +345,9 @@ def _column(target: Target, column: str | None) -> sql.Composable:
 
 
 def _tenant_text(target: Target) -> sql.Composable:
-    if target.tenant_column is None:
-        return sql.SQL("NULL::text")
+    """The tenant as the lifecycle maps name it; '' for an encoded table of one session."""
+    if not target.has_tenant:
+        return sql.SQL("''::text" if target.encoded is not None else "NULL::text")
     return sql.SQL("{}::text").format(tenant_ref(target))
 
 
@@ -261,6 +397,27 @@ def _sender_key_branch(
         if target.tenant_column is not None
         else sql.SQL("")
     )
+    mine = _own_user(tenant, sql.SQL("split_part({}, '::', 2)").format(kid))
+    if target.encoded is not None:
+        # The group's memory row is "[<session><sep>]sender-key-memory-<group>" in the same table.
+        prefix = _session_prefix(target)
+        return [
+            (
+                "own_sender_key",
+                sql.SQL(
+                    "(coalesce({mine}, true) AND EXISTS (SELECT 1 FROM {table} AS kc_m "
+                    "WHERE {same_tenant}kc_m.{key} = {prefix}'sender-key-memory-' || "
+                    "split_part({kid}, '::', 1)))"
+                ).format(
+                    mine=mine,
+                    table=target.ident,
+                    same_tenant=same_tenant,
+                    key=sql.Identifier(target.encoded.key_column),
+                    prefix=prefix,
+                    kid=kid,
+                ),
+            )
+        ]
     return [
         (
             "own_sender_key",
@@ -269,7 +426,7 @@ def _sender_key_branch(
                 "WHERE {same_tenant}kc_m.{kt_col}::text = 'sender-key-memory' "
                 "AND kc_m.{kid_col}::text = split_part({kid}, '::', 1)))"
             ).format(
-                mine=_own_user(tenant, sql.SQL("split_part({}, '::', 2)").format(kid)),
+                mine=mine,
                 table=target.ident,
                 same_tenant=same_tenant,
                 kt_col=sql.Identifier(target.key_type_column or ""),
@@ -278,6 +435,16 @@ def _sender_key_branch(
             ),
         )
     ]
+
+
+def _session_prefix(target: Target) -> sql.Composable:
+    """`<session><sep> || ` before a key built from the outer row's session; '' without one."""
+    enc = _enc(target)
+    if enc.separator is None:
+        return sql.SQL("")
+    return sql.SQL("{tenant} || {sep} || ").format(
+        tenant=tenant_ref(target), sep=sql.Literal(enc.separator)
+    )
 
 
 def lifecycle_branches(target: Target, policy: Policy) -> Branches:
@@ -289,17 +456,21 @@ def lifecycle_branches(target: Target, policy: Policy) -> Branches:
     of another type costs a few comparisons.
     """
     lc = policy.lifecycle
-    if lc is None or target.key_type_column is None or target.key_id_column is None:
+    if lc is None:
         return {}
-    kid = sql.SQL("{}::text").format(_column(target, target.key_id_column))
+    if target.encoded is None and (target.key_type_column is None or target.key_id_column is None):
+        return {}
     tenant = _tenant_text(target)
     branches: Branches = {}
     if not lc.prekey_age_only:
-        branches["pre-key"] = _prekey_branch(kid, tenant)
-    own_session = _own_user(tenant, sql.SQL("split_part({}, '.', 1)").format(kid))
+        branches["pre-key"] = _prekey_branch(_key_id(target, "pre-key"), tenant)
+    own_session = _own_user(
+        tenant, sql.SQL("split_part({}, '.', 1)").format(_key_id(target, "session"))
+    )
     branches["session"] = [("own_session", sql.SQL("coalesce({}, false)").format(own_session))]
-    branches["sender-key"] = _sender_key_branch(target, kid, tenant)
-    branches["tctoken"] = [("index", sql.SQL("{kid} = '__index'").format(kid=kid))]
+    branches["sender-key"] = _sender_key_branch(target, _key_id(target, "sender-key"), tenant)
+    tc_kid = _key_id(target, "tctoken")
+    branches["tctoken"] = [("index", sql.SQL("{kid} = '__index'").format(kid=tc_kid))]
     return branches
 
 
@@ -310,8 +481,8 @@ def lifecycle_case(
     default: sql.Composable,
 ) -> sql.Composable:
     """`CASE key_type WHEN 'pre-key' THEN ... END`: one dispatch on the key type."""
-    return sql.SQL("CASE {kt}::text {whens} ELSE {default} END").format(
-        kt=_column(target, target.key_type_column),
+    return sql.SQL("CASE {kt} {whens} ELSE {default} END").format(
+        kt=key_type_text(target, qualified=True),
         whens=sql.SQL(" ").join(
             sql.SQL("WHEN {} THEN {}").format(sql.Literal(key_type), per_type(conds))
             for key_type, conds in branches.items()
@@ -337,7 +508,7 @@ def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
     """The one definition of "may be deleted", used to list and delete (measure() counts by
     the same parts): aged or expired, not protected and not needed by Baileys (the key
     lifecycle), or orphaned (protected or not)."""
-    return sql.SQL(
+    eligible = sql.SQL(
         "((({aged} OR {expired}) AND NOT {protected} AND NOT {keep}) OR {orphaned})"
     ).format(
         aged=aged(target, policy),
@@ -346,11 +517,16 @@ def eligible_predicate(target: Target, policy: Policy) -> sql.Composable:
         keep=lifecycle_keep(target, policy),
         orphaned=_orphaned(target, policy),
     )
+    if target.encoded is None:
+        return eligible
+    # An encoded key of no known type is never taken, by any rule; nor is a creds row.
+    return sql.SQL("({known} AND {eligible})").format(known=known_type(target), eligible=eligible)
 
 
 def key_columns(target: Target) -> tuple[str, ...]:
     """Columns that name a key in listings: the primary key (never the value), else the ctid."""
-    pk = tuple(c for c in target.primary_key if c != "value")
+    value = target.encoded.value_column if target.encoded is not None else "value"
+    pk = tuple(c for c in target.primary_key if c not in {"value", value})
     return pk or ("ctid",)
 
 
