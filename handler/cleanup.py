@@ -73,7 +73,7 @@ class _Run:
             "dry_run": self.flags.dry_run,
             "table": target.qualified if target else s.table,
             "timestamp_column": s.timestamp_column,
-            "key_type_column": s.key_type_column,
+            "key_type_column": s.key_type_column if s.layout == "columns" else None,
             "retention_days": self.retention_days,
             "retention_overrides": overrides,
             "protected_types": list(s.protected_key_types) if s.has_key_types else [],

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--demo-rows", type=int, default=None, metavar="N", help="keys to seed for --demo"
     )
+    parser.add_argument(
+        "--layout",
+        choices=("columns", "encoded"),
+        default=None,
+        help="with --demo: the key table's layout (encoded: keys as <type>-<id>, no timestamp)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -163,13 +169,19 @@ class _ProgressLine:
 
 
 @contextlib.contextmanager
-def _demo_database(rows: int | None, stderr: TextIO) -> Iterator[str]:
-    from handler.demo import DEMO_ROWS, embedded_postgres, seed_demo  # noqa: PLC0415 - demo only
+def _demo_database(rows: int | None, stderr: TextIO, *, encoded: bool = False) -> Iterator[str]:
+    from handler.demo import (  # noqa: PLC0415 - demo only
+        DEMO_ROWS,
+        embedded_postgres,
+        seed_demo,
+        seed_encoded_demo,
+    )
 
     count = DEMO_ROWS if rows is None else rows
-    stderr.write(f"demo: starting an embedded PostgreSQL and seeding {count:,} keys…\n")
+    shape = "an encoded key table" if encoded else "the reference key table"
+    stderr.write(f"demo: starting an embedded PostgreSQL and seeding {count:,} keys ({shape})…\n")
     with embedded_postgres() as dsn:
-        seed_demo(dsn, count)
+        (seed_encoded_demo if encoded else seed_demo)(dsn, count)
         yield dsn
 
 
@@ -186,10 +198,17 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     settings = Settings.from_env()
     if args.demo_rows is not None and (not args.demo or args.demo_rows < 1):
         raise ConfigError("--demo-rows takes a positive number and goes with --demo")
+    if args.layout is not None and not args.demo:
+        raise ConfigError("--layout goes with --demo (otherwise set CLEANUP_LAYOUT)")
+    encoded = args.layout == "encoded"
     with contextlib.ExitStack() as stack:
         url = args.database_url
         if args.demo:
-            url = stack.enter_context(_demo_database(args.demo_rows, stderr))
+            url = stack.enter_context(_demo_database(args.demo_rows, stderr, encoded=encoded))
+        if encoded:
+            from handler.demo import encoded_demo_settings  # noqa: PLC0415 - demo only
+
+            settings = settings.model_copy(update=encoded_demo_settings())
         if url is not None:
             settings = settings.model_copy(update={"database_url": SecretStr(url)})
         settings = _resolve_database(settings)

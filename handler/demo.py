@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from handler.errors import DemoUnavailableError
 from handler.schema import reference_schema, seed_keys, seed_rules
@@ -60,3 +61,70 @@ def seed_demo(dsn: str, rows: int = DEMO_ROWS) -> None:
         conn.execute(reference_schema())
         seed_keys(conn, rows, age_scale=DEMO_AGE_SCALE)
         seed_rules(conn, logged_out=DEMO_LOGGED_OUT_TENANT)
+
+
+# The encoded demo (`--demo --layout encoded`, docs/layouts.md): a NOWEB-style store, one row per
+# key as `<type>-<id>` beside a `creds` row per session, and no timestamp.
+ENCODED_DEMO_TABLE = "auth_keys"
+ENCODED_DEMO_SESSIONS = ("default", "sales", "support")
+# Of each session's keys, the pre-keys' share: all but the newest 1,000 uploaded go.
+_ENCODED_MIX = (
+    ("pre-key", 0.6),
+    ("session", 0.2),
+    ("sender-key", 0.08),
+    ("sender-key-memory", 0.04),
+    ("device-list", 0.04),
+    ("lid-mapping", 0.02),
+    ("tctoken", 0.015),
+    ("app-state-sync-key", 0.004),
+    ("app-state-sync-version", 0.001),
+)
+
+
+def encoded_demo_settings() -> dict[str, str | None]:
+    """The settings that select the encoded demo table."""
+    return {
+        "layout": "encoded",
+        "table": ENCODED_DEMO_TABLE,
+        "tenant_column": "session_id",
+        "timestamp_column": None,  # no timestamp: the age rule is off
+        "key_column": "key",
+        "value_column": "value",
+        "creds_key": "creds",
+    }
+
+
+def seed_encoded_demo(dsn: str, rows: int = DEMO_ROWS) -> None:
+    """An encoded table of `rows` keys: three sessions with creds and one logged out (its keys
+    without a creds row), a few keys of no known type, and no timestamp."""
+    sessions = [*ENCODED_DEMO_SESSIONS, DEMO_LOGGED_OUT_TENANT]
+    per = max(1, rows // len(sessions))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {ENCODED_DEMO_TABLE}")
+        conn.execute(
+            f"CREATE TABLE {ENCODED_DEMO_TABLE} (session_id text NOT NULL, key text NOT NULL, "
+            "value jsonb NOT NULL, PRIMARY KEY (session_id, key))"
+        )
+        for session in sessions:
+            for key_type, share in _ENCODED_MIX:
+                conn.execute(
+                    f"INSERT INTO {ENCODED_DEMO_TABLE} SELECT %(s)s, %(t)s || '-' || "
+                    "CASE WHEN %(t)s = 'pre-key' THEN g::text ELSE md5(g::text) END, "
+                    "jsonb_build_object('k', md5(%(s)s || g)) "
+                    "FROM generate_series(1, %(n)s) AS g",
+                    {"s": session, "t": key_type, "n": max(1, int(per * share))},
+                )
+            conn.execute(
+                f"INSERT INTO {ENCODED_DEMO_TABLE} VALUES (%s, 'app-settings', '{{}}')", (session,)
+            )
+            if session != DEMO_LOGGED_OUT_TENANT:
+                prekeys = max(1, int(per * _ENCODED_MIX[0][1]))
+                creds = {
+                    "nextPreKeyId": prekeys + 1,
+                    "firstUnuploadedPreKeyId": prekeys + 1,
+                    "me": {"id": "5511000000001:2@s.whatsapp.net"},
+                }
+                conn.execute(
+                    f"INSERT INTO {ENCODED_DEMO_TABLE} VALUES (%s, 'creds', %s)",
+                    (session, Jsonb(creds)),
+                )

@@ -523,7 +523,8 @@ def _rule_lines(r: Report) -> list[str]:
         )
     elif r.orphan_rule == "refused":
         parts.append("orphan rule refused (see notes)")
-    return [f"rules: age · {' · '.join(parts)}"] if parts else []
+    first = "age" if r.timestamp_column is not None else "pre-key window (no timestamp)"
+    return [f"rules: {first} · {' · '.join(parts)}"] if parts else []
 
 
 def render_text(report: Report) -> str:
@@ -549,7 +550,9 @@ def _text_head(r: Report) -> list[str]:
     if r.reason:
         lines.append(f"reason: {r.reason}")
     lines.extend(f"note: {note}" for note in r.notes)
-    if r.cutoff is not None:
+    if r.timestamp_column is None:
+        lines.append("retention: none, the age rule is off (CLEANUP_TIMESTAMP_COLUMN=none)")
+    elif r.cutoff is not None:
         lines.append(
             f"retention: {r.retention_days} days, cutoff {r.cutoff.isoformat(timespec='seconds')}"
         )
@@ -607,6 +610,8 @@ def _space_line(r: Report) -> str:
 
 
 def _text_ages(r: Report) -> list[str]:
+    if r.timestamp_column is None:
+        return []  # no key has an age
     lines = ["", "age distribution:"]
     largest = max(r.age_distribution.values(), default=0)
     for label in BUCKET_LABELS:
