@@ -6,6 +6,8 @@ note, never a failed run: those tenants keep every pre-key (docs/key-lifecycle.m
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import psycopg
 from psycopg import errors as pg_errors
 
@@ -65,6 +67,23 @@ def _creds_problem(
     return None
 
 
+def _recheck(
+    settings: Settings,
+    target: db.Target,
+    auth: db.AuthTable | None,
+    rows: list[tuple[str | None, object, str]],
+    facts: lifecycle.Lifecycle,
+) -> db.CredsCheck:
+    """What each DELETE checks again without a timestamp: the creds rows of the sessions
+    with a window, as they were read."""
+    hashes = {t: h for t, _, h in rows if t is not None and t in facts.windows}
+    if target.encoded is not None or auth is None:
+        return db.CredsCheck(hashes)
+    return db.CredsCheck(
+        hashes, (auth.schema, auth.name, settings.tenant_column or "", settings.creds_column)
+    )
+
+
 def read_lifecycle(
     conn: db.Conn,
     settings: Settings,
@@ -81,7 +100,7 @@ def read_lifecycle(
     if not target.has_key_types:
         return None
     problem = _creds_problem(s, target, auth, auth_locked=auth_locked)
-    rows: list[tuple[str | None, object]] = []
+    rows: list[tuple[str | None, object, str]] = []
     if problem is None and auth is not None:
         try:
             rows = (
@@ -96,8 +115,12 @@ def read_lifecycle(
                 raise
             problem = f"{auth.qualified} not readable ({type(exc).__name__})"
     facts, problems = lifecycle.build(
-        rows, window=s.prekey_window, prekey_age_only=s.prekey_age_only
+        [(tenant, creds) for tenant, creds, _ in rows],
+        window=s.prekey_window,
+        prekey_age_only=s.prekey_age_only,
     )
+    if target.timestamp_column is None:
+        facts = replace(facts, recheck=_recheck(s, target, auth, rows, facts))
     if s.prekey_age_only:
         notes.append(
             "CLEANUP_PREKEY_AGE_ONLY=true: pre-keys go by age alone, including ones the "

@@ -19,11 +19,30 @@ from psycopg import sql
 BUCKET_DAYS: tuple[int, ...] = (1, 7, 14, 30)
 
 # Keys the job keeps for the key lifecycle, and why (the report shows one line per reason).
-KeepReason = Literal["prekey_window", "prekey_no_creds", "own_session", "own_sender_key", "index"]
+KeepReason = Literal[
+    "prekey_window",
+    "prekey_no_creds",
+    "prekey_creds_changed",
+    "own_session",
+    "own_sender_key",
+    "index",
+]
 
 # Ids compared as numbers are at most this many digits: larger ones (or any other text) are
 # not Baileys pre-key ids, and are kept. Baileys' ids fit 3 bytes on the wire (xmppPreKey).
 MAX_ID_DIGITS = 15
+
+
+@dataclass(frozen=True)
+class CredsCheck:
+    """Without a timestamp, each DELETE finds every session's creds row again and takes its
+    pre-keys only while the row is the one read (`hashes`: session -> md5 of the value as read):
+    a session that pairs again during the run mints pre-keys below the window read, with no
+    timestamp to show that they are new. `auth` is the auth table (columns layout, with its
+    tenant and creds columns); None: the creds rows are in the key table (encoded layout)."""
+
+    hashes: dict[str, str]
+    auth: tuple[str, str, str, str] | None = None  # schema, table, tenant column, creds column
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,7 @@ class Lifecycle:
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)
     own_users: dict[str, tuple[str, ...]] = field(default_factory=dict)
     prekey_age_only: bool = False
+    recheck: CredsCheck | None = None
 
 
 @dataclass(frozen=True)

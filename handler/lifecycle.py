@@ -29,6 +29,10 @@ KEEP_REASONS: dict[KeepReason, tuple[str, str]] = {
         "pre-key",
         "their tenant has no readable creds counters (no auth row, or see notes)",
     ),
+    "prekey_creds_changed": (
+        "pre-key",
+        "their session's creds changed during the run (paired again?): checked again next run",
+    ),
     "own_session": ("session", "sessions with the account's own devices"),
     "own_sender_key": (
         "sender-key",

@@ -17,6 +17,7 @@ from handler.db.predicates import (
     LAST_TIMESTAMP,
     aged,
     applies_ttl,
+    creds_hash,
     eligible_predicate,
     encoded_session,
     expired,
@@ -507,7 +508,7 @@ def creds_rows(target: Target) -> sql.Composable:
     )
 
 
-def read_encoded_creds(conn: Conn, target: Target) -> list[tuple[str | None, object]]:
+def read_encoded_creds(conn: Conn, target: Target) -> list[tuple[str | None, object, str]]:
     """(session, creds) per creds row of an encoded table: its value read as read_creds reads
     a creds column. A table without sessions is one session, named ''."""
     enc = target.encoded
@@ -519,14 +520,17 @@ def read_encoded_creds(conn: Conn, target: Target) -> list[tuple[str | None, obj
         tenant = encoded_session(target, False)
     else:
         tenant = sql.SQL("''::text")
-    query = sql.SQL("SELECT {tenant} AS tenant, {value} AS creds FROM {t} WHERE {creds}").format(
+    query = sql.SQL(
+        "SELECT {tenant} AS tenant, {value} AS creds, {hash} AS hash FROM {t} WHERE {creds}"
+    ).format(
         tenant=tenant,
         value=_creds_value(enc.value_column, enc.value_type),
+        hash=creds_hash(sql.Identifier(enc.value_column)),
         t=target.ident,
         creds=creds_rows(target),
     )
     with conn.cursor(row_factory=dict_row) as cur:
-        return [(r["tenant"], r["creds"]) for r in cur.execute(query).fetchall()]
+        return [(r["tenant"], r["creds"], r["hash"]) for r in cur.execute(query).fetchall()]
 
 
 def _creds_value(creds_column: str, kind: str) -> sql.Composable:
@@ -547,14 +551,19 @@ def _creds_value(creds_column: str, kind: str) -> sql.Composable:
 
 def read_creds(
     conn: Conn, auth: AuthTable, tenant_column: str, creds_column: str
-) -> list[tuple[str | None, object]]:
+) -> list[tuple[str | None, object, str]]:
     """(tenant, creds) per auth row (see _creds_value)."""
     value = _creds_value(creds_column, auth.columns[creds_column])
-    query = sql.SQL("SELECT {tenant}::text AS tenant, {value} AS creds FROM {auth}").format(
-        tenant=sql.Identifier(tenant_column), value=value, auth=auth.ident
+    query = sql.SQL(
+        "SELECT {tenant}::text AS tenant, {value} AS creds, {hash} AS hash FROM {auth}"
+    ).format(
+        tenant=sql.Identifier(tenant_column),
+        value=value,
+        hash=creds_hash(sql.Identifier(creds_column)),
+        auth=auth.ident,
     )
     with conn.cursor(row_factory=dict_row) as cur:
-        return [(r["tenant"], r["creds"]) for r in cur.execute(query).fetchall()]
+        return [(r["tenant"], r["creds"], r["hash"]) for r in cur.execute(query).fetchall()]
 
 
 def list_eligible(conn: Conn, target: Target, policy: Policy, now: datetime, limit: int) -> Listing:

@@ -9,7 +9,15 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from handler.domain import MAX_ID_DIGITS, Encoded, KeepReason, Orphans, Policy, Target
+from handler.domain import (
+    MAX_ID_DIGITS,
+    Encoded,
+    KeepReason,
+    Lifecycle,
+    Orphans,
+    Policy,
+    Target,
+)
 from handler.keyparse import LONGEST_FIRST
 
 # Timestamps outside [FIRST, LAST) are "out of range": infinity, -infinity, BC dates and years
@@ -36,6 +44,9 @@ def policy_params(policy: Policy) -> dict[str, Any]:
         params["kc_lo"] = Jsonb({t: w[0] for t, w in windows.items()})
         params["kc_hi"] = Jsonb({t: w[1] for t, w in windows.items()})
         params["kc_own"] = Jsonb({t: list(u) for t, u in policy.lifecycle.own_users.items()})
+        if (recheck := policy.lifecycle.recheck) is not None:
+            params["kc_sessions"] = list(recheck.hashes)
+            params["kc_hashes"] = list(recheck.hashes.values())
     if policy.expires_now is not None:
         params["expires_now"] = policy.expires_now
     if policy.orphans is not None:
@@ -355,25 +366,83 @@ def _tenant_text(target: Target) -> sql.Composable:
 Branches = dict[str, list[tuple[KeepReason, sql.Composable]]]
 
 
+def creds_hash(value: sql.Composable) -> sql.Composable:
+    """What tells a creds row's value from another: md5 of its text (never shown anywhere)."""
+    return sql.SQL("md5({}::text)").format(value)
+
+
+def _stable_sessions(target: Target, lc: Lifecycle) -> sql.Composable:
+    """The sessions whose creds row is still the one read: an uncorrelated subquery, so each
+    statement looks every creds row up once (by its key), whatever the rows it scans."""
+    if lc.recheck is not None and lc.recheck.auth is not None:
+        schema, table, tenant_col, creds_col = lc.recheck.auth
+        found = sql.SQL(
+            "SELECT 1 FROM {auth} AS kc_c WHERE kc_c.{tenant}::text = kc_u.s AND {hash} = kc_u.h"
+        ).format(
+            auth=sql.Identifier(schema, table),
+            tenant=sql.Identifier(tenant_col),
+            hash=creds_hash(sql.SQL("kc_c.{}").format(sql.Identifier(creds_col))),
+        )
+    else:
+        enc = _enc(target)
+        same = (
+            sql.SQL("kc_c.{}::text = kc_u.s AND ").format(sql.Identifier(target.tenant_column))
+            if target.tenant_column is not None
+            else sql.SQL("")
+        )
+        found = sql.SQL(
+            "SELECT 1 FROM {table} AS kc_c WHERE {same}kc_c.{key} = {creds} AND {hash} = kc_u.h"
+        ).format(
+            table=target.ident,
+            same=same,
+            key=sql.Identifier(enc.key_column),
+            creds=creds_key_of(target, sql.SQL("kc_u.s")),
+            hash=creds_hash(sql.SQL("kc_c.{}").format(sql.Identifier(enc.value_column))),
+        )
+    return sql.SQL(
+        "ARRAY(SELECT kc_u.s FROM unnest(%(kc_sessions)s::text[], %(kc_hashes)s::text[]) "
+        "AS kc_u(s, h) WHERE EXISTS ({found}))"
+    ).format(found=found)
+
+
 def _prekey_branch(
-    kid: sql.Composable, tenant: sql.Composable
+    target: Target, lc: Lifecycle, kid: sql.Composable, tenant: sql.Composable
 ) -> list[tuple[KeepReason, sql.Composable]]:
     """A pre-key is kept when its tenant has no window (creds not read: told apart in the
     report) or its id is inside the window. Cost: a digit test (ltrim, a third of a regular
-    expression's cost here), two casts and up to three JSON lookups."""
+    expression's cost here), two casts and up to three JSON lookups.
+
+    Without a timestamp nothing shows a pre-key is new: ids above the window are kept (Baileys
+    writes new pre-keys before the creds that count them), and so is every pre-key of a
+    session whose creds row changed since it was read (`lc.recheck`)."""
     lo = sql.SQL("(%(kc_lo)s::jsonb -> {tenant})").format(tenant=tenant)
     hi = sql.SQL("(%(kc_hi)s::jsonb -> {tenant})").format(tenant=tenant)
+    outside = (
+        sql.SQL("{kid}::bigint < {lo}::bigint OR {kid}::bigint > {hi}::bigint")
+        if target.timestamp_column is not None
+        else sql.SQL("{kid}::bigint < {lo}::bigint")
+    ).format(kid=kid, lo=lo, hi=hi)
+    changed: list[tuple[KeepReason, sql.Composable]] = []
+    if lc.recheck is not None:
+        changed = [
+            (
+                "prekey_creds_changed",
+                sql.SQL("NOT coalesce({tenant} = ANY ({stable}), false)").format(
+                    tenant=tenant, stable=_stable_sessions(target, lc)
+                ),
+            )
+        ]
     return [
         ("prekey_no_creds", sql.SQL("{lo} IS NULL").format(lo=lo)),
+        *changed,
         # CASE, not AND: SQL does not promise to test the digits before the cast. A
         # non-numeric id compares as NULL: kept.
         (
             "prekey_window",
             sql.SQL(
                 "coalesce(CASE WHEN ltrim({kid}, '0123456789') = '' AND length({kid}) "
-                "BETWEEN 1 AND {digits} THEN NOT ({kid}::bigint < {lo}::bigint "
-                "OR {kid}::bigint > {hi}::bigint) END, true)"
-            ).format(kid=kid, digits=sql.Literal(MAX_ID_DIGITS), lo=lo, hi=hi),
+                "BETWEEN 1 AND {digits} THEN NOT ({outside}) END, true)"
+            ).format(kid=kid, digits=sql.Literal(MAX_ID_DIGITS), outside=outside),
         ),
     ]
 
@@ -463,7 +532,7 @@ def lifecycle_branches(target: Target, policy: Policy) -> Branches:
     tenant = _tenant_text(target)
     branches: Branches = {}
     if not lc.prekey_age_only:
-        branches["pre-key"] = _prekey_branch(_key_id(target, "pre-key"), tenant)
+        branches["pre-key"] = _prekey_branch(target, lc, _key_id(target, "pre-key"), tenant)
     own_session = _own_user(
         tenant, sql.SQL("split_part({}, '.', 1)").format(_key_id(target, "session"))
     )

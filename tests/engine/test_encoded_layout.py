@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
@@ -213,3 +214,97 @@ def test_a_protected_type_is_kept_even_where_a_shorter_type_prefixes_it(pg: PgSc
     # but the creds say it is not our own: user 5511 is not ME).
     assert keys_left(pg, layout) == {("s", "creds"), *(("s", k) for k in memory)}
     assert report.by_type["sender-key-memory"].protected == 2
+
+
+def _repair_after_first_batch(pg: PgSchema, layout: Layout, session: str) -> Any:
+    """A progress hook: after the first batch, `session` pairs again (as Baileys does it: new
+    pre-keys 1..812 written, then creds counting from 1 saved)."""
+    done: list[Progress] = []
+
+    def repair(p: Progress) -> None:
+        if done:
+            return
+        with pg.connect() as conn:
+            key = layout.stored_key(session, "")
+            conn.execute(
+                "DELETE FROM auth_keys WHERE key LIKE %s || 'pre-key-%%'"
+                + (" AND session_id = %s" if layout.session_column else ""),
+                (key, session) if layout.session_column else (key,),
+            )
+        insert(pg, layout, session, prekeys(range(1, 813)))
+        with pg.connect() as conn:
+            creds = layout.stored_key(session, layout.creds_key)
+            conn.execute(
+                "DELETE FROM auth_keys WHERE key = %s"
+                + (" AND session_id = %s" if layout.session_column else ""),
+                (creds, session) if layout.session_column else (creds,),
+            )
+        add_creds(pg, layout, {session: baileys_creds(813)})
+        done.append(p)
+
+    return repair, done
+
+
+@pytest.mark.parametrize("layout", [WAHA, PREFIXED], ids=["session-column", "session-prefix"])
+def test_prekeys_minted_while_the_run_goes_are_kept(pg: PgSchema, layout: Layout) -> None:
+    """Creds changed during the run: a session pairs again after the first batch. Its new
+    pre-keys (1..812) fall below the window read at the start, and have no timestamp to show
+    they are new; each DELETE checks that the session's creds row is the one read."""
+    create(pg, layout)
+    add_creds(pg, layout, {"a": baileys_creds(6001), "b": baileys_creds(6001)})
+    insert(pg, layout, "a", prekeys(range(1, 6001)))
+    insert(pg, layout, "b", prekeys(range(1, 6001)))
+    repair, done = _repair_after_first_batch(pg, layout, "b")
+    report = run_cleanup(pg.settings(**layout.env(CLEANUP_BATCH_SIZE="100")), LIVE, progress=repair)
+    assert done
+    left = keys_left(pg, layout)
+    assert {k for s, k in left if s == "b"} == {*prekeys(range(1, 813)), layout.creds_key}
+    assert {k for s, k in left if s == "a"} == {*prekeys(range(5001, 6001)), layout.creds_key}
+    assert report.status == "completed"
+
+
+def test_prekeys_above_the_newest_id_are_kept_without_a_timestamp(pg: PgSchema) -> None:
+    """Baileys writes new pre-keys before it saves the creds that count them: without a
+    timestamp, an id above nextPreKeyId - 1 may be one of those, not a leftover."""
+    create(pg, WAHA)
+    add_creds(pg, WAHA, {"a": baileys_creds(2001)})
+    insert(pg, WAHA, "a", prekeys(range(1, 2100)))
+    run(pg, WAHA)
+    assert {k for _, k in keys_left(pg, WAHA)} == {*prekeys(range(1001, 2100)), "creds"}
+
+
+def test_columns_layout_without_timestamp_rechecks_the_auth_table_too(pg: PgSchema) -> None:
+    pg.create_reference_table()
+    pg.add_auth({"a": baileys_creds(6001), "b": baileys_creds(6001)})
+    with pg.connect() as conn:
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
+            "SELECT c, 'pre-key', g::text, '{}'::jsonb "
+            "FROM generate_series(1, 6000) g, unnest(ARRAY['a', 'b']) c"
+        )
+    done: list[Progress] = []
+
+    def repair(p: Progress) -> None:
+        if not done:  # "b" pairs again: new pre-keys 1..812, then its creds
+            with pg.connect() as conn:
+                conn.execute("DELETE FROM whatsapp_keys WHERE company_id = 'b'")
+                conn.execute(
+                    "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
+                    "SELECT 'b', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, 812) g"
+                )
+                conn.execute(
+                    "UPDATE whatsapp_auth SET creds = %s WHERE company_id = 'b'",
+                    (Jsonb(baileys_creds(813)),),
+                )
+            done.append(p)
+
+    settings = pg.settings(
+        CLEANUP_TIMESTAMP_COLUMN="none", CLEANUP_GUARD_MIN_KEYS="100000", CLEANUP_BATCH_SIZE="100"
+    )
+    run_cleanup(settings, LIVE, progress=repair)
+    assert done
+    with pg.connect() as conn:
+        left = conn.execute(
+            "SELECT company_id, count(*), min(key_id::int) FROM whatsapp_keys GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert left == [("a", 1000, 5001), ("b", 812, 1)]
