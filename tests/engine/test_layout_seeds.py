@@ -25,8 +25,10 @@ from tests.support.baileys_layouts import (
 from tests.support.db import PgSchema
 
 SEED = logical_seed()
-# alpha's pre-keys below its window (ids 1..10 and 280..289), and the logged-out session's keys
+# alpha's pre-keys below its window (ids 1..10 and 280..289) and above its newest id
+# (1,300..1,302), and the logged-out session's keys
 BELOW_WINDOW = 20
+ABOVE_NEXT = 3
 GONE_KEYS = sum(1 for k in SEED.keys if k.session == "gone")
 
 
@@ -50,13 +52,18 @@ def test_each_seed_writes_one_row_per_key_and_creds(pg: PgSchema, project: Proje
 
 def test_expected_deletions_are_the_timestamp_free_rules() -> None:
     for project in (WAHA, BAILEYS_STORE, POSTGRES_BAILEYS):
-        assert len(project.expected_deleted(SEED, orphans=False)) == BELOW_WINDOW
-        assert len(project.expected_deleted(SEED, orphans=True)) == BELOW_WINDOW + GONE_KEYS
+        window_only = project.expected_deleted(SEED, orphans=False, above_next=False)
+        assert len(window_only) == BELOW_WINDOW
+        both = project.expected_deleted(SEED, orphans=False, above_next=True)
+        assert len(both) == BELOW_WINDOW + ABOVE_NEXT
+        orphaned = project.expected_deleted(SEED, orphans=True, above_next=False)
+        assert len(orphaned) == BELOW_WINDOW + GONE_KEYS
     # ticketz's creds are in another table's column, under another tenant column name: no
     # rule that needs them can apply, so nothing goes
     assert TICKETZ.expected_deleted(SEED, orphans=True) == set()
-    below = {int(k[1].removeprefix("pre-key-")) for k in WAHA.expected_deleted(SEED, orphans=False)}
-    assert below == {*range(1, 11), *range(280, 290)}
+    gone = WAHA.expected_deleted(SEED, orphans=False, above_next=True)
+    ids = {int(k[1].removeprefix("pre-key-")) for k in gone}
+    assert ids == {*range(1, 11), *range(280, 290), 1300, 1301, 1302}
 
 
 def test_waha_writes_jsonb_with_byte_array_buffers(pg: PgSchema) -> None:
