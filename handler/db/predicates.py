@@ -374,6 +374,10 @@ def creds_hash(value: sql.Composable) -> sql.Composable:
 def _stable_sessions(target: Target, lc: Lifecycle) -> sql.Composable:
     """The sessions whose creds row is still the one read: an uncorrelated subquery, so each
     statement looks every creds row up once (by its key), whatever the rows it scans."""
+    if lc.recheck is not None and lc.recheck.auth is None and target.encoded is None:
+        # The columns layout with no auth table read: no creds, so no session is stable (and
+        # every pre-key is kept already, its tenant having no window).
+        return sql.SQL("ARRAY[]::text[]")
     if lc.recheck is not None and lc.recheck.auth is not None:
         schema, table, tenant_col, creds_col = lc.recheck.auth
         found = sql.SQL(
