@@ -9,8 +9,8 @@ computes, from that seed alone, which rows a run must delete: with no timestamp 
 these tables, only the timestamp-free rules apply (docs/layouts.md):
 
 - the pre-key window from the session's creds counters (docs/key-lifecycle.md): a pre-key id
-  below `firstUnuploadedPreKeyId - CLEANUP_PREKEY_WINDOW` goes; so do ids above
-  `nextPreKeyId - 1` when `above_next` says the engine takes them (see `deleted_keys`);
+  below `firstUnuploadedPreKeyId - CLEANUP_PREKEY_WINDOW` goes; ids above `nextPreKeyId - 1`
+  stay (`ABOVE_NEXT_DELETED`);
 - with CLEANUP_ORPHAN_RULE=true, every key of a session that has no creds row.
 
 Nothing else goes: sessions, sender keys and their memory, the protected types, unknown keys
@@ -154,7 +154,7 @@ def _prekeys(session: str, ids: Iterable[int]) -> list[LogicalKey]:
 
 # alpha: uploaded up to 1,289, generated up to 1,299: the window keeps 290..1,299. Ids 1..10 and
 # 280..289 are below it (20 go); 290..295 and 1,285..1,299 are in it; 1,300..1,302 are above
-# the newest id (ABOVE_NEXT_DELETED).
+# the newest id (kept: ABOVE_NEXT_DELETED).
 ALPHA_NEXT, ALPHA_FIRST = 1300, 1290
 ALPHA_PREKEYS = [*range(1, 11), *range(280, 296), *range(1285, 1303)]
 # beta: a young account, all 30 ids in its window: nothing of it goes.
@@ -189,12 +189,12 @@ def logical_seed() -> Seed:
     )
 
 
-# Without a timestamp, the engine deletes pre-key ids above `nextPreKeyId - 1` as well as those
-# below the window (handler/db/predicates.py `prekeys_due`). In the reference layout they wait
-# for the retention, because Baileys writes new pre-keys (keys.set in getNextPreKeys) before it
-# saves the counters (creds.update after the upload): a key just uploaded can sit above the
-# saved counter while a run reads it. Kept here as the engine behaves; the question is open.
-ABOVE_NEXT_DELETED = True
+# Without a timestamp, pre-key ids above `nextPreKeyId - 1` stay (docs/layouts.md, "The pre-key
+# window without a timestamp"): Baileys writes new pre-keys (keys.set in getNextPreKeys) before
+# it saves the counters (creds.update after the upload), so a key just uploaded can sit above
+# the saved counter while a run reads it. `above_next=True` computes the other answer, for
+# the tests that show the difference.
+ABOVE_NEXT_DELETED = False
 
 
 def deleted_keys(
