@@ -35,6 +35,13 @@ class _AuthLocked(Exception):
     """The auth table's lock could not be had within the lock timeout."""
 
 
+def _quiet(settings: Settings) -> str:
+    """How a candidate was quiet: for the grace, or (no timestamp) not known."""
+    if settings.timestamp_column is None:
+        return " (no timestamp: no grace)"
+    return f" and no key touched for {settings.orphan_grace_days}d"
+
+
 def hours(delta: timedelta) -> str:
     n = delta.total_seconds() / 3600
     return f"{n:g} hour{'' if n == 1 else 's'}"
@@ -206,7 +213,7 @@ class OrphanRun:
         s = self.settings
         self.notes.append(
             f"orphan rule: {waiting:,} tenant{'' if waiting == 1 else 's'} without an auth "
-            f"row and no key touched for {s.orphan_grace_days}d recorded; to confirm, a run "
+            f"row{_quiet(s)} recorded; to confirm, a run "
             f"at least {hours(ORPHAN_CONFIRM_AFTER)} later must find "
             f"{'it' if waiting == 1 else 'them'} so again before their keys go"
             + ("" if s.history_enabled and not self.flags.dry_run else " (a live run records)")

@@ -182,6 +182,8 @@ def _sizes(report: Report) -> list[str]:
 
 
 def _age_block(report: Report) -> str:
+    if report.timestamp_column is None:
+        return "<b>Ages</b>: no timestamp column, the age rule is off"
     counts = [report.age_distribution.get(label, 0) for label in BUCKET_LABELS]
     largest = max(counts, default=0)
     width = max(len(f"{c:,}") for c in counts) if counts else 1

@@ -13,6 +13,8 @@ from psycopg.types.json import Jsonb
 
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
+from handler.notify.html import render_summary
+from handler.report import render_text
 from handler.settings import ConfigError, Flags
 from tests.support.db import PgSchema, baileys_creds
 from tests.support.encoded import Layout, add_creds, create, insert, keys_left
@@ -63,6 +65,10 @@ def test_prekeys_outside_the_window_go_and_nothing_else(pg: PgSchema, layout: La
     assert report.by_type["pre-key"].kept == 1100 + 899
     assert any("of no known Baileys type kept" in n for n in report.notes)
     assert any("the age rule is off" in n for n in report.notes)
+    # Every rendering says so too, and none shows ages no key has.
+    assert "retention: none, the age rule is off" in render_text(report)
+    assert "age distribution" not in render_text(report)
+    assert "the age rule is off" in render_summary(report)
 
 
 def test_a_creds_value_that_does_not_parse_keeps_that_sessions_prekeys(pg: PgSchema) -> None:
