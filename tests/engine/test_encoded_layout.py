@@ -314,3 +314,28 @@ def test_columns_layout_without_timestamp_rechecks_the_auth_table_too(pg: PgSche
             "SELECT company_id, count(*), min(key_id::int) FROM whatsapp_keys GROUP BY 1 ORDER BY 1"
         ).fetchall()
     assert left == [("a", 1000, 5001), ("b", 812, 1)]
+
+
+def test_a_key_refreshed_during_the_run_survives(pg: PgSchema) -> None:
+    layout = Layout(timestamp=True)
+    create(pg, layout)
+    add_creds(pg, layout, {"s": baileys_creds(10)})
+    old = [f"session-{i}.0" for i in range(600)]
+    insert(pg, layout, "s", old, age_days=60)
+    refreshed: list[Progress] = []
+
+    def refresh(p: Progress) -> None:
+        if not refreshed:  # the application uses the last 100 sessions again
+            with pg.connect() as conn:
+                conn.execute(
+                    "UPDATE auth_keys SET updated_at = now() WHERE key = ANY(%s)", (old[-100:],)
+                )
+            refreshed.append(p)
+
+    report = run_cleanup(pg.settings(**layout.env(CLEANUP_BATCH_SIZE="50")), LIVE, progress=refresh)
+    assert refreshed
+    left = {k for _, k in keys_left(pg, layout)}
+    # The first batch took some of the old keys; every refreshed key not yet taken stayed.
+    assert left - {"creds"} <= set(old[-100:])
+    assert report.deleted == 600 - len(left - {"creds"})
+    assert len(left) > 1
