@@ -383,6 +383,11 @@ class Settings(BaseModel):
                 )
         if self.layout != "encoded":
             return
+        if self.auth_table is not None:
+            raise ValueError(
+                "CLEANUP_AUTH_TABLE has no use in the encoded layout: the creds are the rows "
+                "keyed CLEANUP_CREDS_KEY in the key table; unset it"
+            )
         if self.session_separator is not None and self.tenant_column is not None:
             raise ValueError(
                 "CLEANUP_KEY_SESSION_SEPARATOR and CLEANUP_TENANT_COLUMN both name the session: "

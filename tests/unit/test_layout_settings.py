@@ -32,6 +32,7 @@ def test_layout_defaults() -> None:
     ("env", "message"),
     [
         ({"CLEANUP_LAYOUT": "blob"}, "CLEANUP_LAYOUT"),
+        ({**ENCODED, "CLEANUP_AUTH_TABLE": "whatsapp_auth"}, "CLEANUP_AUTH_TABLE has no use"),
         ({**ENCODED, "CLEANUP_KEY_COLUMN": "the key"}, "CLEANUP_KEY_COLUMN"),
         ({**ENCODED, "CLEANUP_VALUE_COLUMN": "v;"}, "CLEANUP_VALUE_COLUMN"),
         ({**ENCODED, "CLEANUP_KEY_SESSION_SEPARATOR": "-"}, "CLEANUP_KEY_SESSION_SEPARATOR"),
