@@ -77,7 +77,9 @@ def _recheck(
     """What each DELETE checks again without a timestamp: the creds rows of the sessions
     with a window, as they were read."""
     hashes = {t: h for t, _, h in rows if t is not None and t in facts.windows}
-    if target.encoded is not None or auth is None:
+    if target.encoded is not None or auth is None or not hashes:
+        # No creds read (no window: every pre-key is kept): nothing to look up again, and the
+        # auth table may lack the columns a lookup would name.
         return db.CredsCheck(hashes)
     return db.CredsCheck(
         hashes, (auth.schema, auth.name, settings.tenant_column or "", settings.creds_column)

@@ -339,3 +339,24 @@ def test_a_key_refreshed_during_the_run_survives(pg: PgSchema) -> None:
     assert left - {"creds"} <= set(old[-100:])
     assert report.deleted == 600 - len(left - {"creds"})
     assert len(left) > 1
+
+
+def test_without_timestamp_an_unreadable_auth_table_keeps_every_prekey(pg: PgSchema) -> None:
+    pg.create_reference_table()
+    pg.add_auth({"a": baileys_creds(6001)})
+    with pg.connect() as conn:
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
+            "SELECT 'a', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, 6000) g"
+        )
+    report = run_cleanup(
+        pg.settings(
+            CLEANUP_TIMESTAMP_COLUMN="none",
+            CLEANUP_CREDS_COLUMN="no_such_column",
+            CLEANUP_GUARD_MIN_KEYS="100000",
+        ),
+        LIVE,
+    )
+    assert (report.status, report.deleted) == ("completed", 0)
+    assert any("creds not read" in n for n in report.notes)
+    assert pg.count() == 6000
