@@ -104,7 +104,10 @@ class Retention:
     policy: db.Policy
 
     def of(self, key_type: str | None) -> int | None:
-        """A type's retention in days; None for a protected type. A NULL type: the default."""
+        """A type's retention in days; None for a protected type, and for a key of no known
+        type in the encoded layout (never deleted). A NULL type column: the default."""
+        if key_type is None and self.settings.layout == "encoded":
+            return None
         if key_type is not None and key_type in self.policy.protected:
             return None
         if key_type is not None and key_type in self.policy.type_cutoffs:

@@ -493,6 +493,14 @@ def reclaimable_estimate(table_bytes: int, keys: int, gone: int) -> int:
     return table_bytes * gone // keys if keys else 0
 
 
+def retention_label(name: str, stats: TypeStats) -> str:
+    """A type's retention as the tables show it: `30d`, `protected`, or `never` for the
+    encoded layout's keys of no known type (the `(null)` row without a retention)."""
+    if stats.retention_days is not None:
+        return f"{stats.retention_days}d"
+    return "never" if name == "(null)" else "protected"
+
+
 def _count(n: int | None) -> str:
     return "?" if n is None else f"{n:,}"
 
@@ -704,7 +712,7 @@ def _type_table(r: Report) -> list[str]:
         header = f"{'eligible':>10} {rules}{'protected':>10} {'deleted':>10}"
     lines = [f"  {'key type':<{name_width}} {'keys':>10} {header}  retention"]
     for name, t in sorted(r.by_type.items(), key=lambda kv: -kv[1].keys):
-        retention = "protected" if t.retention_days is None else f"{t.retention_days}d"
+        retention = retention_label(name, t)
         parts = (f"{t.expired:>10,} " if ttl else "") + (f"{t.orphaned:>10,} " if orphans else "")
         if r.dry_run:
             counts = f"{t.eligible:>13,} {parts}{t.protected:>10,}"

@@ -25,6 +25,7 @@ from handler.report import (
     kept_lines,
     labelled_lines,
     listing_line,
+    retention_label,
     trend_lines,
 )
 from handler.settings import Settings
@@ -208,7 +209,7 @@ def _type_rows(report: Report) -> tuple[str, list[str]]:
     for name, stats in sorted(report.by_type.items(), key=lambda kv: (-kv[1].keys, kv[0])):
         amount = stats.eligible if report.dry_run else stats.deleted
         shown = "?" if amount is None else f"{amount:,}"  # not counted per type this run
-        retention = "protected" if stats.retention_days is None else f"{stats.retention_days}d"
+        retention = retention_label(name, stats)
         rows.append(
             esc(f"{names[name]:<{name_w}} {stats.keys:>9,} {shown:>{third_w}}  {retention}")
         )
