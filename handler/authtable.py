@@ -55,11 +55,15 @@ def _creds_problem(
         return f"no auth table {auth_table_name(s, target)} (CLEANUP_AUTH_TABLE)"
     if target.tenant_column is None:
         return f"{target.qualified} has no tenant column {s.tenant_column}"
-    if s.tenant_column not in auth.columns or s.creds_column not in auth.columns:
-        return (
-            f"{auth.qualified} lacks column {s.tenant_column} or {s.creds_column} "
-            "(CLEANUP_TENANT_COLUMN, CLEANUP_CREDS_COLUMN)"
-        )
+    tenant_setting = (
+        "CLEANUP_AUTH_TENANT_COLUMN" if s.auth_tenant_column else "CLEANUP_TENANT_COLUMN"
+    )
+    for column, setting in (
+        (s.auth_tenant, tenant_setting),
+        (s.creds_column, "CLEANUP_CREDS_COLUMN"),
+    ):
+        if column not in auth.columns:
+            return f"{auth.qualified} has no column {column} ({setting})"
     if (kind := auth.columns[s.creds_column]) not in db.JSON_TYPES | db.TEXT_TYPES:
         return f"{auth.qualified}.{s.creds_column} is {kind}, not JSON or text"
     if auth_locked:
@@ -82,7 +86,7 @@ def _recheck(
         # auth table may lack the columns a lookup would name.
         return db.CredsCheck(hashes)
     return db.CredsCheck(
-        hashes, (auth.schema, auth.name, settings.tenant_column or "", settings.creds_column)
+        hashes, (auth.schema, auth.name, settings.auth_tenant or "", settings.creds_column)
     )
 
 
@@ -108,7 +112,7 @@ def read_lifecycle(
             rows = (
                 db.read_encoded_creds(conn, target)
                 if target.encoded is not None
-                else db.read_creds(conn, auth, s.tenant_column or "", s.creds_column)
+                else db.read_creds(conn, auth, s.auth_tenant or "", s.creds_column, s.creds_path)
             )
         except pg_errors.LockNotAvailable:
             problem = locked_problem(s, auth.qualified)
@@ -116,10 +120,14 @@ def read_lifecycle(
             if conn.broken:
                 raise
             problem = f"{auth.qualified} not readable ({type(exc).__name__})"
+    # A JSON column's creds path is followed in SQL; a text column's in lifecycle.parse_creds.
+    json_column = auth is not None and auth.columns.get(s.creds_column) in db.JSON_TYPES
     facts, problems = lifecycle.build(
         [(tenant, creds) for tenant, creds, _ in rows],
         window=s.prekey_window,
         prekey_age_only=s.prekey_age_only,
+        path=s.creds_path,
+        path_in_sql=json_column,
     )
     if target.timestamp_column is None:
         facts = replace(facts, recheck=_recheck(s, target, auth, rows, facts))

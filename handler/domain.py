@@ -169,6 +169,8 @@ class Orphans:
     table: str
     cutoff: datetime
     tenants: tuple[str, ...] = ()
+    # The auth table's tenant column (CLEANUP_AUTH_TENANT_COLUMN); None: the key table's.
+    tenant_column: str | None = None
 
     @property
     def ident(self) -> sql.Composable:

@@ -71,19 +71,38 @@ def _counter(value: object) -> int | None:
     return None
 
 
-def parse_creds(raw: object) -> Creds | str:
-    """The counters and own users of one creds value, or why they cannot be read.
-
-    `raw` is what the auth table holds: a JSON object (jsonb/json), or text holding JSON (also
-    JSON text stored as a JSON string, as some adapters do).
-    """
+def _unwrap(raw: object) -> object:
+    """Text holding JSON (also JSON text stored as a JSON string) parsed; else as it is."""
     value = raw
     for _ in range(2):  # text, or a JSON string holding the object
         if isinstance(value, str | bytes):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                return "creds are not JSON"
+            value = json.loads(value)
+    return value
+
+
+def parse_creds(
+    raw: object, path: tuple[str, ...] = (), *, path_in_sql: bool = False
+) -> Creds | str:
+    """The counters and own users of one creds value, or why they cannot be read.
+
+    `raw` is what the auth table holds: a JSON object (jsonb/json), or text holding JSON (also
+    JSON text stored as a JSON string, as some adapters do). `path`: the keys leading to the
+    creds inside it (CLEANUP_CREDS_PATH), followed here for text; `path_in_sql`: followed in
+    SQL (a JSON column), where a missing path reads as null.
+    """
+    no_path = f"creds have no {'.'.join(path)} (CLEANUP_CREDS_PATH)"
+    if path and path_in_sql and raw is None:
+        return no_path + ", or are null"
+    try:
+        value = _unwrap(raw)
+        for i, key in enumerate(() if path_in_sql else path):
+            if not isinstance(value, Mapping):
+                return "creds are not a JSON object" if i == 0 else no_path
+            if key not in value:
+                return no_path
+            value = _unwrap(value[key])
+    except ValueError:
+        return "creds are not JSON"
     if not isinstance(value, Mapping):
         return "creds are not a JSON object"
     next_id = _counter(value.get("nextPreKeyId"))
@@ -111,7 +130,12 @@ def prekey_window(creds: Creds, window: int) -> tuple[int, int]:
 
 
 def build(
-    rows: Iterable[tuple[str | None, object]], *, window: int, prekey_age_only: bool
+    rows: Iterable[tuple[str | None, object]],
+    *,
+    window: int,
+    prekey_age_only: bool,
+    path: tuple[str, ...] = (),
+    path_in_sql: bool = False,
 ) -> tuple[Lifecycle, dict[str, int]]:
     """The Lifecycle from the auth table's (tenant, creds) rows, and the count of tenants per
     problem (creds not readable: those tenants keep every pre-key)."""
@@ -121,7 +145,7 @@ def build(
     for tenant, raw in rows:
         if tenant is None:
             continue
-        creds = parse_creds(raw)
+        creds = parse_creds(raw, path, path_in_sql=path_in_sql)
         if isinstance(creds, str):
             problems[creds] = problems.get(creds, 0) + 1
             continue

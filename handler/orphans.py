@@ -111,7 +111,15 @@ class OrphanRun:
         """Whether the auth table can serve: (its problem, whether it has tenants, the rule)."""
         if self.auth is None:
             return "no such table", False, None
-        orphans = db.Orphans(self.auth.schema, self.auth.name, cutoff)
+        column = self.settings.auth_tenant
+        orphans = db.Orphans(self.auth.schema, self.auth.name, cutoff, tenant_column=column)
+        if target.encoded is None and self.auth.columns and column not in self.auth.columns:
+            setting = (
+                "CLEANUP_AUTH_TENANT_COLUMN"
+                if self.settings.auth_tenant_column
+                else "CLEANUP_TENANT_COLUMN"
+            )
+            return f"it has no column {column} ({setting})", False, orphans
         problem = self._collation_problem(conn, target, self.auth)
         try:
             has_tenants = problem is None and db.auth_has_tenants(conn, target, orphans)
@@ -129,11 +137,11 @@ class OrphanRun:
     ) -> str | None:
         """Two tenant columns of different explicit collations: PostgreSQL cannot compare them
         (IndeterminateCollation), and either collation could decide what "equal" means."""
-        column = self.settings.tenant_column
-        if column is None or target.encoded is not None:
+        column, auth_column = self.settings.tenant_column, self.settings.auth_tenant
+        if column is None or auth_column is None or target.encoded is not None:
             return None  # encoded: the creds rows are in the key table itself
         ours = db.column_collation(conn, target.oid, column)
-        theirs = db.column_collation(conn, auth.oid, column)
+        theirs = db.column_collation(conn, auth.oid, auth_column)
         if ours is None or theirs is None or ours == theirs or "default" in (ours, theirs):
             return None
         return (

@@ -200,6 +200,24 @@ def _creds_key(value: str) -> str:
     return value
 
 
+# One key of CLEANUP_CREDS_PATH: a plain JSON object key, no spaces, dots or quotes.
+CREDS_PATH_KEY_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]{0,62}")
+MAX_CREDS_PATH_DEPTH = 8
+
+
+def _creds_path(value: Any) -> Any:
+    """`creds` or `a.b` -> ("creds",) / ("a", "b"); each key a plain name, at most 8 deep."""
+    if not isinstance(value, str):
+        return value
+    keys = value.split(".")
+    if len(keys) > MAX_CREDS_PATH_DEPTH or not all(CREDS_PATH_KEY_RE.fullmatch(k) for k in keys):
+        raise ValueError(
+            "must be dot-separated JSON keys such as creds (each a letter, _ or $ then letters, "
+            f"digits, _, $ or -, at most {MAX_CREDS_PATH_DEPTH} keys)"
+        )
+    return tuple(keys)
+
+
 RetentionDays = Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 
@@ -251,6 +269,10 @@ class Settings(BaseModel):
         None, alias="CLEANUP_AUTH_TABLE"
     )
     creds_column: Identifier = Field("creds", alias="CLEANUP_CREDS_COLUMN")
+    # The auth table's own tenant column (unset: CLEANUP_TENANT_COLUMN), and where the creds
+    # sit inside the creds column's JSON (unset: the value itself; ticketz: `creds`).
+    auth_tenant_column: Identifier | None = Field(None, alias="CLEANUP_AUTH_TENANT_COLUMN")
+    creds_path: tuple[str, ...] = Field((), alias="CLEANUP_CREDS_PATH")
     # None (`none`): one session per table (or, encoded, the session prefix of the key).
     tenant_column: Identifier | None = Field("company_id", alias="CLEANUP_TENANT_COLUMN")
     key_id_column: Identifier = Field("key_id", alias="CLEANUP_KEY_ID_COLUMN")
@@ -334,6 +356,7 @@ class Settings(BaseModel):
         "extra_protected_key_types", "unprotected_key_types", mode="before"
     )(_csv)
     _split_map = field_validator("type_retention_days", mode="before")(_retention_map)
+    _split_path = field_validator("creds_path", mode="before")(_creds_path)
 
     @field_validator(
         "key_type_column", "expires_column", "timestamp_column", "tenant_column", mode="before"
@@ -381,13 +404,28 @@ class Settings(BaseModel):
                     "CLEANUP_PREKEY_AGE_ONLY needs a timestamp: CLEANUP_TIMESTAMP_COLUMN=none "
                     "turns the age rule off"
                 )
-        if self.layout != "encoded":
-            return
-        if self.auth_table is not None:
+        if self.layout == "encoded":
+            self._coherent_encoded()
+
+    def _coherent_encoded(self) -> None:
+        """The encoded layout: the settings of the columns layout refused, one line each."""
+        for name in ("CLEANUP_AUTH_TABLE", "CLEANUP_AUTH_TENANT_COLUMN"):
+            if getattr(self, _FIELD_OF[name]) is not None:
+                raise ValueError(
+                    f"{name} has no use in the encoded layout: the creds are the rows "
+                    "keyed CLEANUP_CREDS_KEY in the key table; unset it"
+                )
+        if self.creds_path:
             raise ValueError(
-                "CLEANUP_AUTH_TABLE has no use in the encoded layout: the creds are the rows "
-                "keyed CLEANUP_CREDS_KEY in the key table; unset it"
+                "CLEANUP_CREDS_PATH has no use in the encoded layout: the creds row's value is "
+                "the creds; unset it"
             )
+        for name in ("CLEANUP_KEY_TYPE_COLUMN", "CLEANUP_KEY_ID_COLUMN"):
+            if _FIELD_OF[name] in self.model_fields_set:
+                raise ValueError(
+                    f"{name} has no use in the encoded layout: the type and id are read from "
+                    "CLEANUP_KEY_COLUMN; unset it"
+                )
         if self.session_separator is not None and self.tenant_column is not None:
             raise ValueError(
                 "CLEANUP_KEY_SESSION_SEPARATOR and CLEANUP_TENANT_COLUMN both name the session: "
@@ -406,6 +444,11 @@ class Settings(BaseModel):
             if column in seen:
                 raise ValueError(f"{seen[column]} and {name} are the same column ({column})")
             seen[column] = name
+
+    @property
+    def auth_tenant(self) -> str | None:
+        """The auth table's tenant column: CLEANUP_AUTH_TENANT_COLUMN, else the key table's."""
+        return self.auth_tenant_column or self.tenant_column
 
     @property
     def has_key_types(self) -> bool:
@@ -453,6 +496,14 @@ class Settings(BaseModel):
     @property
     def auth_table_parts(self) -> tuple[str | None, str] | None:
         return None if self.auth_table is None else _split_table(self.auth_table)
+
+
+_FIELD_OF = {
+    "CLEANUP_AUTH_TABLE": "auth_table",
+    "CLEANUP_AUTH_TENANT_COLUMN": "auth_tenant_column",
+    "CLEANUP_KEY_TYPE_COLUMN": "key_type_column",
+    "CLEANUP_KEY_ID_COLUMN": "key_id_column",
+}
 
 
 def half_configured(values: Mapping[str, Any]) -> list[str]:

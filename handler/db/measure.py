@@ -468,7 +468,7 @@ def auth_has_tenants(conn: Conn, target: Target, orphans: Orphans) -> bool:
         )
         with conn.cursor(row_factory=dict_row) as cur:
             return bool(fetch_one(cur.execute(probe))["has_tenants"])
-    col = sql.Identifier(target.tenant_column or "")
+    col = sql.Identifier(orphans.tenant_column or target.tenant_column or "")
     query = sql.SQL(
         """
         SELECT EXISTS (SELECT 1 FROM {auth} WHERE {col} IS NOT NULL) AS has_tenants,
@@ -533,12 +533,17 @@ def read_encoded_creds(conn: Conn, target: Target) -> list[tuple[str | None, obj
         return [(r["tenant"], r["creds"], r["hash"]) for r in cur.execute(query).fetchall()]
 
 
-def _creds_value(creds_column: str, kind: str) -> sql.Composable:
+def _creds_value(creds_column: str, kind: str, path: tuple[str, ...] = ()) -> sql.Composable:
     """Only the pre-key counters and `me` of a JSON object (the rest of the creds, private keys
     included, never leaves the database), or the raw value when it is not an object (a JSON
-    string holding it, or text) for the caller to parse."""
-    creds = sql.Identifier(creds_column)
+    string holding it, or text) for the caller to parse. `path` (CLEANUP_CREDS_PATH): where
+    the creds sit inside a JSON column (a text column's is followed by the caller)."""
+    creds: sql.Composable = sql.Identifier(creds_column)
     if kind in JSON_TYPES:
+        if path:
+            creds = sql.SQL("({c}::jsonb #> {p}::text[])").format(
+                c=creds, p=sql.Literal(list(path))
+            )
         return sql.SQL(
             "CASE WHEN jsonb_typeof({c}::jsonb) = 'object' THEN jsonb_build_object("
             "'nextPreKeyId', {c}::jsonb -> 'nextPreKeyId', "
@@ -550,10 +555,10 @@ def _creds_value(creds_column: str, kind: str) -> sql.Composable:
 
 
 def read_creds(
-    conn: Conn, auth: AuthTable, tenant_column: str, creds_column: str
+    conn: Conn, auth: AuthTable, tenant_column: str, creds_column: str, path: tuple[str, ...] = ()
 ) -> list[tuple[str | None, object, str]]:
     """(tenant, creds) per auth row (see _creds_value)."""
-    value = _creds_value(creds_column, auth.columns[creds_column])
+    value = _creds_value(creds_column, auth.columns[creds_column], path)
     query = sql.SQL(
         "SELECT {tenant}::text AS tenant, {value} AS creds, {hash} AS hash FROM {auth}"
     ).format(

@@ -328,9 +328,10 @@ def no_auth_row(target: Target, orphans: Orphans, tenant: sql.Composable) -> sql
             key=sql.Identifier(target.encoded.key_column),
             creds=creds_key_of(target, tenant),
         )
+    column = orphans.tenant_column or target.tenant_column or ""
     return sql.SQL(
         "NOT EXISTS (SELECT 1 FROM {auth} AS kc_auth WHERE kc_auth.{col} = {tenant})"
-    ).format(auth=orphans.ident, col=sql.Identifier(target.tenant_column or ""), tenant=tenant)
+    ).format(auth=orphans.ident, col=sql.Identifier(column), tenant=tenant)
 
 
 def _orphaned(target: Target, policy: Policy) -> sql.Composable:

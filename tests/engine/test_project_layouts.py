@@ -15,6 +15,7 @@ from tests.support.baileys_layouts import (
     ENCODED,
     PROJECTS,
     TICKETZ,
+    TICKETZ_IDS,
     WAHA,
     Project,
     one_blob_envs,
@@ -81,13 +82,59 @@ def test_without_a_timestamp_the_age_rule_is_off_whatever_the_retention(pg: PgSc
     assert any("age rule" in note for note in report.notes)
 
 
-def test_ticketz_keeps_every_key_and_says_the_creds_were_not_read(pg: PgSchema) -> None:
-    TICKETZ.seed(pg)
+def test_ticketz_reads_each_sessions_creds_from_whatsapps_session(pg: PgSchema) -> None:
+    """The creds under "creds" in `Whatsapps.session` (text), keyed by `Whatsapps.id`
+    (CLEANUP_AUTH_TENANT_COLUMN=id, CLEANUP_CREDS_PATH=creds). A session whose JSON lacks
+    "creds" keeps every pre-key, with a note; the Whatsapps table is only read."""
+    seed = TICKETZ.seed(pg)
+    alpha = TICKETZ_IDS["alpha"]  # the session with pre-keys below the window
+    update = 'UPDATE "Whatsapps" SET session = %s WHERE id = %s'
+    with pg.connect() as conn:
+        (session,) = conn.execute(
+            'SELECT session FROM "Whatsapps" WHERE id = %s', (alpha,)
+        ).fetchone() or ("",)
+        conn.execute(update, ('{"keys": {}}', alpha))
+        sessions = conn.execute('SELECT id, session FROM "Whatsapps" ORDER BY id').fetchall()
     before = TICKETZ.rows(pg)
-    report = run_cleanup(pg.settings(**TICKETZ.env), LIVE)
-    assert report.deleted == 0
+    expected = TICKETZ.expected_deleted(seed, orphans=False)
+    assert expected
+    assert {k[0] for k in expected} == {str(alpha)}
+    settings = pg.settings(**TICKETZ.env)
+
+    kept = run_cleanup(settings, LIVE)
+    assert kept.deleted == 0
     assert TICKETZ.rows(pg) == before
-    assert any("creds not read" in note for note in report.notes)
+    assert any("creds have no creds (CLEANUP_CREDS_PATH)" in note for note in kept.notes)
+    with pg.connect() as conn:
+        assert conn.execute('SELECT id, session FROM "Whatsapps" ORDER BY id').fetchall() == (
+            sessions
+        )
+        conn.execute(update, (session, alpha))
+
+    live = run_cleanup(settings, LIVE)
+    assert live.deleted == len(expected)
+    assert TICKETZ.rows(pg) == before - expected
+    assert not any("CLEANUP_CREDS_PATH" in note for note in live.notes)
+
+
+def test_ticketz_orphan_rule_finds_no_orphan_a_logged_out_session_keeps_its_row(
+    pg: PgSchema,
+) -> None:
+    """The keys reference `Whatsapps` (ON DELETE CASCADE): a logged-out session keeps its row
+    (session cleared), so no key is ever without an auth row. The rule compares `whatsappId`
+    with `Whatsapps.id`, applies, and takes nothing beyond the pre-key window, even with the
+    session recorded as a candidate by an earlier run."""
+    seed = TICKETZ.seed(pg)
+    seed_candidates(pg, str(TICKETZ_IDS["gone"]), table=TICKETZ.table)
+    before = TICKETZ.rows(pg)
+    expected = TICKETZ.expected_deleted(seed, orphans=False)
+    settings = pg.settings(**TICKETZ.env, **ORPHANS_ON)
+    dry = run_cleanup(settings, DRY)
+    assert dry.eligible == len(expected)
+    live = run_cleanup(settings, LIVE)
+    assert (live.orphan_rule, live.orphaned_tenants) == ("applied", 0)
+    assert live.deleted == len(expected)
+    assert TICKETZ.rows(pg) == before - expected
 
 
 def test_the_escaped_ids_of_baileys_store_keep_their_types(pg: PgSchema) -> None:

@@ -596,14 +596,18 @@ TICKETZ = Project(
         "CLEANUP_KEY_TYPE_COLUMN": "type",
         "CLEANUP_KEY_ID_COLUMN": "key",
         "CLEANUP_TIMESTAMP_COLUMN": "none",
+        "CLEANUP_AUTH_TABLE": "Whatsapps",
+        "CLEANUP_AUTH_TENANT_COLUMN": "id",
+        "CLEANUP_CREDS_COLUMN": "session",
+        "CLEANUP_CREDS_PATH": "creds",
     },
     ident=_ticketz_ident,
     write=_ticketz_write,
     select='SELECT "whatsappId"::text, type, key FROM "BaileysKeys" '
     "UNION ALL SELECT 'Whatsapps', id::text, '' FROM \"Whatsapps\"",
     # the creds are nested in another table's column under another tenant column name
-    # (Whatsapps.session -> "creds", keyed by Whatsapps.id): not a creds table the engine reads
-    creds_readable=False,
+    # (Whatsapps.session -> "creds", keyed by Whatsapps.id): CLEANUP_AUTH_TENANT_COLUMN and
+    # CLEANUP_CREDS_PATH read them
     notes=('creds in Whatsapps.session under "creds", keyed by Whatsapps.id, not whatsappId',),
 )
 
