@@ -58,12 +58,12 @@ def _creds_problem(
     tenant_setting = (
         "CLEANUP_AUTH_TENANT_COLUMN" if s.auth_tenant_column else "CLEANUP_TENANT_COLUMN"
     )
-    for column, setting in (
-        (s.auth_tenant, tenant_setting),
-        (s.creds_column, "CLEANUP_CREDS_COLUMN"),
+    for what, column, setting in (
+        ("tenant", s.auth_tenant, tenant_setting),
+        ("creds", s.creds_column, "CLEANUP_CREDS_COLUMN"),
     ):
         if column not in auth.columns:
-            return f"{auth.qualified} has no column {column} ({setting})"
+            return f"{auth.qualified} has no {what} column {column} ({setting})"
     if (kind := auth.columns[s.creds_column]) not in db.JSON_TYPES | db.TEXT_TYPES:
         return f"{auth.qualified}.{s.creds_column} is {kind}, not JSON or text"
     if auth_locked:

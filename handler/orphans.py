@@ -119,7 +119,7 @@ class OrphanRun:
                 if self.settings.auth_tenant_column
                 else "CLEANUP_TENANT_COLUMN"
             )
-            return f"it has no column {column} ({setting})", False, orphans
+            return f"it has no tenant column {column} ({setting})", False, orphans
         problem = self._collation_problem(conn, target, self.auth)
         try:
             has_tenants = problem is None and db.auth_has_tenants(conn, target, orphans)

@@ -119,7 +119,7 @@ def test_a_missing_auth_tenant_column_is_named_and_nothing_is_deleted(
     )
     assert live.deleted == 0
     assert _rows(pg) == set(KEYS)
-    named = [n for n in live.notes if "has no column nope (CLEANUP_AUTH_TENANT_COLUMN)" in n]
+    named = [n for n in live.notes if "has no tenant column nope (CLEANUP_AUTH_TENANT_COLUMN)" in n]
     assert named
     assert all("\n" not in n for n in named)
     assert len(named) == (2 if orphans else 1)  # the creds note, and the rule's refusal
