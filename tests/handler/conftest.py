@@ -4,6 +4,7 @@ Sentry servers.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -29,6 +30,20 @@ def mixed(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
     seed_mixed(pg)
     set_lambda_env(monkeypatch, pg)
     return pg
+
+
+@pytest.fixture
+def quiet_fake_servers() -> Iterator[None]:
+    """werkzeug logs every request the fake servers get, the bot token in its path included.
+
+    That is the test double talking, not the job: left on, it would put the token into the
+    captured output of the canary test. A module asks for it in its `pytestmark`.
+    """
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
+    yield
+    werkzeug.setLevel(level)
 
 
 @pytest.fixture

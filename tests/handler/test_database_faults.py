@@ -5,11 +5,9 @@ reported (Sentry, Telegram) and the next run finishes exactly.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from psycopg.conninfo import make_conninfo
@@ -43,24 +41,10 @@ from tests.support.notify import (
 )
 
 # No Sentry client enters or leaves a test here (another module's test may have left one).
-pytestmark = pytest.mark.usefixtures("isolated_sentry")
+pytestmark = pytest.mark.usefixtures("isolated_sentry", "quiet_fake_servers")
 
 
 FAILED_TAGS = {"component": "cleanup", "operation": "session_keys_cleanup", "status": "failed"}
-
-
-@pytest.fixture(autouse=True)
-def _quiet_fake_servers() -> Iterator[None]:
-    """werkzeug logs every request the fake servers get, the bot token in its path included.
-
-    That is the test double talking, not the job: left on, it would put the token into the
-    captured output of the canary test.
-    """
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    yield
-    werkzeug.setLevel(level)
 
 
 def drop_slow_batches(pg: PgSchema) -> None:

@@ -4,9 +4,6 @@ notifications are still sent.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
 
 from handler import app
@@ -28,7 +25,7 @@ from tests.support.notify import (
 )
 
 # No Sentry client enters or leaves a test here (another module's test may have left one).
-pytestmark = pytest.mark.usefixtures("isolated_sentry")
+pytestmark = pytest.mark.usefixtures("isolated_sentry", "quiet_fake_servers")
 
 
 def test_deadline_leaves_the_margin_so_a_short_budget_ends_partial(
@@ -51,20 +48,6 @@ def test_without_a_margin_the_same_budget_completes(
     set_lambda_env(monkeypatch, pg, CLEANUP_DEADLINE_MARGIN_MS="0")
     result = invoke({"dry_run": False}, timeout_s=60.0)
     assert (result["status"], result["deleted"]) == ("completed", 70)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_fake_servers() -> Iterator[None]:
-    """werkzeug logs every request the fake servers get, the bot token in its path included.
-
-    That is the test double talking, not the job: left on, it would put the token into the
-    captured output of the canary test.
-    """
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    yield
-    werkzeug.setLevel(level)
 
 
 def test_close_deadline_returns_partial_before_it_and_still_notifies(

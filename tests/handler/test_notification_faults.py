@@ -4,10 +4,8 @@ same rows, and the failure is logged.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,21 +42,7 @@ from tests.support.notify import (
 )
 
 # No Sentry client enters or leaves a test here (another module's test may have left one).
-pytestmark = pytest.mark.usefixtures("isolated_sentry")
-
-
-@pytest.fixture(autouse=True)
-def _quiet_fake_servers() -> Iterator[None]:
-    """werkzeug logs every request the fake servers get, the bot token in its path included.
-
-    That is the test double talking, not the job: left on, it would put the token into the
-    captured output of the canary test.
-    """
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    yield
-    werkzeug.setLevel(level)
+pytestmark = pytest.mark.usefixtures("isolated_sentry", "quiet_fake_servers")
 
 
 # The notification-fault runs get a 4.5-second Lambda: the notifications' share ends

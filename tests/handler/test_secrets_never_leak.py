@@ -51,21 +51,7 @@ from tests.support.notify import (
 )
 
 # No Sentry client enters or leaves a test here (another module's test may have left one).
-pytestmark = pytest.mark.usefixtures("isolated_sentry")
-
-
-@pytest.fixture(autouse=True)
-def _quiet_fake_servers() -> Iterator[None]:
-    """werkzeug logs every request the fake servers get, the bot token in its path included.
-
-    That is the test double talking, not the job: left on, it would put the token into the
-    captured output of the canary test.
-    """
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    yield
-    werkzeug.setLevel(level)
+pytestmark = pytest.mark.usefixtures("isolated_sentry", "quiet_fake_servers")
 
 
 def url_with_password(conninfo: str, password: str) -> str:
