@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Literal
 
@@ -144,23 +144,12 @@ class _Tally:
             self.listing.extend(result.listed[:list_limit])
 
     def freeze(self) -> LoopStats:
-        return LoopStats(
-            status=self.status,
-            reason=self.reason,
-            notes=tuple(self.notes),
-            deleted=self.deleted,
-            orphaned=self.orphaned,
-            deleted_by_type=None if self.deleted_by_type is None else dict(self.deleted_by_type),
-            listing=list(self.listing),
-            batches=self.batches,
-            retries=self.retries,
-            skipped_pages=self.skipped_pages,
-            max_batch_ms=self.max_batch_ms,
-            max_batch_rows=self.max_batch_rows,
-            throttle_waits=self.throttle_waits,
-            throttle_wait_s=self.throttle_wait_s,
-            pacing_wait_s=self.pacing_wait_s,
-        )
+        values = {f.name: getattr(self, f.name) for f in fields(LoopStats)}
+        values["notes"] = tuple(self.notes)
+        if self.deleted_by_type is not None:
+            values["deleted_by_type"] = dict(self.deleted_by_type)
+        values["listing"] = list(self.listing)
+        return LoopStats(**values)
 
 
 class _ReplicaWatch:

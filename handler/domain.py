@@ -94,8 +94,23 @@ class Encoded:
     value_type: str = "text"
 
 
+class _SchemaQualified:
+    """A table named by `schema` and `name`: its qualified text name and its SQL identifier."""
+
+    schema: str
+    name: str
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+
 @dataclass(frozen=True)
-class Target:
+class Target(_SchemaQualified):
     """A resolved, validated target table."""
 
     oid: int
@@ -128,31 +143,15 @@ class Target:
             self.encoded is not None and self.encoded.separator is not None
         )
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def ident(self) -> sql.Composable:
-        return sql.Identifier(self.schema, self.name)
-
 
 @dataclass(frozen=True)
-class AuthTable:
+class AuthTable(_SchemaQualified):
     """The table of the tenants' Baileys creds: one row per connected tenant."""
 
     schema: str
     name: str
     columns: dict[str, str]  # name -> type
     oid: int = 0
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @property
-    def ident(self) -> sql.Composable:
-        return sql.Identifier(self.schema, self.name)
 
 
 @dataclass(frozen=True)
