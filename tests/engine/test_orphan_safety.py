@@ -7,7 +7,7 @@ the measuring pass and the DELETE.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -17,7 +17,7 @@ from handler import db
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
 from handler.notify.html import render_summary, to_plain_text
-from handler.report import render_text
+from handler.report import Report, render_text
 from handler.settings import Flags, Settings
 from tests.support.db import PgSchema
 from tests.support.orphans import (
@@ -58,17 +58,44 @@ def auth_rows(pg: PgSchema) -> list[tuple[str, object]]:
         return [(r[0], r[1]) for r in conn.execute("SELECT company_id, creds FROM whatsapp_auth")]
 
 
+def seed_orphans(
+    pg: PgSchema,
+    orphans: list[str],
+    per_tenant: int,
+    *,
+    tenants: int = 10,
+    extra: tuple[Key, ...] = (),
+    half_full: bool = False,
+) -> list[Key]:
+    """The reference table with `tenants` connected tenants and the `orphans` (without an auth
+    row, recorded as candidates by an earlier run), `per_tenant` keys each, and the `extra` keys.
+    """
+    pg.create_reference_table()
+    if half_full:
+        _fill_half(pg)
+    connected = connected_tenants(tenants)
+    keys = [*interleaved([*connected, *orphans], per_tenant), *extra]
+    insert(pg, keys)
+    create_auth(pg, *connected)
+    seed_candidates(pg, *orphans)
+    return keys
+
+
+def run_past_the_guard(pg: PgSchema, progress: Callable[[Progress], None]) -> Report:
+    """A live run in batches of 20, the guard out of the way, `progress` called after each."""
+    return run_cleanup(
+        orphan_settings(pg, CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000"),
+        LIVE,
+        progress=progress,
+    )
+
+
 # --- 1. the measured set, and deletions bounded by the measured counts -------------------------
 
 
 def test_auth_table_emptied_during_the_run_takes_no_connected_tenant_key(pg: PgSchema) -> None:
     """The issue's reproduction: the auth table reloaded non-atomically during a live run."""
-    pg.create_reference_table()
-    tenants = connected_tenants(40)
-    keys = interleaved([*tenants, "gone"], 20)
-    insert(pg, keys)
-    create_auth(pg, *tenants)
-    seed_candidates(pg, "gone")
+    keys = seed_orphans(pg, ["gone"], 20, tenants=40)
     saved = auth_rows(pg)
     emptied: list[Progress] = []
 
@@ -78,11 +105,7 @@ def test_auth_table_emptied_during_the_run_takes_no_connected_tenant_key(pg: PgS
                 other.execute("DELETE FROM whatsapp_auth")
             emptied.append(p)
 
-    report = run_cleanup(
-        orphan_settings(pg, CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000"),
-        LIVE,
-        progress=empty_auth,
-    )
+    report = run_past_the_guard(pg, empty_auth)
     with pg.connect() as conn, conn.cursor() as cur:  # ... and refills it later
         cur.executemany(
             "INSERT INTO whatsapp_auth (company_id, creds) VALUES (%s, %s)",
@@ -118,11 +141,7 @@ def test_age_and_ttl_deletions_past_the_measured_count_stop_the_run_partial(
                 other.execute("UPDATE whatsapp_keys SET expires_at = now() - interval '1 day'")
             bulk.append(p)
 
-    report = run_cleanup(
-        orphan_settings(pg, CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000"),
-        LIVE,
-        progress=bulk_expire,
-    )
+    report = run_past_the_guard(pg, bulk_expire)
     assert bulk
     assert report.eligible == 20
     assert report.status == "partial"
@@ -135,13 +154,7 @@ def test_age_and_ttl_deletions_past_the_measured_count_stop_the_run_partial(
 
 
 def test_orphan_deletions_past_the_measured_count_stop_the_run_partial(pg: PgSchema) -> None:
-    pg.create_reference_table()
-    _fill_half(pg)
-    tenants = connected_tenants(10)
-    keys = interleaved([*tenants, "gone"], 60)
-    insert(pg, keys)
-    create_auth(pg, *tenants)
-    seed_candidates(pg, "gone")
+    seed_orphans(pg, ["gone"], 60, half_full=True)
     moved: list[Progress] = []
 
     def move_keys(p: Progress) -> None:
@@ -154,11 +167,7 @@ def test_orphan_deletions_past_the_measured_count_stop_the_run_partial(pg: PgSch
                 )
             moved.append(p)
 
-    report = run_cleanup(
-        orphan_settings(pg, CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000"),
-        LIVE,
-        progress=move_keys,
-    )
+    report = run_past_the_guard(pg, move_keys)
     assert moved
     assert report.orphaned == 60
     assert report.status == "partial"
@@ -222,12 +231,7 @@ def test_an_orphaned_tenant_is_confirmed_by_a_run_at_least_an_hour_earlier(
 
 
 def test_without_the_run_history_the_orphan_rule_deletes_nothing(pg: PgSchema) -> None:
-    pg.create_reference_table()
-    tenants = connected_tenants(10)
-    keys = interleaved([*tenants, "gone"], 4)
-    insert(pg, keys)
-    create_auth(pg, *tenants)
-    seed_candidates(pg, "gone")
+    keys = seed_orphans(pg, ["gone"], 4)
     report = run_cleanup(orphan_settings(pg, CLEANUP_HISTORY="false"), LIVE)
     assert report.orphan_rule == "refused"
     assert any("CLEANUP_HISTORY" in n for n in report.notes), report.notes
@@ -236,13 +240,7 @@ def test_without_the_run_history_the_orphan_rule_deletes_nothing(pg: PgSchema) -
 
 
 def test_more_orphaned_tenants_than_the_cap_refuses_the_rule(pg: PgSchema) -> None:
-    pg.create_reference_table()
-    tenants = connected_tenants(20)
-    gone = ["gone-1", "gone-2", "gone-3"]
-    keys = interleaved([*tenants, *gone], 2)
-    insert(pg, keys)
-    create_auth(pg, *tenants)
-    seed_candidates(pg, *gone)
+    seed_orphans(pg, ["gone-1", "gone-2", "gone-3"], 2, tenants=20)
     report = run_cleanup(orphan_settings(pg, CLEANUP_MAX_ORPHAN_TENANTS="2"), LIVE)
     assert report.orphan_rule == "refused"
     note = next(n for n in report.notes if "CLEANUP_MAX_ORPHAN_TENANTS" in n)
@@ -279,12 +277,7 @@ def test_batches_wait_the_lock_timeout_for_the_auth_table_reloaded_in_one_transa
     pg: PgSchema,
     holder: psycopg.Connection,  # type: ignore[type-arg]
 ) -> None:
-    pg.create_reference_table()
-    tenants = connected_tenants(10)
-    keys = interleaved([*tenants, "gone"], 30)
-    insert(pg, keys)
-    create_auth(pg, *tenants)
-    seed_candidates(pg, "gone")
+    keys = seed_orphans(pg, ["gone"], 30)
     rows = auth_rows(pg)
     started: list[threading.Timer] = []
 
@@ -311,12 +304,7 @@ def test_auth_table_locked_through_the_batches_ends_partial_naming_the_table(
     pg: PgSchema,
     holder: psycopg.Connection,  # type: ignore[type-arg]
 ) -> None:
-    pg.create_reference_table()
-    tenants = connected_tenants(10)
-    keys = interleaved([*tenants, "gone"], 30)
-    insert(pg, keys)
-    create_auth(pg, *tenants)
-    seed_candidates(pg, "gone")
+    keys = seed_orphans(pg, ["gone"], 30)
     rows = auth_rows(pg)
 
     def reload(p: Progress) -> None:
@@ -348,13 +336,7 @@ def test_auth_table_locked_before_the_measuring_pass_refuses_the_orphan_rule_onl
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The lock is taken after the creds were read and before the measuring pass."""
-    pg.create_reference_table()
-    tenants = connected_tenants(10)
-    keys = interleaved([*tenants, "gone"], 3)
-    keys += [Key("t00", "session", "old", 40)]
-    insert(pg, keys)
-    create_auth(pg, *tenants)
-    seed_candidates(pg, "gone")
+    keys = seed_orphans(pg, ["gone"], 3, extra=(Key("t00", "session", "old", 40),))
     rows = auth_rows(pg)
     read_creds = db.read_creds
 
@@ -466,13 +448,8 @@ def test_measuring_pass_and_delete_compare_tenant_ids_alike(
 
 
 def test_odd_tenant_ids_are_matched_exactly(pg: PgSchema) -> None:
-    pg.create_reference_table()
-    tenants = connected_tenants(10)
     odd = ['we"ird', "back\\slash", "com,ma", "{brace}", " spaced ", "NULL"]
-    keys = interleaved([*tenants, *odd], 2)
-    insert(pg, keys)
-    create_auth(pg, *tenants)
-    seed_candidates(pg, *odd)
+    keys = seed_orphans(pg, odd, 2)
     report = run_cleanup(orphan_settings(pg, CLEANUP_MAX_ORPHAN_TENANT_FRACTION="0.5"), LIVE)
     assert (report.orphaned_tenants, report.deleted) == (len(odd), 2 * len(odd))
-    assert pg.key_set() == {k.ident for k in keys if k.company in tenants}
+    assert pg.key_set() == {k.ident for k in keys if k.company in connected_tenants(10)}
