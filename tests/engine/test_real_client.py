@@ -153,9 +153,12 @@ def _libpq_env(server_dsn: str) -> dict[str, str]:
     return env
 
 
-def harness(realclient: Path, pg: PgSchema, phase: str, state: Path) -> dict[str, Any]:
+def harness(
+    realclient: Path, pg: PgSchema, phase: str, state: Path, *options: str
+) -> dict[str, Any]:
+    """One phase of harness.mjs on `pg`'s schema (`options`: more of its flags); its JSON."""
     proc = subprocess.run(
-        ["node", "harness.mjs", phase, "--schema", pg.schema, "--state", str(state)],
+        ["node", "harness.mjs", phase, "--schema", pg.schema, "--state", str(state), *options],
         cwd=realclient,
         env=_libpq_env(pg.server_dsn),
         capture_output=True,

@@ -14,10 +14,9 @@ here): measured 47 of 47.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -26,10 +25,12 @@ from handler.settings import BAILEYS_KEY_TYPES
 from tests.engine.test_real_client import (
     PREKEY_WINDOW,
     PROTECTED_TYPES,
-    _libpq_env,
     counts_table,
     delivery_problems,
     realclient,
+)
+from tests.engine.test_real_client import (
+    harness as reference_harness,
 )
 from tests.support.baileys_layouts import ABOVE_NEXT_DELETED, WAHA
 from tests.support.db import PgSchema
@@ -56,18 +57,7 @@ def snapshot(pg: PgSchema) -> dict[Row, str]:
 
 
 def harness(realclient: Path, pg: PgSchema, phase: str, state: Path) -> dict[str, Any]:
-    args = ["--schema", pg.schema, "--state", str(state), "--layout", "encoded"]
-    proc = subprocess.run(
-        ["node", "harness.mjs", phase, *args],
-        cwd=realclient,
-        env=_libpq_env(pg.server_dsn),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, f"harness {phase} failed:\n{proc.stderr[-3000:]}"
-    return cast(dict[str, Any], json.loads(proc.stdout))
+    return reference_harness(realclient, pg, phase, state, "--layout", "encoded")
 
 
 def counters(before: dict[Row, str], session: str) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from handler.notify import secrets as notify_secrets
 from handler.report import TrendPoint, trend_lines
 from handler.secrets import PROVIDERS, conninfo_from_secret
 from tests.support.db import KeyRow, PgSchema
+from tests.support.demo import run_demo_json
 
 
 @pytest.fixture
@@ -154,25 +155,7 @@ def test_skipped_run_exits_0(seeded: PgSchema, capsys: pytest.CaptureFixture[str
 
 def test_console_script_runs_the_demo_as_json() -> None:
     """The README's first command, end to end: embedded PostgreSQL, seed, live run, JSON."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "handler.cli",
-            "--demo",
-            "--demo-rows",
-            "3000",
-            "--execute",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("CLEANUP_", "DATABASE_"))},
-    )
-    assert result.returncode == EXIT_OK, result.stderr
-    report = json.loads(result.stdout)
+    report = run_demo_json("--demo-rows", "3000")
     assert report["status"] == "completed"
     # 3000 keys, plus the copies held by the tenant that logged out.
     keys = report["before"]["keys"]
