@@ -24,7 +24,6 @@ from tests.support.handler import (
     SCHEDULED_EVENT_ID,
     idents,
     invoke,
-    seed_mixed,
     set_lambda_env,
 )
 
@@ -36,13 +35,6 @@ TESTED = {"scheduled.json", "dry-run.json", "verbose.json", "live.json", "force.
 
 def load(name: str) -> Any:
     return json.loads((EVENTS / name).read_text())
-
-
-@pytest.fixture
-def mixed(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> PgSchema:
-    seed_mixed(pg)
-    set_lambda_env(monkeypatch, pg)
-    return pg
 
 
 @pytest.fixture
