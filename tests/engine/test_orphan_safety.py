@@ -7,7 +7,7 @@ the measuring pass and the DELETE.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -81,13 +81,25 @@ def seed_orphans(
     return keys
 
 
-def run_past_the_guard(pg: PgSchema, progress: Callable[[Progress], None]) -> Report:
-    """A live run in batches of 20, the guard out of the way, `progress` called after each."""
-    return run_cleanup(
+def run_past_the_guard(pg: PgSchema, *after_first_batch: str) -> Report:
+    """A live run in batches of 20, the guard out of the way; after its first batch, another
+    session runs the `after_first_batch` statements (committed), which must have run."""
+    ran: list[Progress] = []
+
+    def other_session(p: Progress) -> None:
+        if not ran:
+            with pg.connect() as other:
+                for statement in after_first_batch:
+                    other.execute(statement)
+            ran.append(p)
+
+    report = run_cleanup(
         orphan_settings(pg, CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000"),
         LIVE,
-        progress=progress,
+        progress=other_session,
     )
+    assert ran
+    return report
 
 
 # --- 1. the measured set, and deletions bounded by the measured counts -------------------------
@@ -97,21 +109,13 @@ def test_auth_table_emptied_during_the_run_takes_no_connected_tenant_key(pg: PgS
     """The issue's reproduction: the auth table reloaded non-atomically during a live run."""
     keys = seed_orphans(pg, ["gone"], 20, tenants=40)
     saved = auth_rows(pg)
-    emptied: list[Progress] = []
-
-    def empty_auth(p: Progress) -> None:
-        if not emptied:  # after the first batch, another session empties the table (committed)
-            with pg.connect() as other:
-                other.execute("DELETE FROM whatsapp_auth")
-            emptied.append(p)
-
-    report = run_past_the_guard(pg, empty_auth)
+    # After the first batch, another session empties the table (committed) ...
+    report = run_past_the_guard(pg, "DELETE FROM whatsapp_auth")
     with pg.connect() as conn, conn.cursor() as cur:  # ... and refills it later
         cur.executemany(
             "INSERT INTO whatsapp_auth (company_id, creds) VALUES (%s, %s)",
             [(t, psycopg.types.json.Jsonb(c)) for t, c in saved],
         )
-    assert emptied
     assert pg.key_set() == {k.ident for k in keys if k.company != "gone"}
     assert report.status == "completed"
     assert (report.orphan_rule, report.orphaned_tenants, report.orphaned) == ("applied", 1, 20)
@@ -133,16 +137,10 @@ def test_age_and_ttl_deletions_past_the_measured_count_stop_the_run_partial(
     keys += [Key("a", "session", f"k-{i}", 5, 10) for i in range(600)]
     insert(pg, keys)
     create_auth(pg, "a")
-    bulk: list[Progress] = []
-
-    def bulk_expire(p: Progress) -> None:
-        if not bulk:  # a bulk load rewrites every expiry into the past during the run
-            with pg.connect() as other:
-                other.execute("UPDATE whatsapp_keys SET expires_at = now() - interval '1 day'")
-            bulk.append(p)
-
-    report = run_past_the_guard(pg, bulk_expire)
-    assert bulk
+    # A bulk load rewrites every expiry into the past during the run.
+    report = run_past_the_guard(
+        pg, "UPDATE whatsapp_keys SET expires_at = now() - interval '1 day'"
+    )
     assert report.eligible == 20
     assert report.status == "partial"
     assert report.reason is not None
@@ -155,20 +153,13 @@ def test_age_and_ttl_deletions_past_the_measured_count_stop_the_run_partial(
 
 def test_orphan_deletions_past_the_measured_count_stop_the_run_partial(pg: PgSchema) -> None:
     seed_orphans(pg, ["gone"], 60, half_full=True)
-    moved: list[Progress] = []
-
-    def move_keys(p: Progress) -> None:
-        if not moved:  # a migration hands 300 old keys of connected tenants to the orphan
-            with pg.connect() as other:
-                other.execute("ALTER TABLE whatsapp_keys DISABLE TRIGGER USER")
-                other.execute(
-                    "UPDATE whatsapp_keys SET company_id = 'gone', key_id = 'moved-' || key_id "
-                    "WHERE company_id IN ('t00', 't01', 't02', 't03', 't04')"
-                )
-            moved.append(p)
-
-    report = run_past_the_guard(pg, move_keys)
-    assert moved
+    # A migration hands 300 old keys of connected tenants to the orphan during the run.
+    report = run_past_the_guard(
+        pg,
+        "ALTER TABLE whatsapp_keys DISABLE TRIGGER USER",
+        "UPDATE whatsapp_keys SET company_id = 'gone', key_id = 'moved-' || key_id "
+        "WHERE company_id IN ('t00', 't01', 't02', 't03', 't04')",
+    )
     assert report.orphaned == 60
     assert report.status == "partial"
     assert report.reason is not None
