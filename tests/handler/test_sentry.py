@@ -302,12 +302,19 @@ def test_a_dry_run_by_hand_reports_to_sentry_without_a_check_in(
     assert [e["level"] for e in sentry.events()] == ["info"]
 
 
-def test_a_failed_run_by_hand_leaves_the_monitor_alone(
-    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+def report_to_sentry_with_the_database_unreachable(
+    monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
 ) -> None:
+    """Sentry on, and the database unreachable: the run fails to connect within 2 s."""
     monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
     monkeypatch.setenv("DATABASE_URL", UNREACHABLE)
     monkeypatch.setenv("CLEANUP_CONNECT_TIMEOUT_S", "2")
+
+
+def test_a_failed_run_by_hand_leaves_the_monitor_alone(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    report_to_sentry_with_the_database_unreachable(monkeypatch, sentry)
     with pytest.raises(Exception, match="connect"):
         invoke({"dry_run": True})
     assert sentry.checkins() == []
@@ -318,9 +325,7 @@ def test_a_failed_run_by_hand_leaves_the_monitor_alone(
 def test_a_failed_scheduled_run_checks_in_an_error(
     mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
 ) -> None:
-    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
-    monkeypatch.setenv("DATABASE_URL", UNREACHABLE)
-    monkeypatch.setenv("CLEANUP_CONNECT_TIMEOUT_S", "2")
+    report_to_sentry_with_the_database_unreachable(monkeypatch, sentry)
     with pytest.raises(Exception, match="connect"):
         invoke(scheduled_event())
     checkins = sentry.checkins()
