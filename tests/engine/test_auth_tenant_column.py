@@ -123,3 +123,20 @@ def test_a_missing_auth_tenant_column_is_named_and_nothing_is_deleted(
     assert named
     assert all("\n" not in n for n in named)
     assert len(named) == (2 if orphans else 1)  # the creds note, and the rule's refusal
+
+
+def test_the_collation_check_reads_the_auth_tables_own_tenant_column(pg: PgSchema) -> None:
+    """`keys.wa COLLATE "C"` against `accounts.id COLLATE "POSIX"`: the catalog check compares
+    the two columns by their own names, and the refusal names both collations."""
+    _seed(pg, auth_id_type='text COLLATE "POSIX"')
+    with pg.connect() as conn:
+        conn.execute('ALTER TABLE keys ALTER COLUMN wa TYPE text COLLATE "C"')
+    seed_candidates(pg, "3", table="keys")
+    live = run_cleanup(pg.settings(**ENV, **ORPHANS_ON), LIVE)
+    assert live.orphan_rule == "refused"
+    note = next(n for n in live.notes if n.startswith("orphan rule refused"))
+    assert '"C"' in note
+    assert '"POSIX"' in note
+    assert _rows(pg) == {(str(w), k, i) for w, k, i in KEYS} - {
+        (str(w), k, i) for w, k, i in WINDOW_GONE
+    }
