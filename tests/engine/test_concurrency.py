@@ -15,6 +15,7 @@ from handler import db
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
 from tests.support.db import KeyRow, PgSchema
+from tests.support.progress import AfterFirstBatch
 from tests.support.tables import LIVE, expected_survivors, half_old_survivors, slow_deletes
 
 
@@ -44,20 +45,18 @@ def test_key_refreshed_during_the_run_survives(pg: PgSchema, table: list[KeyRow]
         ).fetchone()
     assert last is not None
     settings = pg.settings(CLEANUP_BATCH_SIZE="5", CLEANUP_GUARD_MIN_KEYS="100000")
-    refreshed = []
 
-    def refresh(p: Progress) -> None:
-        if not refreshed:  # after the first batch, the app touches a key in a later page
-            with pg.connect() as app:
-                app.execute(
-                    "UPDATE whatsapp_keys SET value = value "
-                    "WHERE company_id = %s AND key_type = %s AND key_id = %s",
-                    last,
-                )
-            refreshed.append(p)
+    def refresh() -> None:  # after the first batch, the app touches a key in a later page
+        with pg.connect() as app:
+            app.execute(
+                "UPDATE whatsapp_keys SET value = value "
+                "WHERE company_id = %s AND key_type = %s AND key_id = %s",
+                last,
+            )
 
-    report = run_cleanup(settings, LIVE, progress=refresh)
-    assert refreshed
+    refreshed = AfterFirstBatch(refresh)
+    report = run_cleanup(settings, LIVE, progress=refreshed)
+    assert refreshed.seen
     assert report.deleted == report.eligible - 1
     assert pg.key_set() == expected_survivors(table, 30) | {tuple(last)}
     # Without counting per type, the split is unknown once a key left the eligible set; the

@@ -19,6 +19,7 @@ from handler.settings import ConfigError, Flags
 from tests.support.db import PgSchema, baileys_creds
 from tests.support.encoded import Layout, add_creds, create, insert, keys_left
 from tests.support.orphans import seed_candidates
+from tests.support.progress import AfterFirstBatch
 
 LIVE = Flags(dry_run=False)
 DRY = Flags(dry_run=True)
@@ -126,20 +127,15 @@ def test_a_creds_row_written_during_the_run_keeps_that_sessions_keys(pg: PgSchem
     insert(pg, WAHA, "back", [f"session-{i}.0" for i in range(400)])
     insert(pg, WAHA, "gone", [f"session-{i}.0" for i in range(400)])
     seed_candidates(pg, "back", "gone", table="auth_keys")
-    reconnected: list[Progress] = []
-
-    def reconnect(p: Progress) -> None:
-        if not reconnected:  # after the first batch, "back" pairs again: its creds row appears
-            add_creds(pg, WAHA, {"back": baileys_creds(10)})
-            reconnected.append(p)
-
+    # After the first batch, "back" pairs again: its creds row appears.
+    reconnected = AfterFirstBatch(lambda: add_creds(pg, WAHA, {"back": baileys_creds(10)}))
     report = run_cleanup(
         pg.settings(**WAHA.env(CLEANUP_ORPHAN_RULE="true", CLEANUP_BATCH_SIZE="50")),
         LIVE,
-        progress=reconnect,
+        progress=reconnected,
     )
     left = keys_left(pg, WAHA)
-    assert reconnected
+    assert reconnected.seen
     assert not {k for s, k in left if s == "gone"}
     # Whatever the first batch took of "back" before its creds came, the rest stayed.
     back = {k for s, k in left if s == "back"}
@@ -288,27 +284,25 @@ def test_columns_layout_without_timestamp_rechecks_the_auth_table_too(pg: PgSche
             "SELECT c, 'pre-key', g::text, '{}'::jsonb "
             "FROM generate_series(1, 6000) g, unnest(ARRAY['a', 'b']) c"
         )
-    done: list[Progress] = []
 
-    def repair(p: Progress) -> None:
-        if not done:  # "b" pairs again: new pre-keys 1..812, then its creds
-            with pg.connect() as conn:
-                conn.execute("DELETE FROM whatsapp_keys WHERE company_id = 'b'")
-                conn.execute(
-                    "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
-                    "SELECT 'b', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, 812) g"
-                )
-                conn.execute(
-                    "UPDATE whatsapp_auth SET creds = %s WHERE company_id = 'b'",
-                    (Jsonb(baileys_creds(813)),),
-                )
-            done.append(p)
+    def repair() -> None:  # "b" pairs again: new pre-keys 1..812, then its creds
+        with pg.connect() as conn:
+            conn.execute("DELETE FROM whatsapp_keys WHERE company_id = 'b'")
+            conn.execute(
+                "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
+                "SELECT 'b', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, 812) g"
+            )
+            conn.execute(
+                "UPDATE whatsapp_auth SET creds = %s WHERE company_id = 'b'",
+                (Jsonb(baileys_creds(813)),),
+            )
 
+    done = AfterFirstBatch(repair)
     settings = pg.settings(
         CLEANUP_TIMESTAMP_COLUMN="none", CLEANUP_GUARD_MIN_KEYS="100000", CLEANUP_BATCH_SIZE="100"
     )
-    run_cleanup(settings, LIVE, progress=repair)
-    assert done
+    run_cleanup(settings, LIVE, progress=done)
+    assert done.seen
     with pg.connect() as conn:
         left = conn.execute(
             "SELECT company_id, count(*), min(key_id::int) FROM whatsapp_keys GROUP BY 1 ORDER BY 1"
@@ -322,18 +316,18 @@ def test_a_key_refreshed_during_the_run_survives(pg: PgSchema) -> None:
     add_creds(pg, layout, {"s": baileys_creds(10)})
     old = [f"session-{i}.0" for i in range(600)]
     insert(pg, layout, "s", old, age_days=60)
-    refreshed: list[Progress] = []
 
-    def refresh(p: Progress) -> None:
-        if not refreshed:  # the application uses the last 100 sessions again
-            with pg.connect() as conn:
-                conn.execute(
-                    "UPDATE auth_keys SET updated_at = now() WHERE key = ANY(%s)", (old[-100:],)
-                )
-            refreshed.append(p)
+    def refresh() -> None:  # the application uses the last 100 sessions again
+        with pg.connect() as conn:
+            conn.execute(
+                "UPDATE auth_keys SET updated_at = now() WHERE key = ANY(%s)", (old[-100:],)
+            )
 
-    report = run_cleanup(pg.settings(**layout.env(CLEANUP_BATCH_SIZE="50")), LIVE, progress=refresh)
-    assert refreshed
+    refreshed = AfterFirstBatch(refresh)
+    report = run_cleanup(
+        pg.settings(**layout.env(CLEANUP_BATCH_SIZE="50")), LIVE, progress=refreshed
+    )
+    assert refreshed.seen
     left = {k for _, k in keys_left(pg, layout)}
     # The first batch took some of the old keys; every refreshed key not yet taken stayed.
     assert left - {"creds"} <= set(old[-100:])

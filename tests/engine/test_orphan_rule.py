@@ -14,7 +14,6 @@ from psycopg import sql
 
 from handler import rules
 from handler.cleanup import run_cleanup
-from handler.deleteloop import Progress
 from handler.report import render_text
 from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, ConfigError, Flags, Settings
 from tests.support.db import PgSchema
@@ -27,6 +26,7 @@ from tests.support.orphans import (
     on,
     seed_candidates,
 )
+from tests.support.progress import AfterFirstBatch
 from tests.support.tables import FORCE, LIVE
 
 PROTECTED = set(DEFAULT_PROTECTED_KEY_TYPES)
@@ -103,13 +103,12 @@ def test_tenant_reconnecting_during_the_run_keeps_its_keys(keys_table: PgSchema)
                 "WHERE company_id = 'c'"
             ).fetchall()
         )
-    first: list[Progress] = []
 
-    def reconnect(p: Progress) -> None:
-        if not first:  # after the first batch, tenant c logs in again
-            with keys_table.connect() as app:
-                add_tenant(app, "c")
-            first.append(p)
+    def reconnect() -> None:  # after the first batch, tenant c logs in again
+        with keys_table.connect() as app:
+            add_tenant(app, "c")
+
+    first = AfterFirstBatch(reconnect)
 
     settings_ = on(
         keys_table,
@@ -117,9 +116,9 @@ def test_tenant_reconnecting_during_the_run_keeps_its_keys(keys_table: PgSchema)
         CLEANUP_BATCH_SIZE="20",
         CLEANUP_GUARD_MIN_KEYS="100000",
     )
-    report = run_cleanup(settings_, LIVE, progress=reconnect)
-    assert first
-    done = first[0].pages_done
+    report = run_cleanup(settings_, LIVE, progress=first)
+    assert first.seen
+    done = first.seen[0].pages_done
     assert 0 < done < max(pages.values())
     deleted_first = {key for key, page in pages.items() if page < done}
     assert deleted_first

@@ -28,6 +28,7 @@ from tests.support.orphans import (
     insert,
     seed_candidates,
 )
+from tests.support.progress import AfterFirstBatch
 
 LIVE = Flags(dry_run=False)
 
@@ -84,21 +85,19 @@ def seed_orphans(
 def run_past_the_guard(pg: PgSchema, *after_first_batch: str) -> Report:
     """A live run in batches of 20, the guard out of the way; after its first batch, another
     session runs the `after_first_batch` statements (committed), which must have run."""
-    ran: list[Progress] = []
 
-    def other_session(p: Progress) -> None:
-        if not ran:
-            with pg.connect() as other:
-                for statement in after_first_batch:
-                    other.execute(statement)
-            ran.append(p)
+    def other_session() -> None:
+        with pg.connect() as other:
+            for statement in after_first_batch:
+                other.execute(statement)
 
+    ran = AfterFirstBatch(other_session)
     report = run_cleanup(
         orphan_settings(pg, CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000"),
         LIVE,
-        progress=other_session,
+        progress=ran,
     )
-    assert ran
+    assert ran.seen
     return report
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from handler.cleanup import run_cleanup
-from handler.deleteloop import Progress
 from handler.report import render_text
 from handler.settings import ConfigError, Flags
 from tests.support.db import PgSchema
 from tests.support.orphans import Key, insert, on
+from tests.support.progress import AfterFirstBatch
 from tests.support.tables import LIVE
 
 TTL_KEYS = [
@@ -130,22 +130,19 @@ def test_expiry_extended_during_the_run_survives(keys_table: PgSchema) -> None:
             "SELECT key_id FROM whatsapp_keys ORDER BY ctid DESC LIMIT 1"
         ).fetchone()
     assert last is not None
-    extended: list[Progress] = []
 
-    def extend(p: Progress) -> None:
-        if not extended:  # after the first batch, the app renews a key in a later page
-            with keys_table.connect() as app:
-                app.execute(
-                    "UPDATE whatsapp_keys SET expires_at = now() + interval '1 day' "
-                    "WHERE key_id = %s",
-                    last,
-                )
-            extended.append(p)
+    def extend() -> None:  # after the first batch, the app renews a key in a later page
+        with keys_table.connect() as app:
+            app.execute(
+                "UPDATE whatsapp_keys SET expires_at = now() + interval '1 day' WHERE key_id = %s",
+                last,
+            )
 
+    extended = AfterFirstBatch(extend)
     settings_ = on(keys_table, CLEANUP_BATCH_SIZE="20", CLEANUP_GUARD_MIN_KEYS="100000")
-    report = run_cleanup(settings_, LIVE, progress=extend)
-    assert extended
-    assert extended[0].pages_done < extended[0].pages_total
+    report = run_cleanup(settings_, LIVE, progress=extended)
+    assert extended.seen
+    assert extended.seen[0].pages_done < extended.seen[0].pages_total
     assert keys_table.key_set() == {("a", "session", last[0])}
     assert report.deleted == report.eligible - 1 == 599
 
