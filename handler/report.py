@@ -493,11 +493,12 @@ def reclaimable_estimate(table_bytes: int, keys: int, gone: int) -> int:
     return table_bytes * gone // keys if keys else 0
 
 
-def retention_label(name: str, stats: TypeStats) -> str:
-    """A type's retention as the tables show it: `30d`, `protected`, or `never` for the
-    encoded layout's keys of no known type (the `(null)` row without a retention)."""
+def retention_label(name: str, stats: TypeStats, *, age_rule: bool = True) -> str:
+    """A type's retention as the tables show it: `30d`, `protected`, `never` for the
+    encoded layout's keys of no known type (the `(null)` row without a retention), or `off`
+    where the table has no timestamp and so no age rule."""
     if stats.retention_days is not None:
-        return f"{stats.retention_days}d"
+        return f"{stats.retention_days}d" if age_rule else "off"
     return "never" if name == "(null)" else "protected"
 
 
@@ -519,10 +520,15 @@ def _rule_lines(r: Report) -> list[str]:
     if r.orphan_rule == "applied":
         deleted = "" if r.dry_run else f", {r.orphaned_deleted:,} deleted"
         waiting = r.orphan_candidates - r.orphaned_tenants
+        grace = (
+            f"grace {r.orphan_grace_days}d"
+            if r.timestamp_column is not None
+            else "no grace: no timestamp"
+        )
         parts.append(
             f"orphaned {r.orphaned:,} keys of {r.orphaned_tenants:,} "
             f"tenant{'' if r.orphaned_tenants == 1 else 's'} without a row in "
-            f"{r.auth_table} (grace {r.orphan_grace_days}d{deleted})"
+            f"{r.auth_table} ({grace}{deleted})"
             + (
                 f", {waiting:,} candidate tenant{'' if waiting == 1 else 's'} for the next run"
                 if waiting > 0
@@ -642,7 +648,8 @@ def _text_tables(r: Report) -> list[str]:
     if r.by_type:
         lines += ["", *_type_table(r)]
     if r.kept:
-        lines += ["", "kept past the retention, because Baileys still needs them:"]
+        past = " past the retention" if r.timestamp_column is not None else ""
+        lines += ["", f"kept{past}, because Baileys still needs them:"]
         lines.extend(f"  {line}" for line in kept_lines(r))
     if r.top_tenants:
         width = max(8, *(len(t.tenant or "(null)") for t in r.top_tenants))
@@ -712,7 +719,7 @@ def _type_table(r: Report) -> list[str]:
         header = f"{'eligible':>10} {rules}{'protected':>10} {'deleted':>10}"
     lines = [f"  {'key type':<{name_width}} {'keys':>10} {header}  retention"]
     for name, t in sorted(r.by_type.items(), key=lambda kv: -kv[1].keys):
-        retention = retention_label(name, t)
+        retention = retention_label(name, t, age_rule=r.timestamp_column is not None)
         parts = (f"{t.expired:>10,} " if ttl else "") + (f"{t.orphaned:>10,} " if orphans else "")
         if r.dry_run:
             counts = f"{t.eligible:>13,} {parts}{t.protected:>10,}"

@@ -209,7 +209,7 @@ def _type_rows(report: Report) -> tuple[str, list[str]]:
     for name, stats in sorted(report.by_type.items(), key=lambda kv: (-kv[1].keys, kv[0])):
         amount = stats.eligible if report.dry_run else stats.deleted
         shown = "?" if amount is None else f"{amount:,}"  # not counted per type this run
-        retention = retention_label(name, stats)
+        retention = retention_label(name, stats, age_rule=report.timestamp_column is not None)
         rows.append(
             esc(f"{names[name]:<{name_w}} {stats.keys:>9,} {shown:>{third_w}}  {retention}")
         )

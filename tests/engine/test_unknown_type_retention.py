@@ -35,3 +35,22 @@ def test_the_telegram_table_says_never_too(pg: PgSchema) -> None:
     _, rows = _type_rows(run_cleanup(pg.settings(**WAHA.env), Flags()))
     (row,) = [r for r in rows if r.startswith("(null)")]
     assert row.split()[-1] == "never"
+
+
+def test_without_a_timestamp_no_type_shows_a_retention_nor_a_grace(pg: PgSchema) -> None:
+    """Without a timestamp the age rule is off: no type's row says `30d`, the orphan line
+    claims no grace, and the kept keys are not said to be past a retention."""
+    from handler.notify.html import _type_rows  # noqa: PLC0415 - the table alone
+
+    WAHA.seed(pg)
+    report = run_cleanup(pg.settings(**WAHA.env, CLEANUP_ORPHAN_RULE="true"), Flags())
+    assert report.timestamp_column is None
+    text = render_text(report)
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith("session ")]
+    assert rows, text
+    assert rows[0][-1] == "off"
+    _, telegram_rows = _type_rows(report)
+    assert [r.split()[-1] for r in telegram_rows if r.startswith("session")] == ["off"]
+    assert "grace 1d" not in text
+    assert "(no grace: no timestamp" in text
+    assert "past the retention" not in text
