@@ -10,6 +10,7 @@ history (history.py).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime
 
 import psycopg
@@ -165,9 +166,11 @@ class _Run:
         check, and the figures under the rules."""
         policy, now, edges = self._policy(conn, target)
         sizes = db.sizes(conn, target)
+        # Every row old at the pass lies in these pages of its leaf: read before the pass.
+        leaves = db.leaves(conn, target) if target.partitioned else None
         measured, policy = self.orphans.measure(conn, target, list(edges.values()), policy)
         policy = self.orphans.check_share(policy, measured.tenants)
-        return measured_run(
+        run = measured_run(
             measured,
             policy,
             now,
@@ -181,6 +184,7 @@ class _Run:
             holds_types=self.checks.type_column_holds_types,
             notes=self.notes,
         )
+        return replace(run, leaves=leaves)
 
     def _locked(self, conn: db.Conn, target: db.Target) -> Report:
         flags = self.flags
@@ -253,6 +257,7 @@ class _Run:
             # The verbose listing needs RETURNING anyway; the counts per type then come free.
             count_by_type=flags.verbose and target.has_key_types,
             progress=self.progress,
+            leaves=m.leaves,
         ).run()
         self.notes.extend(stats.notes)
         deleted_by_type = _deleted_by_type(stats, m.by_type, m.eligible)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Literal
 
@@ -286,8 +286,15 @@ class DeleteLoop:
         count_by_type: bool,
         progress: ProgressFn | None,
         measured: Measured | None = None,
+        leaves: list[db.Leaf] | None = None,
     ) -> None:
         self.conn, self.target, self.policy, self.now = conn, target, policy, now
+        # The relations the batches' DELETEs name: the table itself, or a partitioned table's
+        # leaves, each walked by its own TID ranges (a ctid is only meaningful in its relation).
+        self.leaves = leaves or [db.Leaf(target.oid, target.schema, target.name, pages_total)]
+        self.leaf_set = frozenset(leaf.oid for leaf in self.leaves)
+        self.rel = target  # the relation of the batch under way
+        self.offset = 0  # the pages of the leaves done before this one
         self.measured = measured or Measured(eligible)
         # The auth table the batches read, when the orphan rule takes tenants this run.
         self.auth = policy.orphans if db.applies_orphans(target, policy) else None
@@ -322,30 +329,44 @@ class DeleteLoop:
 
     def _loop(self) -> None:
         t = self.tally
-        next_page = 0
-        while self.eligible and (self.pending or next_page < self.pages_total):
-            if not self._throttled():
+        for leaf in self.leaves:
+            self.rel = (
+                replace(self.target, oid=leaf.oid, schema=leaf.schema, name=leaf.name)
+                if self.target.partitioned
+                else self.target
+            )
+            if not self._leaf(leaf.pages):
                 return
-            budget_ms = remaining_ms(self.deadline)
-            if budget_ms < max(MIN_BATCH_BUDGET_MS, t.max_batch_ms * 2):
-                self._stop("stopped at the deadline; the next run continues where the data stands")
-                return
-            if self.pending:
-                lo, hi = self.pending.pop()
-            else:
-                lo, hi = next_page, min(self.pages_total, next_page + self.span.pages)
-                next_page = hi
-            outcome = self._attempt(lo, hi, budget_ms)
-            if outcome == "stop":
-                return
-            if outcome == "done":
-                self.attempts = 0
-                self._pace(next_page)
+            self.offset += leaf.pages
         if t.skipped_pages:
             t.notes.append(
                 f"{t.skipped_pages} page(s) skipped: the application held rows there; their "
                 "keys are left for the next run"
             )
+
+    def _leaf(self, pages: int) -> bool:
+        """The batches over one relation's first `pages` pages; False: the run must stop."""
+        t = self.tally
+        next_page = 0
+        while self.eligible and (self.pending or next_page < pages):
+            if not self._throttled():
+                return False
+            budget_ms = remaining_ms(self.deadline)
+            if budget_ms < max(MIN_BATCH_BUDGET_MS, t.max_batch_ms * 2):
+                self._stop("stopped at the deadline; the next run continues where the data stands")
+                return False
+            if self.pending:
+                lo, hi = self.pending.pop()
+            else:
+                lo, hi = next_page, min(pages, next_page + self.span.pages)
+                next_page = hi
+            outcome = self._attempt(lo, hi, budget_ms)
+            if outcome == "stop":
+                return False
+            if outcome == "done":
+                self.attempts = 0
+                self._pace(self.offset + next_page)
+        return True
 
     def _attempt(self, lo: int, hi: int, budget_ms: float) -> Literal["done", "retry", "stop"]:
         """One batch over pages [lo, hi): done, to be retried (split or whole), or the loop
@@ -372,6 +393,13 @@ class DeleteLoop:
             return "retry"
         except (TableLockWait, pg_errors.QueryCanceled) as exc:
             return self._timed_out(exc, lo, hi, budget_ms)
+        except PartitionsChanged as exc:
+            self._stop(
+                f"stopped: the partitions of {self.target.qualified} changed during the run "
+                f"({exc}); nothing outside the measured partitions was deleted, and the next "
+                "run measures again"
+            )
+            return "stop"
         return "done"
 
     def _timed_out(
@@ -391,7 +419,7 @@ class DeleteLoop:
             )
             self._stop(
                 f"stopped after {self.attempts} batches in a row hit the {what} at "
-                f"page {lo:,} of {self.pages_total:,}; the next run continues where "
+                f"page {self.offset + lo:,} of {self.pages_total:,}; the next run continues where "
                 "the data stands"
             )
             return "stop"
@@ -429,10 +457,11 @@ class DeleteLoop:
         started = monotonic()
         with self.conn.transaction():
             self._lock(budget_ms)
+            self._same_partitions()
             try:
                 result = db.delete_range(
                     self.conn,
-                    self.target,
+                    self.rel,
                     self.policy,
                     first_page=lo,
                     end_page=hi,
@@ -440,6 +469,9 @@ class DeleteLoop:
                     list_limit=self.list_budget,
                     now=self.now,
                 )
+            except pg_errors.UndefinedTable as exc:
+                # A leaf dropped (or detached and renamed) though the tree still listed it.
+                raise PartitionsChanged(f"partition {self.rel.qualified} is gone") from exc
             except (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected) as exc:
                 # A deadlock with an application transaction is a row conflict too: PostgreSQL
                 # rolled this batch back, so split the range as for a long wait.
@@ -493,6 +525,16 @@ class DeleteLoop:
             except pg_errors.LockNotAvailable as exc:
                 raise TableLockWait(self.auth.qualified) from exc
 
+    def _same_partitions(self) -> None:
+        """Inside the batch, under the parent's lock (which ATTACH, DETACH and DROP of a
+        partition wait for): the leaves are still those measured, else PartitionsChanged."""
+        if not self.target.partitioned:
+            return
+        now = db.leaf_oids(self.conn, self.target)
+        if now != self.leaf_set:
+            gone, new = len(self.leaf_set - now), len(now - self.leaf_set)
+            raise PartitionsChanged(f"{gone} partition(s) detached or dropped, {new} attached")
+
     def _check_bounds(self, result: db.BatchResult) -> None:
         m, t = self.measured, self.tally
         others = t.deleted - t.orphaned + result.deleted - result.orphaned
@@ -501,6 +543,10 @@ class DeleteLoop:
         orphaned = t.orphaned + result.orphaned
         if m.orphans is not None and orphaned > m.orphans + margin(m.orphans):
             raise BoundExceeded("the orphan rule", m.orphans, orphaned)
+
+
+class PartitionsChanged(Exception):
+    """A partition was attached, detached or dropped since the run measured."""
 
 
 class RowLockWait(Exception):

@@ -132,6 +132,8 @@ class Target(_SchemaQualified):
     key_id_column: str | None = None
     # The encoded layout (docs/layouts.md): set when the keys are "<type>-<id>" in one column.
     encoded: Encoded | None = None
+    # Declaratively partitioned (relkind p): measured over the parent, deleted leaf by leaf.
+    partitioned: bool = False
 
     @property
     def has_key_types(self) -> bool:
@@ -205,6 +207,17 @@ class Sizes:
     table_bytes: int
     index_bytes: int
     total_bytes: int
+    pages: int
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A leaf partition of a partitioned target (or the plain target itself): the relation a
+    batch's DELETE names, and its heap's pages when the run measured."""
+
+    oid: int
+    schema: str
+    name: str
     pages: int
 
 

@@ -54,6 +54,8 @@ class MeasuredRun:
     newest: datetime | None
     kept: list[KeptKeys]
     rules: RuleFigures
+    # A partitioned table's leaves with their pages, read with the sizes (before the pass).
+    leaves: list[db.Leaf] | None = None
 
     @property
     def eligible(self) -> int:

@@ -13,9 +13,13 @@ from psycopg import sql
 REFERENCE_TABLE = "whatsapp_keys"
 
 
-def reference_schema(table: str = REFERENCE_TABLE) -> sql.Composed:
-    """DDL of the reference table: no index on updated_at, a trigger that bumps it on UPDATE."""
+def reference_schema(table: str = REFERENCE_TABLE, *, partition_by: str = "") -> sql.Composed:
+    """DDL of the reference table: no index on updated_at, a trigger that bumps it on UPDATE.
+
+    `partition_by`: a declaratively partitioned table, e.g. "HASH (company_id)" (its partitions
+    are created apart: `hash_partitions`)."""
     t = sql.Identifier(table)
+    partitioned = sql.SQL(f" PARTITION BY {partition_by}" if partition_by else "")
 
     def ident(suffix: str) -> sql.Identifier:
         return sql.Identifier(f"{table}_{suffix}")
@@ -31,7 +35,7 @@ CREATE TABLE {t} (
   updated_at TIMESTAMPTZ DEFAULT NOW(),
   expires_at TIMESTAMPTZ,
   PRIMARY KEY (company_id, key_type, key_id)
-);
+){partitioned};
 CREATE INDEX {ix_company} ON {t} (company_id);
 CREATE INDEX {ix_type} ON {t} (key_type);
 CREATE INDEX {ix_company_type} ON {t} (company_id, key_type);
@@ -45,12 +49,32 @@ CREATE TRIGGER {trg} BEFORE UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {fn}();
 """
     ).format(
         t=t,
+        partitioned=partitioned,
         ix_company=ident("company_idx"),
         ix_type=ident("type_idx"),
         ix_company_type=ident("company_type_idx"),
         ix_expires=ident("expires_idx"),
         fn=ident("touch"),
         trg=ident("touch_trg"),
+    )
+
+
+def hash_partitions(table: str = REFERENCE_TABLE, partitions: int = 4) -> sql.Composed:
+    """DDL of the reference table partitioned by hash of company_id into `partitions` leaves
+    (<table>_p0 ..): the layout of teams whose key table outgrew a plain one."""
+    t = sql.Identifier(table)
+    return sql.SQL("").join(
+        [
+            reference_schema(table, partition_by="HASH (company_id)"),
+            *(
+                sql.SQL(
+                    "CREATE TABLE {} PARTITION OF {} FOR VALUES WITH (MODULUS {}, REMAINDER {});\n"
+                ).format(
+                    sql.Identifier(f"{table}_p{i}"), t, sql.Literal(partitions), sql.Literal(i)
+                )
+                for i in range(partitions)
+            ),
+        ]
     )
 
 

@@ -12,7 +12,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow, class_row, dict_row
 
-from handler.domain import AuthTable, Encoded, Relation, Target
+from handler.domain import AuthTable, Encoded, Leaf, Relation, Target
 from handler.errors import DatabaseError, TargetNotFound, TargetTypeError
 
 Conn = psycopg.Connection[TupleRow]
@@ -156,11 +156,63 @@ def _cleanable_relation(conn: Conn, schema: str | None, name: str) -> Relation:
         raise TargetNotFound(f"table {shown} does not exist (or is not visible to this role)")
     if rel.schema in {"pg_catalog", "information_schema"} or rel.schema.startswith("pg_"):
         raise TargetNotFound(f"refusing {rel.schema}.{rel.name}: it is a system table")
-    if rel.relkind != "r":
+    if rel.relkind not in {"r", "p"}:
         raise TargetNotFound(
-            f"{rel.schema}.{rel.name} is not an ordinary table (relkind {rel.relkind})"
+            f"{rel.schema}.{rel.name} is not an ordinary or partitioned table "
+            f"(relkind {rel.relkind})"
         )
+    if rel.relkind == "p":
+        _check_leaves(conn, rel)
     return rel
+
+
+def _check_leaves(conn: Conn, rel: Relation) -> None:
+    """A partitioned target's leaves must be ordinary tables: a batch walks each one's heap by
+    TID range (a foreign-table partition has none)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        odd = cur.execute(
+            """
+            SELECT format('%%I.%%I', n.nspname, c.relname) AS leaf, c.relkind::text AS relkind
+            FROM pg_partition_tree(%s::regclass) t
+            JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE t.isleaf AND c.relkind <> 'r' ORDER BY 1 LIMIT 1
+            """,
+            (rel.oid,),
+        ).fetchone()
+    if odd is not None:
+        raise TargetTypeError(
+            f"refusing {rel.schema}.{rel.name}: its partition {odd['leaf']} is not an ordinary "
+            f"table (relkind {odd['relkind']}); batches walk each partition's heap by TID range"
+        )
+
+
+def leaves(conn: Conn, target: Target) -> list[Leaf]:
+    """The relations a run deletes from, in order: the target itself when it is a plain table,
+    else its leaf partitions at any depth (pg_partition_tree), each with its heap's pages."""
+    if not target.partitioned:
+        query = """
+            SELECT %(oid)s::bigint AS oid, %(schema)s::text AS schema, %(name)s::text AS name,
+                   pg_relation_size(%(oid)s) / current_setting('block_size')::int AS pages
+            """
+    else:
+        query = """
+            SELECT c.oid::bigint AS oid, n.nspname::text AS schema, c.relname::text AS name,
+                   pg_relation_size(c.oid) / current_setting('block_size')::int AS pages
+            FROM pg_partition_tree(%(oid)s::regclass) t
+            JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE t.isleaf ORDER BY n.nspname, c.relname
+            """
+    params = {"oid": target.oid, "schema": target.schema, "name": target.name}
+    with conn.cursor(row_factory=class_row(Leaf)) as cur:
+        return cur.execute(query, params).fetchall()
+
+
+def leaf_oids(conn: Conn, target: Target) -> frozenset[int]:
+    """The leaf partitions' OIDs as the catalog has them now."""
+    rows = conn.execute(
+        "SELECT relid::bigint FROM pg_partition_tree(%s::regclass) WHERE isleaf", (target.oid,)
+    ).fetchall()
+    return frozenset(int(r[0]) for r in rows)
 
 
 # Column names of a one-JSON-blob-per-session store (the whaticket family's `Whatsapps.session`).
@@ -286,6 +338,7 @@ def resolve_target(
         tenant_column=tenant_column if tenant_column in columns else None,
         key_id_column=key_id_column if key_id_column in columns else None,
         encoded=encoded,
+        partitioned=rel.relkind == "p",
     )
 
 

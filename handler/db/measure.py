@@ -50,6 +50,23 @@ from handler.domain import (
 
 
 def sizes(conn: Conn, target: Target) -> Sizes:
+    """The table's sizes and its heap's pages; of a partitioned table, its leaves' sums (the
+    parent has no storage of its own)."""
+    if target.partitioned:
+        with conn.cursor(row_factory=class_row(Sizes)) as cur:
+            return fetch_one(
+                cur.execute(
+                    """
+                    SELECT coalesce(sum(pg_table_size(relid)), 0)::bigint AS table_bytes,
+                           coalesce(sum(pg_indexes_size(relid)), 0)::bigint AS index_bytes,
+                           coalesce(sum(pg_total_relation_size(relid)), 0)::bigint AS total_bytes,
+                           coalesce(sum(pg_relation_size(relid)), 0)::bigint
+                             / current_setting('block_size')::int AS pages
+                    FROM pg_partition_tree(%(oid)s::regclass) WHERE isleaf
+                    """,
+                    {"oid": target.oid},
+                )
+            )
     with conn.cursor(row_factory=class_row(Sizes)) as cur:
         return fetch_one(
             cur.execute(

@@ -1,0 +1,245 @@
+"""Declaratively partitioned key tables (hash, list, range, sub-partitions, a default partition):
+measured once over the parent, deleted leaf by leaf, and a partition attached or detached
+during the run ends it `partial`, with nothing wrong deleted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from handler import db
+from handler.cleanup import run_cleanup
+from handler.schema import hash_partitions, reference_schema
+from handler.settings import ConfigError, Flags
+from tests.support.db import KeyRow, PgSchema, baileys_creds
+from tests.support.progress import AfterFirstBatch
+from tests.support.tables import AGE_CREDS, DRY, FORCE, expected_survivors, mixed_rows
+
+NO_GUARD = {"CLEANUP_GUARD_MIN_KEYS": "100000"}
+
+
+def _hash(pg: PgSchema) -> None:
+    with pg.connect() as conn:
+        conn.execute(hash_partitions("whatsapp_keys", 8))  # 3 tenants: some leaves stay empty
+
+
+def _list(pg: PgSchema) -> None:
+    """c0 alone; c1 sub-partitioned by hash of key_id; the rest in the default partition."""
+    with pg.connect() as conn:
+        conn.execute(reference_schema(partition_by="LIST (company_id)"))
+        conn.execute(
+            """
+            CREATE TABLE keys_c0 PARTITION OF whatsapp_keys FOR VALUES IN ('c0');
+            CREATE TABLE keys_c1 PARTITION OF whatsapp_keys FOR VALUES IN ('c1')
+              PARTITION BY HASH (key_id);
+            CREATE TABLE keys_c1_a PARTITION OF keys_c1 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+            CREATE TABLE keys_c1_b PARTITION OF keys_c1 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+            CREATE TABLE keys_empty PARTITION OF whatsapp_keys FOR VALUES IN ('nobody');
+            CREATE TABLE keys_rest PARTITION OF whatsapp_keys DEFAULT;
+            """
+        )
+
+
+def _range(pg: PgSchema) -> None:
+    with pg.connect() as conn:
+        conn.execute(reference_schema(partition_by="RANGE (company_id)"))
+        conn.execute(
+            """
+            CREATE TABLE keys_lo PARTITION OF whatsapp_keys FOR VALUES FROM (MINVALUE) TO ('c1');
+            CREATE TABLE keys_mid PARTITION OF whatsapp_keys FOR VALUES FROM ('c1') TO ('c2');
+            CREATE TABLE keys_hi PARTITION OF whatsapp_keys FOR VALUES FROM ('c2') TO (MAXVALUE);
+            """
+        )
+
+
+LAYOUTS: dict[str, Callable[[PgSchema], None]] = {"hash": _hash, "list": _list, "range": _range}
+
+
+def _leaf_counts(pg: PgSchema) -> dict[str, int]:
+    with pg.connect() as conn:
+        rows = conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM whatsapp_keys GROUP BY 1"
+        ).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_partitioned_table_dry_and_live_delete_exactly_the_eligible_keys(
+    pg: PgSchema, layout: str
+) -> None:
+    LAYOUTS[layout](pg)
+    pg.add_auth(AGE_CREDS)
+    rows = mixed_rows()
+    pg.insert_keys(rows)
+    survivors = expected_survivors(rows, 30)
+    dry = run_cleanup(pg.settings(), DRY)
+    assert dry.status == "completed"
+    assert dry.eligible == len(rows) - len(survivors)
+    assert pg.count() == len(rows)  # the dry run deletes nothing
+    # Small batches: several per leaf.
+    report = run_cleanup(pg.settings(CLEANUP_BATCH_SIZE="5"), FORCE)
+    assert report.status == "completed", report.reason
+    assert report.deleted == dry.eligible
+    assert pg.key_set() == survivors
+    assert report.before is not None
+    assert report.before.keys == len(rows)
+    assert report.before.table_bytes > 0  # the leaves' sizes, not the parent's (none)
+
+
+def test_partitioned_table_keeps_protected_types_and_the_prekey_window(pg: PgSchema) -> None:
+    _hash(pg)
+    pg.add_auth({"a": baileys_creds(2101, 2001)})
+    old_prekeys = [KeyRow("a", "pre-key", str(i), 60) for i in range(1, 2101)]
+    protected = [KeyRow(f"t{i}", "app-state-sync-key", f"k{i}", 60) for i in range(20)]
+    pg.insert_keys(old_prekeys + protected)
+    report = run_cleanup(pg.settings(**NO_GUARD), FORCE)
+    assert report.status == "completed", report.reason
+    left = pg.key_set()
+    assert {k for c, t, k in left if t == "pre-key"} == {str(i) for i in range(1001, 2101)}
+    assert {r.ident for r in protected} <= left
+    assert report.deleted == 1000
+
+
+def _run_with(pg: PgSchema, action: Callable[[], None]) -> tuple[object, AfterFirstBatch]:
+    after = AfterFirstBatch(action)
+    report = run_cleanup(pg.settings(CLEANUP_BATCH_SIZE="3", **NO_GUARD), FORCE, progress=after)
+    return report, after
+
+
+def _idents(pg: PgSchema, table: str) -> set[tuple[str, str, str]]:
+    return pg.key_set(table)
+
+
+def test_leaf_detached_mid_run_ends_partial_and_deletes_nothing_wrong(pg: PgSchema) -> None:
+    _hash(pg)
+    pg.add_auth(AGE_CREDS)
+    rows = mixed_rows()
+    pg.insert_keys(rows)
+    survivors = expected_survivors(rows, 30)
+    last = max(_leaf_counts(pg))  # the leaves are deleted in name order: this one comes last
+    in_last = _idents(pg, last)
+    assert in_last - survivors  # it holds eligible keys
+
+    def detach() -> None:
+        with pg.connect() as conn:
+            conn.execute(f"ALTER TABLE whatsapp_keys DETACH PARTITION {last}")
+
+    report, after = _run_with(pg, detach)
+    assert after.seen
+    assert report.status == "partial"  # type: ignore[attr-defined]
+    reason = report.reason  # type: ignore[attr-defined]
+    assert "partitions of" in reason
+    assert "changed during the run" in reason
+    assert "1 partition(s) detached or dropped" in reason
+    assert _idents(pg, last) == in_last  # the detached leaf is untouched
+    left = pg.key_set() | in_last
+    # Only eligible keys went, and not all of them (the run stopped).
+    assert survivors <= left
+    assert 0 < report.deleted < len(rows) - len(survivors)  # type: ignore[attr-defined]
+    assert len(left) == len(rows) - report.deleted  # type: ignore[attr-defined]
+
+
+def test_partition_attached_mid_run_ends_partial_and_leaves_it_untouched(pg: PgSchema) -> None:
+    _list(pg)
+    pg.add_auth(AGE_CREDS)
+    rows = [r for r in mixed_rows() if r.company != "c2"]
+    pg.insert_keys(rows)
+    late = [KeyRow("late", "session", f"s{i}", 60) for i in range(30)]
+    with pg.connect() as conn:
+        conn.execute("CREATE TABLE keys_late (LIKE whatsapp_keys INCLUDING DEFAULTS)")
+    pg.insert_keys(late, table="keys_late")
+
+    def attach() -> None:
+        with pg.connect() as conn:
+            conn.execute(
+                "ALTER TABLE whatsapp_keys ATTACH PARTITION keys_late FOR VALUES IN ('late')"
+            )
+
+    report, after = _run_with(pg, attach)
+    assert after.seen
+    assert report.status == "partial"  # type: ignore[attr-defined]
+    assert "0 partition(s) detached or dropped, 1 attached" in report.reason  # type: ignore[attr-defined]
+    left = pg.key_set()
+    assert {r.ident for r in late} <= left  # old, but not measured: never deleted
+    assert expected_survivors(rows, 30) <= left
+    assert len(left) == len(rows) + len(late) - report.deleted  # type: ignore[attr-defined]
+
+
+def test_default_and_empty_leaves_and_sub_partitions_are_walked(pg: PgSchema) -> None:
+    _list(pg)
+    pg.add_auth(AGE_CREDS)
+    rows = mixed_rows()
+    pg.insert_keys(rows)
+    before = _leaf_counts(pg)
+    assert set(before) == {"keys_c0", "keys_c1_a", "keys_c1_b", "keys_rest"}  # keys_empty: none
+    report = run_cleanup(pg.settings(CLEANUP_BATCH_SIZE="4", **NO_GUARD), FORCE)
+    assert report.status == "completed", report.reason
+    assert pg.key_set() == expected_survivors(rows, 30)
+    after = _leaf_counts(pg)
+    assert all(after[leaf] < before[leaf] for leaf in before)  # every leaf had old keys
+
+
+def test_leaves_are_read_at_any_depth(pg: PgSchema) -> None:
+    _list(pg)
+    with pg.connect() as conn:
+        target = db.resolve_target(conn, None, "whatsapp_keys", "updated_at", "key_type")
+        assert target.partitioned
+        names = [leaf.name for leaf in db.leaves(conn, target)]
+    assert names == ["keys_c0", "keys_c1_a", "keys_c1_b", "keys_empty", "keys_rest"]
+
+
+def test_partitioned_partition_without_leaves_is_no_leaf(pg: PgSchema) -> None:
+    _range(pg)
+    with pg.connect() as conn:
+        conn.execute("ALTER TABLE whatsapp_keys DETACH PARTITION keys_hi")
+        conn.execute(
+            "CREATE TABLE keys_hi2 PARTITION OF whatsapp_keys FOR VALUES FROM ('c2') TO "
+            "(MAXVALUE) PARTITION BY HASH (key_id)"
+        )
+        target = db.resolve_target(conn, None, "whatsapp_keys", "updated_at", "key_type")
+        # It has no heap of its own: nothing to walk.
+        assert [leaf.name for leaf in db.leaves(conn, target)] == ["keys_lo", "keys_mid"]
+
+
+def test_foreign_table_partition_is_refused(pg: PgSchema) -> None:
+    with pg.connect() as conn:
+        if not conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'file_fdw'"
+        ).fetchone():
+            pytest.skip("file_fdw is not available on this server")
+        conn.execute(f"CREATE EXTENSION file_fdw SCHEMA {pg.schema}")
+        conn.execute("CREATE SERVER IF NOT EXISTS kc_files FOREIGN DATA WRAPPER file_fdw")
+    _range(pg)
+    with pg.connect() as conn:
+        conn.execute("ALTER TABLE whatsapp_keys DETACH PARTITION keys_hi")
+        # A foreign partition needs a parent without unique indexes.
+        conn.execute("ALTER TABLE whatsapp_keys DROP CONSTRAINT whatsapp_keys_pkey")
+        conn.execute(
+            "CREATE FOREIGN TABLE keys_far PARTITION OF whatsapp_keys FOR VALUES FROM ('c2') "
+            "TO (MAXVALUE) SERVER kc_files OPTIONS (filename '/dev/null')"
+        )
+    pg.insert_keys([KeyRow("c0", "session", "k", 60)])
+    with pytest.raises(ConfigError, match=r"partition \S*keys_far is not an ordinary table"):
+        run_cleanup(pg.settings(), FORCE)
+    assert pg.count("keys_lo") == 1  # nothing deleted
+
+
+def test_verbose_live_run_with_vacuum_on_a_partitioned_table(pg: PgSchema) -> None:
+    _hash(pg)
+    pg.add_auth(AGE_CREDS)
+    rows = mixed_rows()
+    pg.insert_keys(rows)
+    survivors = expected_survivors(rows, 30)
+    flags = Flags(dry_run=False, force=True, verbose=True, vacuum=True)
+    report = run_cleanup(pg.settings(CLEANUP_BATCH_SIZE="7"), flags)
+    assert report.status == "completed", report.reason
+    assert pg.key_set() == survivors
+    assert report.vacuumed
+    # Counted by RETURNING, leaf by leaf: the per-type split adds up to the deletions.
+    assert sum(t.deleted or 0 for t in report.by_type.values()) == report.deleted
+    listed = {(k.key["company_id"], k.key["key_type"], k.key["key_id"]) for k in report.keys}
+    assert listed
+    assert listed <= {r.ident for r in rows} - survivors
+    assert report.after is not None
+    assert report.after.keys == len(survivors)
