@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --demo: the key table's layout (encoded: keys as <type>-<id>, no timestamp)",
     )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --demo: the key table partitioned by hash of company_id into N partitions",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -169,7 +176,9 @@ class _ProgressLine:
 
 
 @contextlib.contextmanager
-def _demo_database(rows: int | None, stderr: TextIO, *, encoded: bool = False) -> Iterator[str]:
+def _demo_database(
+    rows: int | None, stderr: TextIO, *, encoded: bool = False, partitions: int = 0
+) -> Iterator[str]:
     from handler.demo import (  # noqa: PLC0415 - demo only
         DEMO_ROWS,
         embedded_postgres,
@@ -179,9 +188,14 @@ def _demo_database(rows: int | None, stderr: TextIO, *, encoded: bool = False) -
 
     count = DEMO_ROWS if rows is None else rows
     shape = "an encoded key table" if encoded else "the reference key table"
+    if partitions:
+        shape += f", {partitions} hash partitions"
     stderr.write(f"demo: starting an embedded PostgreSQL and seeding {count:,} keys ({shape})…\n")
     with embedded_postgres() as dsn:
-        (seed_encoded_demo if encoded else seed_demo)(dsn, count)
+        if encoded:
+            seed_encoded_demo(dsn, count)
+        else:
+            seed_demo(dsn, count, partitions=partitions)
         yield dsn
 
 
@@ -201,10 +215,16 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     if args.layout is not None and not args.demo:
         raise ConfigError("--layout goes with --demo (otherwise set CLEANUP_LAYOUT)")
     encoded = args.layout == "encoded"
+    if args.partitions and (not args.demo or encoded or not 1 < args.partitions <= 64):
+        raise ConfigError(
+            "--partitions takes 2..64 and goes with --demo (the reference layout, not encoded)"
+        )
     with contextlib.ExitStack() as stack:
         url = args.database_url
         if args.demo:
-            url = stack.enter_context(_demo_database(args.demo_rows, stderr, encoded=encoded))
+            url = stack.enter_context(
+                _demo_database(args.demo_rows, stderr, encoded=encoded, partitions=args.partitions)
+            )
         if encoded:
             from handler.demo import encoded_demo_settings  # noqa: PLC0415 - demo only
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from handler.errors import DemoUnavailableError
-from handler.schema import reference_schema, seed_keys, seed_rules
+from handler.schema import hash_partitions, reference_schema, seed_keys, seed_rules
 
 DEMO_ROWS = 40_000
 # Stretches the seed's age ranges so that about 40% of the keys are past a 30-day retention:
@@ -52,13 +52,14 @@ def embedded_postgres() -> Iterator[str]:
         server.cleanup()
 
 
-def seed_demo(dsn: str, rows: int = DEMO_ROWS) -> None:
+def seed_demo(dsn: str, rows: int = DEMO_ROWS, *, partitions: int = 0) -> None:
     """Create the reference tables: `rows` keys of every Baileys type, some with an expired
-    TTL, and an auth table without the creds row of one tenant that logged out."""
+    TTL, and an auth table without the creds row of one tenant that logged out. With
+    `partitions`, the key table is partitioned by hash of company_id (`--partitions`)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS whatsapp_keys, whatsapp_auth CASCADE")
         conn.execute("DROP FUNCTION IF EXISTS whatsapp_keys_touch() CASCADE")
-        conn.execute(reference_schema())
+        conn.execute(hash_partitions(partitions=partitions) if partitions else reference_schema())
         seed_keys(conn, rows, age_scale=DEMO_AGE_SCALE)
         seed_rules(conn, logged_out=DEMO_LOGGED_OUT_TENANT)
 
