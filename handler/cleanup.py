@@ -258,6 +258,7 @@ class _Run:
             count_by_type=flags.verbose and target.has_key_types,
             progress=self.progress,
             leaves=m.leaves,
+            verbose=flags.verbose,
         ).run()
         self.notes.extend(stats.notes)
         deleted_by_type = _deleted_by_type(stats, m.by_type, m.eligible)

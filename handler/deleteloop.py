@@ -287,6 +287,7 @@ class DeleteLoop:
         progress: ProgressFn | None,
         measured: Measured | None = None,
         leaves: list[db.Leaf] | None = None,
+        verbose: bool = False,
     ) -> None:
         self.conn, self.target, self.policy, self.now = conn, target, policy, now
         # The relations the batches' DELETEs name: the table itself, or a partitioned table's
@@ -295,6 +296,12 @@ class DeleteLoop:
         self.leaf_set = frozenset(leaf.oid for leaf in self.leaves)
         self.rel = target  # the relation of the batch under way
         self.offset = 0  # the pages of the leaves done before this one
+        # Deleted keys per leaf, for the verbose runs' note on a partitioned table.
+        self.by_leaf: dict[str, int] | None = (
+            dict.fromkeys((f"{x.schema}.{x.name}" for x in self.leaves), 0)
+            if verbose and target.partitioned
+            else None
+        )
         self.measured = measured or Measured(eligible)
         # The auth table the batches read, when the orphan rule takes tenants this run.
         self.auth = policy.orphans if db.applies_orphans(target, policy) else None
@@ -325,6 +332,11 @@ class DeleteLoop:
         """Delete until done, stopped (the deadline, timeouts, a bound, a replica) or out of
         pages; the figures of how it went."""
         self._loop()
+        if self.by_leaf is not None:
+            self.tally.notes.append(
+                "deleted per partition: "
+                + ", ".join(f"{name} {n:,}" for name, n in self.by_leaf.items())
+            )
         return self.tally.freeze()
 
     def _loop(self) -> None:
@@ -484,6 +496,8 @@ class DeleteLoop:
             self.limits, self.span, pacing.Observed(hi - lo, result.deleted, batch_ms)
         )
         self.pages_done += hi - lo
+        if self.by_leaf is not None:
+            self.by_leaf[self.rel.qualified] += result.deleted
         t = self.tally
         t.add(result, batch_ms, self.list_budget)
         if self.list_budget:

@@ -158,8 +158,8 @@ def _cleanable_relation(conn: Conn, schema: str | None, name: str) -> Relation:
         raise TargetNotFound(f"refusing {rel.schema}.{rel.name}: it is a system table")
     if rel.relkind not in {"r", "p"}:
         raise TargetNotFound(
-            f"{rel.schema}.{rel.name} is not an ordinary or partitioned table "
-            f"(relkind {rel.relkind})"
+            f"{rel.schema}.{rel.name} is not an ordinary table (relkind {rel.relkind}), "
+            "nor a partitioned one"
         )
     if rel.relkind == "p":
         _check_leaves(conn, rel)

@@ -243,3 +243,21 @@ def test_verbose_live_run_with_vacuum_on_a_partitioned_table(pg: PgSchema) -> No
     assert listed <= {r.ident for r in rows} - survivors
     assert report.after is not None
     assert report.after.keys == len(survivors)
+    # The deletions per partition, in a note: they add up, and each leaf's matches its rows.
+    note = next(n for n in report.notes if n.startswith("deleted per partition: "))
+    per_leaf = {
+        name.split(".")[1]: int(n.replace(",", ""))
+        for name, n in (item.rsplit(" ", 1) for item in note.split(": ", 1)[1].split(", "))
+    }
+    assert len(per_leaf) == 8
+    assert sum(per_leaf.values()) == report.deleted
+    assert 0 in per_leaf.values()  # an empty leaf (3 tenants, 8 partitions)
+
+
+def test_per_partition_counts_only_in_verbose_runs(pg: PgSchema) -> None:
+    _hash(pg)
+    pg.add_auth(AGE_CREDS)
+    pg.insert_keys(mixed_rows())
+    report = run_cleanup(pg.settings(), FORCE)
+    assert report.deleted > 0
+    assert not any(n.startswith("deleted per partition") for n in report.notes)
