@@ -110,9 +110,16 @@ def table_columns(conn: Conn, oid: int) -> dict[str, str]:
     return {r["attname"]: r["type"] for r in rows}
 
 
-def find_relation(conn: Conn, schema: str | None, name: str) -> Relation | None:
-    """The relation `name` resolves to, as PostgreSQL resolves it (search path order,
-    pg_catalog first), or None."""
+def find_relation(
+    conn: Conn,
+    schema: str | None,
+    name: str,
+    *,
+    implicit_schemas: bool = True,
+    relkinds: tuple[str, ...] | None = None,
+) -> Relation | None:
+    """The relation `name` resolves to, as PostgreSQL resolves it (search path order, with
+    pg_catalog first unless `implicit_schemas` is off), among `relkinds` when given, or None."""
     with conn.cursor(row_factory=class_row(Relation)) as cur:
         return cur.execute(
             """
@@ -121,13 +128,19 @@ def find_relation(conn: Conn, schema: str | None, name: str) -> Relation | None:
             FROM pg_class c
             JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.relname = %(name)s
+              AND (%(relkinds)s::text[] IS NULL OR c.relkind::text = ANY (%(relkinds)s::text[]))
               AND CASE WHEN %(schema)s::text IS NULL
-                       THEN n.nspname = ANY (current_schemas(true))
+                       THEN n.nspname = ANY (current_schemas(%(implicit)s))
                        ELSE n.nspname = %(schema)s END
-            ORDER BY array_position(current_schemas(true), n.nspname::text)
+            ORDER BY array_position(current_schemas(%(implicit)s), n.nspname::text)
             LIMIT 1
             """,
-            {"schema": schema, "name": name},
+            {
+                "schema": schema,
+                "name": name,
+                "implicit": implicit_schemas,
+                "relkinds": list(relkinds) if relkinds is not None else None,
+            },
         ).fetchone()
 
 
@@ -390,22 +403,11 @@ def clock(conn: Conn, days: Sequence[int]) -> tuple[datetime, dict[int, datetime
 def find_auth_table(conn: Conn, schema: str | None, name: str) -> AuthTable | None:
     """The auth table as PostgreSQL resolves the name (the search path when unqualified), with
     its columns; None when there is no such table or view visible to this role."""
-    with conn.cursor(row_factory=class_row(Relation)) as cur:
-        rel = cur.execute(
-            """
-            SELECT c.oid::bigint AS oid, n.nspname::text AS schema, c.relname::text AS name,
-                   c.relkind::text AS relkind
-            FROM pg_class c
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relname = %(name)s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-              AND CASE WHEN %(schema)s::text IS NULL
-                       THEN n.nspname = ANY (current_schemas(false))
-                       ELSE n.nspname = %(schema)s END
-            ORDER BY array_position(current_schemas(false), n.nspname::text)
-            LIMIT 1
-            """,
-            {"schema": schema, "name": name},
-        ).fetchone()
+    # Not pg_catalog unless named: a creds table is the application's; tables, partitioned
+    # tables, views, materialized views and foreign tables only.
+    rel = find_relation(
+        conn, schema, name, implicit_schemas=False, relkinds=("r", "p", "v", "m", "f")
+    )
     if rel is None:
         return None
     return AuthTable(rel.schema, rel.name, table_columns(conn, rel.oid), rel.oid)
