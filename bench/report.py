@@ -11,6 +11,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
+from bench import partitioned
 from bench.common import Latency, Run, median, mib
 
 Key = tuple[int, str, bool]
@@ -23,7 +24,7 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     for r in runs:
         groups[r.key].append(r)
     out = [_summary(key, rs) for key, rs in groups.items()]
-    order = {"single": 0, "limit-batches": 1, "ours": 2}
+    order = {"single": 0, "limit-batches": 1, "ours": 2, "single-part": 3, "ours-part": 4}
     out.sort(key=lambda s: (int(s["size"]), bool(s["index"]), order.get(str(s["variant"]), 9)))
     return out
 
@@ -95,6 +96,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         _cold_start,
         _pacing_curve,
         _replica,
+        partitioned.render,
         _missed,
         _evidence,
     ]
@@ -307,7 +309,9 @@ def _cold_start(result: dict[str, Any]) -> list[str]:
 
 def _pacing_curve(result: dict[str, Any]) -> list[str]:
     curve = [
-        s for s in result["summary"] if str(s["variant"]).startswith("ours") and not s["index"]
+        s
+        for s in result["summary"]
+        if (s["variant"] == "ours" or str(s["variant"]).startswith("ours-wal=")) and not s["index"]
     ]
     if len(curve) <= 1:
         return []

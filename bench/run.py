@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench import coldstart, measure, replica
+from bench import coldstart, measure, partitioned, replica
 from bench.common import (
     RETENTION_DAYS,
     Run,
@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cold_samples = min(args.cold_samples, 2)
         args.no_artifact = True
         args.batch_size = min(args.batch_size, 2000)
+        args.partitions = 8 if args.partitions is None else args.partitions
+    args.partitions = args.partitions or 0
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else RESULTS_DIR
     return args
@@ -108,6 +110,14 @@ def _case_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="rows for the replica-lag comparison on a primary + standby (default: N; 0 skips)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="at N, also run single and ours on the same rows hash-partitioned by company_id "
+        "into this many leaves, and check that both delete the same keys (issue 20; default: "
+        "0, off; 8 with --smoke)",
     )
     p.add_argument(
         "--no-index-only",
@@ -248,6 +258,7 @@ def count_old(url: str) -> int:
 
 
 def variant_fn(args: argparse.Namespace, variant: str) -> Callable[[str], Outcome]:
+    variant = partitioned.base(variant)  # the same variant on the partitioned copy
     if variant == "single":
         return run_single
     if variant == "limit-batches":
@@ -379,6 +390,10 @@ def cases_for(args: argparse.Namespace, size: int, variants: list[str]) -> list[
     cases = [Case(size, v, False) for v in variants]
     if size == args.rows and not args.no_index_only:
         cases = [Case(size, v, index) for index in (False, True) for v in variants]
+    if size == args.rows:
+        cases = partitioned.with_partitioned(
+            cases, args.partitions, lambda v, index: Case(size, v, index)
+        )
     largest = args.rows * max(args.scale, 1)
     if size == largest and "ours" in variants:
         curve = [v.strip() for v in args.pacing_curve.split(",") if v.strip()]
@@ -412,6 +427,7 @@ class Plan:
     prefix: str
     meta: dict[str, Any]
     templates: dict[int, Template] = field(default_factory=dict)
+    part_template: Template | None = None  # --partitions: the same rows, partitioned
     runs: list[Run] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -452,6 +468,7 @@ def _settings(
         "ours_batch_size": args.ours_batch_size or "engine default",
         "pacing_curve": args.pacing_curve,
         "no_index_only": args.no_index_only,
+        "partitions": args.partitions,
         "private_server": args.private_server,
         "retention_days": RETENTION_DAYS,
         "age_scale": AGE_SCALE,
@@ -486,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"failed; finished runs kept in {crash}")
         raise
     finally:
-        for tpl in p.templates.values():
+        for tpl in [*p.templates.values(), *([p.part_template] if p.part_template else [])]:
             drop_database(args.database_url, tpl.name)
     p.meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     result = {
@@ -513,10 +530,37 @@ def _run_size(args: argparse.Namespace, p: Plan, size: int, workdir: Path) -> No
         f"template ready in {tpl.seed_s:.1f}s: {tpl.rows} rows, "
         f"{tpl.old_rows} older than the cutoff, {tpl.total_bytes >> 20} MiB"
     )
+    if args.partitions and size == args.rows:
+        p.part_template = _partitioned_template(args, p, tpl)
     size_variants = p.variants if size == args.rows else p.large_variants
     for run_no in range(1, args.runs + 1):
         for case in cases_for(args, size, size_variants):
-            p.runs.append(run_case(args, p.prefix, tpl, case, run_no=run_no, workdir=workdir))
+            on = p.part_template if partitioned.is_part(case.variant) else tpl
+            p.runs.append(run_case(args, p.prefix, on or tpl, case, run_no=run_no, workdir=workdir))
+    if p.part_template is not None and size == args.rows and "ours" in size_variants:
+        log("partitioned: exactness without the writer, and the per-batch lock's cost")
+        ex = partitioned.exactness(
+            args.database_url, tpl.name, p.part_template.name, p.prefix, args.ours_batch_size
+        )
+        p.extra["partitioned"]["exactness"] = ex
+        deleted = {k: r["deleted"] for k, r in ex["runs"].items()}
+        log(f"partitioned: {'exact' if ex['exact'] else 'NOT exact'}, deleted {deleted}")
+
+
+def _partitioned_template(args: argparse.Namespace, p: Plan, tpl: Template) -> Template:
+    """The plain template's rows, hash-partitioned (bench/partitioned.py)."""
+    log(f"partitioned template: {args.partitions} hash partitions by company_id")
+    part = partitioned.build_template(
+        args.database_url, tpl, f"{p.prefix}_tpl_{tpl.rows}_part", args.partitions
+    )
+    p.extra["partitioned"] = {
+        "partitions": args.partitions,
+        "template_s": round(part.seed_s, 1),
+        "template_check": f"{part.rows:,} rows, {part.old_rows:,} old, same identity hash",
+        "template": asdict(part),
+    }
+    log(f"partitioned template ready in {part.seed_s:.1f}s: {part.total_bytes >> 20} MiB")
+    return part
 
 
 def _measure_extras(args: argparse.Namespace, p: Plan) -> None:

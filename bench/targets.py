@@ -26,6 +26,8 @@ COLD_START_MAX = 1.2
 # Issue 10's targets, at N and at 4xN.
 WRITER_MAX_MS = 150.0
 BIG_TIME_MAX_S = 600.0
+# Issue 20: ours on a hash-partitioned copy keeps at least 1 / 1.2 of ours' rows/s unpartitioned.
+PART_THROUGHPUT_FACTOR = 1.2
 
 Key = tuple[int, str, bool]
 
@@ -309,6 +311,97 @@ def _ratio_of(key: str) -> Figures:
     return figures
 
 
+def _part_throughput(phase: str, index: bool) -> Spec:
+    """Issue 20: ours on the partitioned copy against ours on the same rows unpartitioned."""
+    field_ = "rows_per_s" if phase == "run" else "delete_rows_per_s"
+    what = "whole run" if phase == "run" else "delete loop only"
+    floor = 1 / PART_THROUGHPUT_FACTOR
+
+    def figures(c: Ctx) -> list[float]:
+        return c.paired(
+            (c.n, "ours-part", index),
+            (c.n, "ours", index),
+            lambda p, o: float(getattr(p, field_)) / float(getattr(o, field_) or 1),
+        )
+
+    return Spec(
+        id=f"partitioned-throughput-{phase}-{'index' if index else 'noindex'}",
+        name=f"partitioned ({{parts}} hash) ours rows/s >= unpartitioned / {PART_THROUGHPUT_FACTOR}"
+        f" ({what}), {'with' if index else 'without'} timestamp index (N={{n:,}})",
+        goal=f">= {floor:.3f}x",
+        bound=floor,
+        floor=True,
+        ratio_is_value=True,
+        figures=figures,
+        facts=_parts,
+        value="{v:.2f}x",
+        miss="{short:.1%} below the floor",
+    )
+
+
+def _parts(c: Ctx) -> dict[str, Any]:
+    return {"parts": (c.extra.get("partitioned") or {}).get("partitions", "?")}
+
+
+def _part_exact(c: Ctx) -> list[float]:
+    ex = (c.extra.get("partitioned") or {}).get("exactness")
+    return [1.0 if ex["exact"] else 0.0] if ex else []
+
+
+def _part_exact_facts(c: Ctx) -> dict[str, Any]:
+    ex = (c.extra.get("partitioned") or {}).get("exactness") or {}
+    runs = ex.get("runs") or {}
+    return {
+        **_parts(c),
+        "plain": (runs.get("plain") or {}).get("deleted", 0),
+        "part": (runs.get("partitioned") or {}).get("deleted", 0),
+        "window": ex.get("window_rows", 0),
+        "differ": ", ".join(ex.get("differing_key_types") or []) or "none",
+    }
+
+
+def _part_writer_max(c: Ctx) -> list[float]:
+    """Per run number, the writer's max during ours on the partitioned copy, worst index state."""
+    out = []
+    for run_no in c.run_numbers():
+        vals = [
+            float(r.writer_during.max_ms)
+            for r in c.runs
+            if (r.size, r.variant, r.run) == (c.n, "ours-part", run_no)
+        ]
+        if vals:
+            out.append(max(vals))
+    return out
+
+
+PARTITIONED_SPECS: tuple[Spec, ...] = (
+    Spec(
+        id="partitioned-exact",
+        name="partitioned ({parts} hash): the same keys deleted as unpartitioned (no writer, "
+        "N={n:,})",
+        goal="the same rows left, per key type",
+        bound=1.0,
+        floor=True,
+        figures=_part_exact,
+        facts=_part_exact_facts,
+        per_run=lambda _c: [],
+        value="deleted {part:,} vs {plain:,}; {window} row(s) between the two cutoffs left "
+        "out; differing key types: {differ}",
+        miss="not exact: differing key types {differ}",
+    ),
+    *(_part_throughput(phase, index) for phase in ("run", "delete") for index in (False, True)),
+    Spec(
+        id="partitioned-writer-max",
+        name=f"writer max during partitioned ours <= {WRITER_MAX_MS:.0f} ms (N={{n:,}})",
+        goal=f"<= {WRITER_MAX_MS:.0f} ms",
+        bound=WRITER_MAX_MS,
+        figures=_part_writer_max,
+        value="{v:.0f} ms",
+        miss="{over:.0f} ms over ({x:.2f}x the bound)",
+    ),
+)
+
+
 SPECS: tuple[Spec, ...] = (
     *(_throughput(phase, index) for phase in ("run", "delete") for index in (False, True)),
     Spec(
@@ -429,4 +522,5 @@ SPECS: tuple[Spec, ...] = (
         miss="{x_over:.0%} over",
         not_run="{reason}",
     ),
+    *PARTITIONED_SPECS,
 )
