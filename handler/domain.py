@@ -134,6 +134,9 @@ class Target(_SchemaQualified):
     encoded: Encoded | None = None
     # Declaratively partitioned (relkind p): measured over the parent, deleted leaf by leaf.
     partitioned: bool = False
+    # The name the table's rows go by in the statement, when not its own: the measuring pass
+    # over a partitioned table reads them through a subquery (handler/db/measure.py _source).
+    row_alias: str | None = None
 
     @property
     def has_key_types(self) -> bool:

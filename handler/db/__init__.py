@@ -67,6 +67,7 @@ from handler.db.measure import (
     read_encoded_creds,
     sizes,
 )
+from handler.db.measure import statement as measure_statement
 from handler.db.predicates import (
     FIRST_TIMESTAMP,
     LAST_TIMESTAMP,
@@ -189,6 +190,7 @@ __all__ = [
     "lock_shared",
     "lock_shared_then_row_wait",
     "measure",
+    "measure_statement",
     "measures_orphans",
     "missing_live_privileges",
     "nudge_standbys",

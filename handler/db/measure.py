@@ -4,7 +4,7 @@ rule takes), the table's sizes, the auth table's reads, and the dry run's listin
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,9 @@ from handler.domain import (
     TenantCounts,
     TypeCounts,
 )
+
+# The name a partitioned table's rows go by in the measuring pass (see _source).
+PARTITIONED_ROWS = "kc_t"
 
 
 def sizes(conn: Conn, target: Target) -> Sizes:
@@ -232,6 +235,17 @@ def _source(p: _Pass) -> sql.Composable:
     branches = lifecycle_branches(target, p.policy)
     if not branches:
         return target.ident
+    table: sql.Composable = target.ident
+    if target.partitioned:
+        # PostgreSQL computes a partitioned table's projection in each leaf's scan, and with it
+        # the sender-key rule's hashed subquery over the whole table: once per leaf (7 x
+        # ~70 ms at 1M rows in 8 leaves). Read the rows through a subquery instead: the
+        # projection, and the hash, then happen once, above the leaves.
+        table = sql.SQL("(SELECT * FROM {} OFFSET 0) AS {}").format(
+            target.ident, sql.Identifier(PARTITIONED_ROWS)
+        )
+        target = replace(target, row_alias=PARTITIONED_ROWS)
+        branches = lifecycle_branches(target, p.policy)
     codes = iter(range(1, len(p.reasons) + 1))
     by_type = lifecycle_case(
         target,
@@ -258,7 +272,7 @@ def _source(p: _Pass) -> sql.Composable:
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in dict.fromkeys(used) if c is not None),
         due=sql.SQL("({} OR {})").format(aged(target, p.policy), expired(target, p.policy)),
         by_type=by_type,
-        table=target.ident,
+        table=table,
     )
 
 
@@ -442,6 +456,17 @@ def _tenant_counts(row: dict[str, Any]) -> TenantCounts:
     )
 
 
+def _statement(p: _Pass) -> tuple[sql.Composed, dict[str, Any]]:
+    return _query(p), policy_params(p.policy) | {f"e{i}": edge for i, edge in enumerate(p.distinct)}
+
+
+def statement(
+    target: Target, edges: Sequence[datetime], policy: Policy, *, by_tenant: bool = False
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The measuring pass's statement and parameters, as `measure` runs them (for EXPLAIN)."""
+    return _statement(_plan(target, edges, policy, by_tenant))
+
+
 def measure(
     conn: Conn,
     target: Target,
@@ -463,9 +488,8 @@ def measure(
     be loaded).
     """
     p = _plan(target, edges, policy, by_tenant)
-    params = policy_params(policy) | {f"e{i}": edge for i, edge in enumerate(p.distinct)}
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(_query(p), params).fetchall()
+        rows = cur.execute(*_statement(p)).fetchall()
     return Measurement(
         types=[_type_counts(p, r) for r in rows if not r["is_tenant"]],
         tenants=[_tenant_counts(r) for r in rows if r["is_tenant"]],

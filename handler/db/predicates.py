@@ -95,7 +95,7 @@ def in_range(ts: sql.Composable) -> sql.Composable:
 def _ref(target: Target, column: str, qualified: bool) -> sql.Composable:
     """A key-table column, qualified by the table when it is compared inside a subquery."""
     if qualified:
-        return sql.Identifier(target.schema, target.name, column)
+        return _column(target, column)
     return sql.Identifier(column)
 
 
@@ -352,7 +352,10 @@ def _orphaned(target: Target, policy: Policy) -> sql.Composable:
 
 
 def _column(target: Target, column: str | None) -> sql.Composable:
-    """A key-table column qualified by the table, for use inside a correlated subquery."""
+    """A key-table column qualified by the table (or the name its rows go by), for use
+    inside a correlated subquery."""
+    if target.row_alias is not None:
+        return sql.Identifier(target.row_alias, column or "")
     return sql.Identifier(target.schema, target.name, column or "")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from psycopg import sql
 
 from handler import db
 from handler.cleanup import run_cleanup
@@ -261,3 +262,73 @@ def test_per_partition_counts_only_in_verbose_runs(pg: PgSchema) -> None:
     report = run_cleanup(pg.settings(), FORCE)
     assert report.deleted > 0
     assert not any(n.startswith("deleted per partition") for n in report.notes)
+
+
+def _sender_keys_and_memory() -> list[KeyRow]:
+    """Old sender keys of 6 tenants (all leaves but a few), half of them with their group's
+    memory row (so kept), half without (so eligible)."""
+    rows = []
+    for t in range(6):
+        for g in range(10):
+            rows.append(KeyRow(f"c{t}", "sender-key", f"g{g}@g.us::777::0", 60))
+            if g % 2:
+                rows.append(KeyRow(f"c{t}", "sender-key-memory", f"g{g}@g.us", 2))
+    return rows
+
+
+def _subplan_runs(node: dict[str, object]) -> int:
+    """How many times the SubPlans of an EXPLAIN (ANALYZE, FORMAT JSON) plan tree ran."""
+    here = node.get("Actual Loops", 0) if node.get("Parent Relationship") == "SubPlan" else 0
+    assert isinstance(here, int)
+    children = node.get("Plans") or []
+    assert isinstance(children, list)
+    return here + sum(_subplan_runs(child) for child in children)
+
+
+def test_measuring_pass_looks_up_memory_rows_once_not_per_leaf(
+    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender-key rule's hashed subquery over the whole table is built once, as on a plain
+    table: PostgreSQL computes a partitioned table's projection in each leaf's scan, and with
+    it builds the hash once per leaf, each time reading every leaf's memory rows."""
+    _hash(pg)
+    with pg.connect() as conn:
+        conn.execute(reference_schema("plain_keys"))
+    rows = _sender_keys_and_memory()
+    pg.insert_keys(rows)
+    pg.insert_keys(rows, table="plain_keys")
+    passes: list[tuple[db.Target, list[object], db.Policy, bool]] = []
+    real = db.measure
+
+    def recording(
+        conn: db.Conn,
+        target: db.Target,
+        edges: list[object],
+        policy: db.Policy,
+        *,
+        by_tenant: bool = False,
+    ) -> object:
+        passes.append((target, edges, policy, by_tenant))
+        return real(conn, target, edges, policy, by_tenant=by_tenant)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(db, "measure", recording)
+    reports = {
+        table: run_cleanup(pg.settings(CLEANUP_TABLE=table, **NO_GUARD), DRY)
+        for table in ("plain_keys", "whatsapp_keys")
+    }
+    # The same figures either way: 30 sender keys kept by their memory row, 30 eligible.
+    kept = {t: [(k.key_type, k.keys) for k in r.kept] for t, r in reports.items()}
+    assert kept["plain_keys"] == kept["whatsapp_keys"]
+    assert ("sender-key", 30) in kept["whatsapp_keys"]
+    assert reports["plain_keys"].eligible == reports["whatsapp_keys"].eligible == 30
+    counts = {}
+    with pg.connect() as conn:
+        for target, edges, policy, by_tenant in passes:
+            query, params = db.measure_statement(target, edges, policy, by_tenant=by_tenant)  # type: ignore[arg-type]
+            row = conn.execute(
+                sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(query), params
+            ).fetchone()
+            assert row is not None
+            counts[target.name] = _subplan_runs(row[0][0]["Plan"])
+    assert counts["plain_keys"] == 1  # one hashed lookup, built once
+    assert counts["whatsapp_keys"] == counts["plain_keys"]
