@@ -1,10 +1,17 @@
-"""The engine's measurement phase against one sequential count(*) over the same table.
+"""The engine's measurement phase against one sequential count(*) over the same table, and
+the measuring pass itself against one heap scan reading the same columns (issue 20 item 5).
 
 The measurement phase is what a dry run of `run_cleanup` does: connect, resolve the target,
 take the advisory lock, read the clock, the table sizes and the one measuring pass, then stop
 (nothing to delete). Timing the public entry point keeps this independent of the engine's
 internal helpers, at the price of a few milliseconds of connection set-up charged to the
 engine (stated in the report).
+
+The measuring pass is `handler.db.measure` called with the arguments the engine gave it in a
+dry run (target, edges, policy, by_tenant), on a connection set up as the engine's
+(`handler.db.connect`: no JIT, UTC). Its yardstick is one sequential scan that reads the
+columns the pass reads (`same_column_scan`) and groups them as the pass groups them (per key
+type and tenant), on the same connection: same parallel-worker settings.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+from unittest import mock
 
 import psycopg
 from psycopg import sql
@@ -22,6 +31,7 @@ from bench.data import fresh_copy
 from bench.variants import engine_settings
 from handler import db
 from handler.cleanup import run_cleanup
+from handler.db.predicates import applies_ttl, lifecycle_branches, measures_orphans
 from handler.schema import REFERENCE_TABLE
 from handler.settings import Flags
 
@@ -81,6 +91,8 @@ def measure_vs_count(base_url: str, template: str, name: str, repeats: int = 3) 
             counts.append(c)
             measures.append(m)
             ratios.append(m / c)
+        # The measuring pass alone, against the same-column scan (issue 20 item 5).
+        same = pass_vs_scan(url, repeats=max(repeats, 5))
     return {
         "available": True,
         "function": FUNCTION,
@@ -90,6 +102,100 @@ def measure_vs_count(base_url: str, template: str, name: str, repeats: int = 3) 
         "measure_ms": round(statistics.median(measures) * 1000, 1),
         "ratio": round(statistics.median(ratios), 3),
         "ratios": [round(r, 3) for r in ratios],
+        **same,
+    }
+
+
+PassArgs = tuple[db.Target, list[datetime], db.Policy, bool]
+
+
+def pass_args(url: str) -> PassArgs:
+    """What the engine hands `db.measure` in a dry run with the bench's settings: (target,
+    edges, policy, by_tenant), from the last call (the one the run kept)."""
+    with mock.patch.object(db, "measure", wraps=db.measure) as spy:
+        _measure_step(url)
+    if spy.call_args is None:
+        raise RuntimeError("the dry run made no measuring pass")
+    _conn, target, edges, policy = spy.call_args.args
+    return target, list(edges), policy, bool(spy.call_args.kwargs.get("by_tenant", False))
+
+
+def read_columns(target: db.Target, policy: db.Policy, by_tenant: bool) -> dict[str, str]:
+    """The key-table columns the measuring pass reads, by role: the key type, the tenant (per
+    tenant figures, or the orphan rule), the timestamp, the key id (the key lifecycle) and the
+    expiry (the TTL rule). Encoded: the key column holds type and id."""
+    enc = target.encoded
+    roles = {
+        "type": enc.key_column if enc is not None else target.key_type_column,
+        "tenant": target.tenant_column
+        if (by_tenant or measures_orphans(target, policy)) and target.has_tenant
+        else None,
+        "ts": target.timestamp_column,
+        "id": (enc.key_column if enc is not None else target.key_id_column)
+        if lifecycle_branches(target, policy)
+        else None,
+        "expires": target.expires_column if applies_ttl(target, policy) else None,
+    }
+    return {role: col for role, col in roles.items() if col is not None}
+
+
+def same_column_scan(target: db.Target, policy: db.Policy, by_tenant: bool) -> sql.Composed:
+    """One sequential scan reading exactly the columns the pass reads, grouped as the pass
+    groups (key type, tenant): the keys, the timestamps' extremes, the largest key id and
+    expiry. With the default rules on the reference table:
+    `SELECT key_type, company_id, count(*), min(updated_at), max(updated_at), max(key_id)
+    FROM whatsapp_keys GROUP BY 1, 2`."""
+    cols = read_columns(target, policy, by_tenant)
+    keys = [sql.Identifier(cols[r]) for r in ("type", "tenant") if r in cols]
+    if "type" in cols and target.encoded is not None:
+        keys = keys[1:]  # the encoded key column is read whole, as the id below
+    aggs: list[sql.Composable] = [sql.SQL("count(*)")]
+    if "ts" in cols:
+        ts = sql.Identifier(cols["ts"])
+        aggs += [sql.SQL("min({})").format(ts), sql.SQL("max({})").format(ts)]
+    for role in ("id", "expires"):
+        if role in cols and not (target.encoded is not None and role == "id"):
+            aggs.append(sql.SQL("max({})").format(sql.Identifier(cols[role])))
+    if target.encoded is not None:
+        aggs.append(sql.SQL("max({})").format(sql.Identifier(cols["type"])))
+    group = sql.SQL(" GROUP BY {}").format(sql.SQL(", ").join(keys)) if keys else sql.SQL("")
+    return sql.SQL("SELECT {select} FROM {table}{group}").format(
+        select=sql.SQL(", ").join([*keys, *aggs]), table=target.ident, group=group
+    )
+
+
+def pass_vs_scan(url: str, repeats: int = 5) -> dict[str, Any]:
+    """The measuring pass against `same_column_scan`: alternated on one engine-like connection,
+    median of `repeats` pairs after one warm-up of each."""
+    target, edges, policy, by_tenant = pass_args(url)
+    scan = same_column_scan(target, policy, by_tenant)
+    with db.connect(url, connect_timeout_s=10) as conn:
+        scan_text = scan.as_string(conn)
+
+        def run_pass() -> None:
+            db.measure(conn, target, edges, policy, by_tenant=by_tenant)
+
+        def run_scan() -> None:
+            conn.execute(scan).fetchall()
+
+        run_pass()
+        run_scan()
+        passes, scans, ratios = [], [], []
+        for _ in range(max(repeats, 3)):
+            s = _timed(run_scan)
+            m = _timed(run_pass)
+            scans.append(s)
+            passes.append(m)
+            ratios.append(m / s)
+        workers = str((conn.execute("SHOW max_parallel_workers_per_gather").fetchone() or ("",))[0])
+    return {
+        "pass_ms": round(statistics.median(passes) * 1000, 1),
+        "scan_ms": round(statistics.median(scans) * 1000, 1),
+        "pass_ratio": round(statistics.median(ratios), 3),
+        "pass_ratios": [round(r, 3) for r in ratios],
+        "scan_sql": scan_text,
+        "columns": sorted(read_columns(target, policy, by_tenant).values()),
+        "parallel_workers": workers,
     }
 
 
