@@ -15,7 +15,7 @@ from datetime import datetime
 
 import psycopg
 
-from handler import db, rules
+from handler import db, resume, rules
 from handler.authtable import find_auth, read_lifecycle
 from handler.checks import TargetChecks, resolve
 from handler.deleteloop import DeleteLoop, LoopStats, Measured, ProgressFn
@@ -25,6 +25,7 @@ from handler.measuring import MeasuredRun, after_stats, measured_run
 from handler.orphans import OrphanRun
 from handler.report import (
     BUCKET_DAYS,
+    Drain,
     KeyEntry,
     Report,
     TypeStats,
@@ -65,6 +66,7 @@ class _Run:
         self.checks = TargetChecks(settings, flags, self.notes)
         self.history = History(conn, settings, self.notes)
         self.orphans = OrphanRun(settings, flags, self.history, self.notes)
+        self.drain: Drain | None = None  # the drain this run continues (handler/resume.py)
 
     def _base(self, target: db.Target | None) -> dict[str, object]:
         s = self.settings
@@ -167,8 +169,11 @@ class _Run:
         policy, now, edges = self._policy(conn, target)
         sizes = db.sizes(conn, target)
         # Every row old at the pass lies in these pages of its leaf: read before the pass.
-        leaves = db.leaves(conn, target) if target.partitioned else None
-        measured, policy = self.orphans.measure(conn, target, list(edges.values()), policy)
+        leaves = db.leaves(conn, target)
+        starts = self._starts(target, leaves)
+        measured, policy = self.orphans.measure(
+            conn, target, list(edges.values()), policy, heads=starts
+        )
         policy = self.orphans.check_share(policy, measured.tenants)
         run = measured_run(
             measured,
@@ -184,7 +189,32 @@ class _Run:
             holds_types=self.checks.type_column_holds_types,
             notes=self.notes,
         )
-        return replace(run, leaves=leaves)
+        if starts and self.flags.verbose:
+            self.notes.append(
+                "resuming where the last run stopped: "
+                + ", ".join(
+                    f"{leaf.schema}.{leaf.name} at page {starts[leaf.oid]:,} of {leaf.pages:,}"
+                    for leaf in leaves
+                    if leaf.oid in starts
+                )
+                + f"; {run.head_eligible:,} eligible keys before those pages"
+            )
+        return replace(run, leaves=leaves, starts=starts)
+
+    def _starts(self, target: db.Target, leaves: list[db.Leaf]) -> dict[int, int]:
+        """Where each relation's walk starts: at the last run's resume point when it ended
+        partial (a live run with the history on), else page 0. Why a point is not used is a
+        note in verbose runs."""
+        if self.flags.dry_run or not self.settings.history_enabled:
+            return {}
+        self.drain, problem = self.history.drain(target.qualified)
+        ignored = [problem] if problem else []
+        starts: dict[int, int] = {}
+        if self.drain is not None:
+            starts, ignored = resume.starts(self.drain.resume, leaves)
+        if ignored and self.flags.verbose:
+            self.notes.extend(ignored)
+        return starts
 
     def _locked(self, conn: db.Conn, target: db.Target) -> Report:
         flags = self.flags
@@ -259,8 +289,11 @@ class _Run:
             progress=self.progress,
             leaves=m.leaves,
             verbose=flags.verbose,
+            starts=m.starts,
+            head_eligible=m.head_eligible,
         ).run()
         self.notes.extend(stats.notes)
+        drain = self._drained(m, stats)
         deleted_by_type = _deleted_by_type(stats, m.by_type, m.eligible)
         if m.by_type and deleted_by_type is None:
             self.notes.append(
@@ -292,6 +325,24 @@ class _Run:
             vacuumed=vacuumed,
             keys=[_entry(target, item) for item in stats.listing],
             keys_omitted=max(0, stats.deleted - len(stats.listing)) if flags.verbose else 0,
+            remaining=max(0, m.eligible - stats.deleted),
+            drain=drain,
+        )
+
+    def _drained(self, m: MeasuredRun, stats: LoopStats) -> Drain:
+        """This run's part of the drain: the runs and keys since the last completed run, and
+        where the next run starts when this one stopped."""
+        earlier = self.drain
+        partial = stats.status == "partial"
+        if partial and not self.settings.history_enabled:
+            self.notes.append(
+                "no run history (CLEANUP_HISTORY_ENABLED=false): the next run starts at page 0"
+            )
+        return Drain(
+            runs=earlier.runs + 1 if earlier else 1,
+            deleted=(earlier.deleted if earlier else 0) + stats.deleted,
+            since=earlier.since if earlier and earlier.since else m.now,
+            resume=resume.points(m.leaves or [], stats.reached) if partial else [],
         )
 
 

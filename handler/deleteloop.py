@@ -14,7 +14,7 @@ from typing import Literal
 
 from psycopg import errors as pg_errors
 
-from handler import db, pacing
+from handler import db, pacing, resume
 from handler.report import Status
 from handler.settings import Settings
 
@@ -55,9 +55,13 @@ class Measured:
 @dataclass(frozen=True)
 class Progress:
     pages_done: int
-    pages_total: int
+    pages_total: int  # the pages this run walks (a resumed run may leave some out)
     deleted: int
     batches: int
+    # The batch just done: its relation and pages [first_page, end_page).
+    oid: int = 0
+    first_page: int = 0
+    end_page: int = 0
 
 
 ProgressFn = Callable[[Progress], None]
@@ -91,6 +95,9 @@ class LoopStats:
     throttle_waits: int = 0
     throttle_wait_s: float = 0.0
     pacing_wait_s: float = 0.0
+    # Per relation (oid), the page the next run starts at (handler/resume.py); the loop fills
+    # it whatever the status, the engine records it only for a partial run.
+    reached: dict[int, int] = field(default_factory=dict)
 
     def report_fields(self) -> dict[str, object]:
         """The Report's fields these figures fill (status and reason included)."""
@@ -129,6 +136,7 @@ class _Tally:
     throttle_waits: int = 0
     throttle_wait_s: float = 0.0
     pacing_wait_s: float = 0.0
+    reached: dict[int, int] = field(default_factory=dict)
 
     def add(self, result: db.BatchResult, batch_ms: float, list_limit: int) -> None:
         self.batches += 1
@@ -149,6 +157,7 @@ class _Tally:
         if self.deleted_by_type is not None:
             values["deleted_by_type"] = dict(self.deleted_by_type)
         values["listing"] = list(self.listing)
+        values["reached"] = dict(self.reached)
         return LoopStats(**values)
 
 
@@ -288,6 +297,8 @@ class DeleteLoop:
         measured: Measured | None = None,
         leaves: list[db.Leaf] | None = None,
         verbose: bool = False,
+        starts: dict[int, int] | None = None,
+        head_eligible: int = 0,
     ) -> None:
         self.conn, self.target, self.policy, self.now = conn, target, policy, now
         # The relations the batches' DELETEs name: the table itself, or a partitioned table's
@@ -295,7 +306,12 @@ class DeleteLoop:
         self.leaves = leaves or [db.Leaf(target.oid, target.schema, target.name, pages_total)]
         self.leaf_set = frozenset(leaf.oid for leaf in self.leaves)
         self.rel = target  # the relation of the batch under way
-        self.offset = 0  # the pages of the leaves done before this one
+        self.offset = 0  # the pages of the segments done before this one
+        # The walk's order: from a resume point (`starts`: relation oid -> page) to the end,
+        # then the head only if it holds eligible keys (`head_eligible`, from the same pass).
+        first = starts or {}
+        self.plan = resume.plan(self.leaves, first, eligible=eligible, head_eligible=head_eligible)
+        self.planned = sum(seg.pages for seg in self.plan)
         # Deleted keys per leaf, for the verbose runs' note on a partitioned table.
         self.by_leaf: dict[str, int] | None = (
             dict.fromkeys((f"{x.schema}.{x.name}" for x in self.leaves), 0)
@@ -321,6 +337,15 @@ class DeleteLoop:
         )
         self.span = pacing.first_span(self.limits)
         self.tally = _Tally(deleted_by_type={} if count_by_type else None)
+        # Where each relation's next walk starts: a tail left out (no eligible key there) counts
+        # as walked; a relation not reached keeps its start.
+        tails = {seg.leaf.oid for seg in self.plan if not seg.head}
+        self.tally.reached = {
+            leaf.oid: first.get(leaf.oid, 0)
+            if leaf.oid in tails
+            else max(first.get(leaf.oid, 0), leaf.pages)
+            for leaf in self.leaves
+        }
         self.wal = _WalPace(conn, settings, deadline, self.tally)
         self.watch = _ReplicaWatch(conn, settings, deadline, self.tally)
         self.batch_s = 0.0  # time inside batches, to estimate the work left
@@ -341,44 +366,54 @@ class DeleteLoop:
 
     def _loop(self) -> None:
         t = self.tally
-        for leaf in self.leaves:
+        for seg in self.plan:
+            leaf = seg.leaf
             self.rel = (
                 replace(self.target, oid=leaf.oid, schema=leaf.schema, name=leaf.name)
                 if self.target.partitioned
                 else self.target
             )
-            if not self._leaf(leaf.pages):
+            if not self._leaf(seg):
                 return
-            self.offset += leaf.pages
+            if not seg.head:
+                t.reached[leaf.oid] = seg.hi
+            self.offset += seg.pages
         if t.skipped_pages:
             t.notes.append(
                 f"{t.skipped_pages} page(s) skipped: the application held rows there; their "
                 "keys are left for the next run"
             )
 
-    def _leaf(self, pages: int) -> bool:
-        """The batches over one relation's first `pages` pages; False: the run must stop."""
+    def _leaf(self, seg: resume.Segment) -> bool:
+        """The batches over one segment of a relation's pages; False: the run must stop (and
+        where its next walk starts is recorded)."""
         t = self.tally
-        next_page = 0
-        while self.eligible and (self.pending or next_page < pages):
+        next_page = seg.lo
+        while self.eligible and (self.pending or next_page < seg.hi):
             if not self._throttled():
-                return False
+                return self._stopped_at(seg, next_page)
             budget_ms = remaining_ms(self.deadline)
             if budget_ms < max(MIN_BATCH_BUDGET_MS, t.max_batch_ms * 2):
                 self._stop("stopped at the deadline; the next run continues where the data stands")
-                return False
+                return self._stopped_at(seg, next_page)
             if self.pending:
                 lo, hi = self.pending.pop()
             else:
-                lo, hi = next_page, min(pages, next_page + self.span.pages)
+                lo, hi = next_page, min(seg.hi, next_page + self.span.pages)
                 next_page = hi
             outcome = self._attempt(lo, hi, budget_ms)
             if outcome == "stop":
-                return False
+                return self._stopped_at(seg, min(lo, next_page))
             if outcome == "done":
                 self.attempts = 0
-                self._pace(self.offset + next_page)
+                self._pace(self.offset + next_page - seg.lo)
         return True
+
+    def _stopped_at(self, seg: resume.Segment, page: int) -> Literal[False]:
+        """The loop stops in `seg` with every page before `page` done but the ranges still
+        pending: the next run starts at the first page not done."""
+        self.tally.reached[seg.leaf.oid] = min([page, *(lo for lo, _ in self.pending)])
+        return False
 
     def _attempt(self, lo: int, hi: int, budget_ms: float) -> Literal["done", "retry", "stop"]:
         """One batch over pages [lo, hi): done, to be retried (split or whole), or the loop
@@ -431,7 +466,7 @@ class DeleteLoop:
             )
             self._stop(
                 f"stopped after {self.attempts} batches in a row hit the {what} at "
-                f"page {self.offset + lo:,} of {self.pages_total:,}; the next run continues where "
+                f"page {lo:,} of {self.rel.qualified}; the next run continues where "
                 "the data stands"
             )
             return "stop"
@@ -454,7 +489,7 @@ class DeleteLoop:
 
     def _pace(self, next_page: int) -> None:
         """After a batch: its WAL charged to the budget, any debt paid off with a pause."""
-        pages_left = max(1, self.pages_total - next_page)
+        pages_left = max(1, self.planned - next_page)
         self.wal.pace(
             self.watch.lsn,
             work_s=self.batch_s / self.pages_done * pages_left if self.pages_done else 0.0,
@@ -503,7 +538,9 @@ class DeleteLoop:
         if self.list_budget:
             self.list_budget = max(0, self.list_budget - len(result.listed))
         if self.progress is not None:
-            self.progress(Progress(self.pages_done, self.pages_total, t.deleted, t.batches))
+            self.progress(
+                Progress(self.pages_done, self.planned, t.deleted, t.batches, self.rel.oid, lo, hi)
+            )
 
     def _lock(self, budget_ms: float) -> None:
         """A batch's settings and locks, inside its transaction."""

@@ -222,6 +222,9 @@ class Leaf:
     schema: str
     name: str
     pages: int
+    # Its storage file: a VACUUM FULL, CLUSTER or TRUNCATE gives it a new one, and a run's
+    # resume point (handler/resume.py) is then void.
+    relfilenode: int = 0
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,10 @@ class TypeCounts:
     protected_orphaned: int = 0  # of `protected`, the ones the orphan rule takes anyway
     # Aged or expired keys the key lifecycle keeps, per reason (not in `eligible`).
     kept: dict[KeepReason, int] = field(default_factory=dict)
+    # Of `eligible` and `orphan_extra`, the keys before the resume point (handler/resume.py):
+    # in the pages an earlier run already walked. 0 when the run does not resume.
+    head_eligible: int = 0
+    head_orphan_extra: int = 0
 
     def older_than(self, edge: datetime) -> int:
         return self.with_timestamp - self.newer_than[edge]
@@ -327,6 +334,7 @@ class RunPoint:
     finished_at: datetime
     keys: int
     total_bytes: int
+    remaining: int | None = None  # the backlog the run left, as its report recorded it
 
 
 @dataclass(frozen=True)

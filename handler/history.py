@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from handler import db
-from handler.report import STALLED_ALERT_RUNS, TREND_RUNS, Report, TrendPoint
+from handler import db, resume
+from handler.report import STALLED_ALERT_RUNS, TREND_RUNS, Drain, Report, TrendPoint
 from handler.settings import Settings
 
 # The orphan rule takes a tenant only when a run at least this much earlier found it orphaned
@@ -26,7 +26,10 @@ MAX_STALLED_RUNS = 1000
 def trend_points(runs: list[db.RunPoint]) -> list[TrendPoint]:
     """The run history's last runs as the report's trend."""
     return [
-        TrendPoint(finished_at=r.finished_at, keys=r.keys, total_bytes=r.total_bytes) for r in runs
+        TrendPoint(
+            finished_at=r.finished_at, keys=r.keys, total_bytes=r.total_bytes, remaining=r.remaining
+        )
+        for r in runs
     ]
 
 
@@ -144,6 +147,19 @@ class History:
                 report, f"run history not recorded ({type(exc).__name__}; see keys-cleanup init-db)"
             )
         return report
+
+    def drain(self, table: str) -> tuple[Drain | None, str | None]:
+        """The drain in progress: the last run that ran the delete loop, when it ended
+        `partial` (else a new drain begins); and why a recorded one cannot be used."""
+        last, note = self._read(
+            lambda: db.last_drain(self.conn, self.schema, self.name, table),
+            problem="run history not readable ({error}): the loop starts at page 0",
+        )
+        if note:
+            return None, note
+        if last is None or last[0] != "partial":
+            return None, None
+        return resume.read_drain(last[1])
 
     def with_trend(self, report: Report) -> Report:
         """The last recorded runs' keys and sizes (this one included when recorded); a failed

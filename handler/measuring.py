@@ -56,6 +56,10 @@ class MeasuredRun:
     rules: RuleFigures
     # A partitioned table's leaves with their pages, read with the sizes (before the pass).
     leaves: list[db.Leaf] | None = None
+    # Resuming a drain (handler/resume.py): each relation's first page, and the eligible keys
+    # the pass counted before those pages.
+    starts: dict[int, int] | None = None
+    head_eligible: int = 0
 
     @property
     def eligible(self) -> int:
@@ -225,6 +229,7 @@ def measured_run(
     counts = measured.types
     orphans = db.applies_orphans(target, policy)
     total = rules.totals(counts, orphans=orphans)
+    head = sum(c.head_eligible + (c.head_orphan_extra if orphans else 0) for c in counts)
     by_type = type_figures(
         settings,
         target,
@@ -254,4 +259,5 @@ def measured_run(
         rules=rule_figures(
             settings, target, measured, total, bucket_edges, orphan_run, verbose=verbose
         ),
+        head_eligible=head,
     )

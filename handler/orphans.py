@@ -150,14 +150,19 @@ class OrphanRun:
         )
 
     def measure(
-        self, conn: db.Conn, target: db.Target, edges: list[datetime], policy: db.Policy
+        self,
+        conn: db.Conn,
+        target: db.Target,
+        edges: list[datetime],
+        policy: db.Policy,
+        heads: dict[int, int] | None = None,
     ) -> tuple[db.Measurement, db.Policy]:
         """The measuring pass. With the orphan rule, the auth table's lock is taken first: if
         it cannot be had within the lock timeout, the rule is refused (a note) and the pass
         runs without it."""
         by_tenant = self.settings.top_tenants > 0
         if policy.orphans is None:
-            return db.measure(conn, target, edges, policy, by_tenant=by_tenant), policy
+            return db.measure(conn, target, edges, policy, by_tenant=by_tenant, heads=heads), policy
         orphans = policy.orphans
         try:
             with conn.transaction():
@@ -165,7 +170,7 @@ class OrphanRun:
                     db.lock_shared(conn, orphans.ident)
                 except pg_errors.LockNotAvailable as exc:
                     raise _AuthLocked from exc
-                return db.measure(conn, target, edges, policy, by_tenant=True), policy
+                return db.measure(conn, target, edges, policy, by_tenant=True, heads=heads), policy
         except _AuthLocked:
             self._refuse(
                 f"orphan rule refused: auth table "
@@ -173,7 +178,7 @@ class OrphanRun:
                 "the other rules go on"
             )
             policy = replace(policy, orphans=None)
-            return db.measure(conn, target, edges, policy, by_tenant=by_tenant), policy
+            return db.measure(conn, target, edges, policy, by_tenant=by_tenant, heads=heads), policy
 
     def check_share(self, policy: db.Policy, tenants: list[db.TenantCounts]) -> db.Policy:
         """The policy with the rule's measured set, or without the rule when it would orphan

@@ -88,6 +88,28 @@ class TrendPoint(_Model):
     finished_at: datetime
     keys: int
     total_bytes: int
+    remaining: int | None = None  # the backlog that run left (null: not recorded)
+
+
+class ResumePoint(_Model):
+    """Where a partial run's delete loop stopped in one relation (the table, or a leaf
+    partition): the next run starts there if the relation still has this storage file
+    (handler/resume.py)."""
+
+    oid: int = Field(ge=0)
+    relfilenode: int = Field(ge=0)
+    block: int = Field(ge=0)
+
+
+class Drain(_Model):
+    """A backlog drained over several runs: the live runs in a row that ran the delete loop,
+    the first being the one after the last `completed` run, this one included."""
+
+    runs: int = 1
+    deleted: int = 0  # keys deleted by those runs, this one included
+    since: datetime | None = None  # when the first of them started
+    # Where this run stopped, for the next one; empty when it completed.
+    resume: list[ResumePoint] = Field(default_factory=list)
 
 
 # How many recorded runs the trend spans.
@@ -175,6 +197,10 @@ class Report(_Model):
     # run history's earlier runs of this table); 0 when this run deleted or did not stop.
     # From STALLED_ALERT_RUNS on, an alarm and Telegram say the job is stuck.
     stalled_runs: int = 0
+    # The backlog: eligible keys this run measured and did not delete (null: no live run of
+    # the delete loop); `drain`: the runs so far since the last completed one, with their total.
+    remaining: int | None = None
+    drain: Drain | None = None
     trend: list[TrendPoint] = Field(default_factory=list)  # last runs, oldest first
 
     @property
@@ -380,6 +406,16 @@ FIGURES: tuple[Figure, ...] = (
     Figure("event_id", log=_NEVER, shown=TELEGRAM),
     Figure("duplicate", log=_NEVER),
     Figure("stalled_runs", log=_NEVER, metric=Metric("StalledRuns"), shown=TELEGRAM),
+    Figure("remaining", log="if_known", metric=Metric("KeysRemaining")),
+    Figure("drain", log=_NEVER),
+    Figure(
+        "backlog",
+        get=lambda r: backlog_line(r),  # noqa: PLW0108 - defined below
+        log=_NEVER,
+        sentry=False,
+        shown=BOTH,
+        label="backlog",
+    ),
     Figure("trend", log=_NEVER, shown=BOTH),
 )
 
@@ -420,6 +456,8 @@ def labelled_lines(report: Report, rendering: Rendering) -> list[str]:
     for f in FIGURES:
         if f.label is not None and rendering in f.shown:
             value = f.value(report)
+            if value is None:
+                continue
             lines.append(
                 f"{f.label}: {value:,}" if isinstance(value, int) else f"{f.label}: {value}"
             )
@@ -461,6 +499,16 @@ def human_bytes_pair(first: int, last: int) -> str:
     return f"{first / scale:.1f} → {last / scale:.1f} {unit_of}"
 
 
+def backlog_line(r: Report) -> str | None:
+    """`12,345 keys left · run 2 of this drain, 40,000 deleted since …`, for a run that left a
+    backlog or finished one; None otherwise."""
+    if r.remaining is None or r.drain is None or (r.status != "partial" and r.drain.runs < 2):
+        return None
+    line = f"{r.remaining:,} eligible keys left"
+    since = f" since {r.drain.since.isoformat(timespec='seconds')}" if r.drain.since else ""
+    return line + f" · run {r.drain.runs} of this drain, {r.drain.deleted:,} deleted{since}"
+
+
 def trend_lines(points: list[TrendPoint]) -> list[str]:
     """`keys 7 runs: A → B` and `size 7 runs: X → Y MiB`, or one line saying there is none."""
     if not points:
@@ -468,10 +516,15 @@ def trend_lines(points: list[TrendPoint]) -> list[str]:
     first, last = points[0], points[-1]
     if len(points) == 1:
         return [f"keys 1 run: {last.keys:,}", f"size 1 run: {human_bytes(last.total_bytes)}"]
-    return [
+    lines = [
         f"keys {len(points)} runs: {first.keys:,} → {last.keys:,}",
         f"size {len(points)} runs: {human_bytes_pair(first.total_bytes, last.total_bytes)}",
     ]
+    # The backlog over the runs that recorded it, when it was not 0 throughout.
+    left = [p.remaining for p in points if p.remaining is not None]
+    if any(left):
+        lines.append("backlog " + " → ".join(f"{n:,}" for n in left))
+    return lines
 
 
 def kept_lines(report: Report) -> list[str]:

@@ -205,12 +205,14 @@ def leaves(conn: Conn, target: Target) -> list[Leaf]:
     if not target.partitioned:
         query = """
             SELECT %(oid)s::bigint AS oid, %(schema)s::text AS schema, %(name)s::text AS name,
-                   pg_relation_size(%(oid)s) / current_setting('block_size')::int AS pages
+                   pg_relation_size(%(oid)s) / current_setting('block_size')::int AS pages,
+                   pg_relation_filenode(%(oid)s)::bigint AS relfilenode
             """
     else:
         query = """
             SELECT c.oid::bigint AS oid, n.nspname::text AS schema, c.relname::text AS name,
-                   pg_relation_size(c.oid) / current_setting('block_size')::int AS pages
+                   pg_relation_size(c.oid) / current_setting('block_size')::int AS pages,
+                   pg_relation_filenode(c.oid)::bigint AS relfilenode
             FROM pg_partition_tree(%(oid)s::regclass) t
             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE t.isleaf ORDER BY n.nspname, c.relname

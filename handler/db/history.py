@@ -190,6 +190,24 @@ def orphan_candidates(
     return [[str(t) for t in r["ids"] or ()] for r in rows]
 
 
+def last_drain(
+    conn: Conn, schema: str | None, name: str, target_table: str
+) -> tuple[str, object] | None:
+    """The status and recorded drain (handler/resume.py) of the table's last run that ran the
+    delete loop; None when there is none."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            sql.SQL(
+                "SELECT status, report -> 'drain' AS drain FROM {} "
+                "WHERE target_table = %s AND report ? 'drain' "
+                "AND jsonb_typeof(report -> 'drain') = 'object' "
+                "ORDER BY finished_at DESC, id DESC LIMIT 1"
+            ).format(history_ident(schema, name)),
+            (target_table,),
+        ).fetchone()
+    return None if row is None else (str(row["status"]), row["drain"])
+
+
 def history_trend(
     conn: Conn, schema: str | None, name: str, days: int, target_table: str | None
 ) -> list[DayTrend]:
@@ -246,10 +264,12 @@ def recent_runs(
     table_filter = sql.SQL("AND target_table = %(target)s") if target_table else sql.SQL("")
     query = sql.SQL(
         """
-        SELECT finished_at, keys, total_bytes FROM (
+        SELECT finished_at, keys, total_bytes, remaining FROM (
           SELECT id, finished_at,
                  coalesce(keys_after, keys_before) AS keys,
-                 coalesce(total_bytes_after, total_bytes_before) AS total_bytes
+                 coalesce(total_bytes_after, total_bytes_before) AS total_bytes,
+                 CASE WHEN jsonb_typeof(report -> 'remaining') = 'number'
+                      THEN (report ->> 'remaining')::numeric::bigint END AS remaining
           FROM {table}
           WHERE coalesce(keys_after, keys_before) IS NOT NULL
             AND coalesce(total_bytes_after, total_bytes_before) IS NOT NULL {table_filter}

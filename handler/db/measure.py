@@ -3,7 +3,7 @@ rule takes), the table's sizes, the auth table's reads, and the dry run's listin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -98,6 +98,9 @@ class _Pass:
     cutoffs: dict[str, datetime]  # per-type cutoffs of unprotected types
     distinct: list[datetime]
     reasons: list[KeepReason]  # the lifecycle's reasons, by code 1..n (column k<code>)
+    # The resume point: per relation (oid), the first page not in the head (handler/resume.py);
+    # empty when the run does not resume.
+    heads: Mapping[int, int]
 
     @property
     def ts(self) -> sql.Composable:
@@ -123,7 +126,13 @@ class _Pass:
         return min(cutoff, self.grace)
 
 
-def _plan(target: Target, edges: Sequence[datetime], policy: Policy, by_tenant: bool) -> _Pass:
+def _plan(
+    target: Target,
+    edges: Sequence[datetime],
+    policy: Policy,
+    by_tenant: bool,
+    heads: Mapping[int, int],
+) -> _Pass:
     orphans = policy.orphans if measures_orphans(target, policy) else None
     grace = policy.orphans.cutoff if policy.orphans is not None else policy.cutoff
     cutoffs = {t: c for t, c in policy.type_cutoffs.items() if t not in policy.protected}
@@ -148,6 +157,24 @@ def _plan(target: Target, edges: Sequence[datetime], policy: Policy, by_tenant: 
         cutoffs=cutoffs,
         distinct=distinct,
         reasons=[r for conds in branches.values() for r, _ in conds],
+        heads={oid: block for oid, block in heads.items() if block > 0},
+    )
+
+
+def _head(p: _Pass) -> sql.Composable:
+    """TRUE for a row in the head: before its relation's resume point (a ctid is only
+    meaningful in its relation: of a partitioned table, tableoid names the leaf)."""
+
+    def before(block: int) -> sql.Composable:
+        return sql.SQL("ctid < {}::tid").format(sql.Literal(f"({block},0)"))
+
+    if not p.target.partitioned:
+        return before(p.heads.get(p.target.oid, 0))
+    return sql.SQL("CASE tableoid {whens} ELSE false END").format(
+        whens=sql.SQL(" ").join(
+            sql.SQL("WHEN {}::oid THEN {}").format(sql.Literal(oid), before(block))
+            for oid, block in sorted(p.heads.items())
+        )
     )
 
 
@@ -236,14 +263,17 @@ def _source(p: _Pass) -> sql.Composable:
     if not branches:
         return target.ident
     table: sql.Composable = target.ident
+    # The head flag (resuming a drain): computed where ctid and tableoid are still visible.
+    head = sql.SQL(", {} AS hd").format(_head(p)) if p.heads else sql.SQL("")
     if target.partitioned:
         # PostgreSQL computes a partitioned table's projection in each leaf's scan, and with it
         # the sender-key rule's hashed subquery over the whole table: once per leaf (7 x
         # ~70 ms at 1M rows in 8 leaves). Read the rows through a subquery instead: the
         # projection, and the hash, then happen once, above the leaves.
-        table = sql.SQL("(SELECT * FROM {} OFFSET 0) AS {}").format(
-            target.ident, sql.Identifier(PARTITIONED_ROWS)
+        table = sql.SQL("(SELECT *{head} FROM {t} OFFSET 0) AS {alias}").format(
+            head=head, t=target.ident, alias=sql.Identifier(PARTITIONED_ROWS)
         )
+        head = sql.SQL(", hd") if p.heads else sql.SQL("")
         target = replace(target, row_alias=PARTITIONED_ROWS)
         branches = lifecycle_branches(target, p.policy)
     codes = iter(range(1, len(p.reasons) + 1))
@@ -265,10 +295,11 @@ def _source(p: _Pass) -> sql.Composable:
         target.expires_column if p.ttl else None,
     )
     return sql.SQL(
-        "(SELECT {cols}, CASE WHEN {due} THEN {by_type} ELSE 0 END AS kc_code "
+        "(SELECT {cols}, CASE WHEN {due} THEN {by_type} ELSE 0 END AS kc_code{head} "
         # OFFSET 0 keeps the planner from inlining kc_code into each count that reads it.
         "FROM {table} OFFSET 0) AS kc_rows"
     ).format(
+        head=head,
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in dict.fromkeys(used) if c is not None),
         due=sql.SQL("({} OR {})").format(aged(target, p.policy), expired(target, p.policy)),
         by_type=by_type,
@@ -371,6 +402,12 @@ def _totals(p: _Pass) -> list[sql.Composable]:
         total("CASE WHEN lost THEN q ELSE 0 END", "orphaned"),
         total("CASE WHEN NOT lost THEN 0 WHEN p THEN q ELSE q - (qu - lkq) END", "orphan_extra"),
         total("CASE WHEN lost AND p THEN qu ELSE 0 END", "protected_orphaned"),
+        # The same two figures in the head (before the resume point).
+        total("CASE WHEN NOT hd OR p THEN 0 ELSE u - lk END", "head_eligible"),
+        total(
+            "CASE WHEN NOT hd OR NOT lost THEN 0 WHEN p THEN q ELSE q - (qu - lkq) END",
+            "head_orphan_extra",
+        ),
         sql.SQL("coalesce(bool_and(noauth), false) AS without_auth"),
         sql.SQL("coalesce(bool_or(lost), false) AS confirmed"),
         total("fresh", "fresh"),
@@ -399,7 +436,7 @@ def _query(p: _Pass) -> sql.Composed:  # a declared SQL statement builder
     return sql.SQL(
         """
         WITH g AS (
-          SELECT {kt} AS kt, {tenant} AS tn, {inner} FROM {source} GROUP BY 1, 2
+          SELECT {kt} AS kt, {tenant} AS tn, {hd} AS hd, {inner} FROM {source} GROUP BY 1, 2, 3
         ), d0 AS ({derived}),
         -- Orphaned: no auth row, in the set, and no key of the tenant touched in the grace.
         d AS (SELECT d0.*, (noauth AND member AND tfresh = 0) AS lost FROM d0)
@@ -408,6 +445,10 @@ def _query(p: _Pass) -> sql.Composed:  # a declared SQL statement builder
     ).format(
         kt=key_type_text(p.target),
         tenant=tenant,
+        # In the kc_rows subquery when there is one (a ctid is not visible outside it).
+        hd=(sql.SQL("hd") if lifecycle_branches(p.target, p.policy) else _head(p))
+        if p.heads
+        else sql.SQL("false"),
         inner=sql.SQL(", ").join([*_group_counts(p), *_kept_counts(p)]),
         source=_source(p),
         derived=_derived(p),
@@ -440,6 +481,8 @@ def _type_counts(p: _Pass, row: dict[str, Any]) -> TypeCounts:
         expired_newer_than=_by_edge(p, row, "xn") if p.ttl else {},
         # prekey_window without the pre-keys of tenants without creds: those have their own code.
         kept={r: row[f"k{code}"] for code, r in enumerate(p.reasons, start=1)},
+        head_eligible=row["head_eligible"],
+        head_orphan_extra=row["head_orphan_extra"],
     )
 
 
@@ -464,7 +507,7 @@ def statement(
     target: Target, edges: Sequence[datetime], policy: Policy, *, by_tenant: bool = False
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The measuring pass's statement and parameters, as `measure` runs them (for EXPLAIN)."""
-    return _statement(_plan(target, edges, policy, by_tenant))
+    return _statement(_plan(target, edges, policy, by_tenant, {}))
 
 
 def measure(
@@ -474,6 +517,7 @@ def measure(
     policy: Policy,
     *,
     by_tenant: bool = False,
+    heads: Mapping[int, int] | None = None,
 ) -> Measurement:
     """One pass over the table: per key type (and per tenant), the keys, how many are newer
     than each edge, and the keys each rule makes eligible.
@@ -485,9 +529,11 @@ def measure(
     is joined to the groups, not to the rows, and no per-row policy expression runs. The
     groups are then summed per key type and per tenant (GROUPING SETS). Out-of-range timestamps
     are counted apart and left out of every other figure (an infinite `newest` could not even
-    be loaded).
+    be loaded). `heads`: a resume point (relation oid -> page); the same pass then counts the
+    eligible keys before it apart (a third grouping column), for the loop to skip that head
+    when it holds none.
     """
-    p = _plan(target, edges, policy, by_tenant)
+    p = _plan(target, edges, policy, by_tenant, heads or {})
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(*_statement(p)).fetchall()
     return Measurement(
