@@ -155,6 +155,12 @@ def _size(base_url: str, rows: int, tag: str, args: argparse.Namespace) -> dict[
         "seed_s": round(tpl.seed_s, 1),
     }
     try:
+        with (
+            _bench_lock(args.lock and tag == "small"),
+            fresh_copy(base_url, tpl.name, f"drain_runs_{tag}", timestamp_index=False) as url,
+        ):
+            runs = drain(url, args.budget_s if tag == "large" else args.small_budget_s, args.batch)
+            check = _one_run(url, args.budget_s, args.batch, dry_run=True)
         if not args.no_single:
             with (
                 _bench_lock(args.lock),
@@ -169,12 +175,6 @@ def _size(base_url: str, rows: int, tag: str, args: argparse.Namespace) -> dict[
                     "wal_bytes": _wal_lsn(url) - wal,
                 }
                 log(f"single DELETE: {single.deleted:,} rows in {single.wall_s:.1f} s")
-        with (
-            _bench_lock(args.lock and tag == "small"),
-            fresh_copy(base_url, tpl.name, f"drain_runs_{tag}", timestamp_index=False) as url,
-        ):
-            runs = drain(url, args.budget_s if tag == "large" else args.small_budget_s, args.batch)
-            check = _one_run(url, args.budget_s, args.batch, dry_run=True)
         result["runs"] = runs
         result["after_dry_run"] = {"eligible": check["eligible"], "status": check["status"]}
         deleted = sum(r["deleted"] for r in runs)
@@ -308,18 +308,20 @@ def main(argv: list[str] | None = None) -> int:
             "budget_s": args.budget_s,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        out = args.out or (
+            Path(tempfile.mkdtemp(prefix="drain-smoke-"))
+            if args.smoke
+            else RESULTS / f"drain-{args.rows // 1_000_000}m"
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        # The large size first: its runs hold no lock, and what it measured is kept at once.
+        data["large"] = _size(base, args.rows, "large", args)
+        (out / "drain.json").write_text(json.dumps(data, indent=2) + "\n")
         if args.small_rows:
             data["small"] = _size(base, args.small_rows, "small", _no_single(args))
-        data["large"] = _size(base, args.rows, "large", args)
         data["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     finally:
         server.stop()
-    out = args.out or (
-        Path(tempfile.mkdtemp(prefix="drain-smoke-"))
-        if args.smoke
-        else RESULTS / f"drain-{args.rows // 1_000_000}m"
-    )
-    out.mkdir(parents=True, exist_ok=True)
     (out / "drain.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / "drain.md").write_text(render(data))
     print(render(data))

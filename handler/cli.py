@@ -313,6 +313,7 @@ def history(args: argparse.Namespace, stdout: TextIO) -> int:
                 "total_bytes": t.total_bytes,
                 "deleted": t.deleted,
                 "duration_ms": t.duration_ms,
+                "remaining": t.remaining,
             }
             for t in trend
         ]

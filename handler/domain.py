@@ -327,6 +327,7 @@ class DayTrend:
     total_bytes: int | None
     deleted: int
     duration_ms: int
+    remaining: int | None = None  # the backlog the day's last run left (null: not recorded)
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,10 @@ def history_trend(
                (array_agg(coalesce(total_bytes_after, total_bytes_before)
                           ORDER BY started_at DESC))[1] AS total_bytes,
                sum(deleted)::bigint AS deleted,
-               sum(duration_ms)::bigint AS duration_ms
+               sum(duration_ms)::bigint AS duration_ms,
+               (array_agg(CASE WHEN jsonb_typeof(report -> 'remaining') = 'number'
+                               THEN (report ->> 'remaining')::numeric::bigint END
+                          ORDER BY started_at DESC))[1] AS remaining
         FROM {table}
         WHERE started_at >= now() - make_interval(days => %(days)s) {table_filter}
         GROUP BY 1, 2

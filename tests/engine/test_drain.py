@@ -1,0 +1,255 @@
+"""Large tables across runs (issue 20 item 2): a run stopped by its deadline records where its
+loop stopped; the next starts there, walks the cleaned head only if it holds eligible keys, and
+the runs' totals add up exactly to what one uninterrupted run deletes."""
+
+from __future__ import annotations
+
+import pytest
+
+from handler import deleteloop
+from handler.cleanup import run_cleanup
+from handler.deleteloop import Progress
+from handler.report import Report, render_text
+from handler.schema import hash_partitions
+from handler.settings import Flags
+from tests.support.db import KeyRow, PgSchema
+from tests.support.tables import DRY
+
+VERBOSE = Flags(dry_run=False, verbose=True)
+NO_GUARD = {"CLEANUP_GUARD_MIN_KEYS": "1000000", "CLEANUP_BATCH_SIZE": "40"}
+BIG = {"v": "x" * 300}  # ~20 rows a page: a few thousand rows span ~100 pages
+
+
+def _rows(n: int = 2400, tenants: int = 1) -> list[KeyRow]:
+    """Every other row 40 days old, the rest 5 and 25 days old in turn, over the whole heap."""
+    ages = (40, 5, 40, 25)
+    return [KeyRow(f"c{i % tenants}", "session", f"k{i}", ages[i % 4], BIG) for i in range(n)]
+
+
+def _survivors(rows: list[KeyRow], retention: float) -> set[tuple[str, str, str]]:
+    return {r.ident for r in rows if r.age < retention}
+
+
+class Deadline:
+    """A virtual deadline: the loop's clock says no time is left once `after` batches are
+    done (None: never). Records every batch's Progress."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, after: int | None = None) -> None:
+        self.after = after
+        self.seen: list[Progress] = []
+        monkeypatch.setattr(deleteloop, "remaining_ms", self._remaining)
+
+    def _remaining(self, _deadline: float | None) -> float:
+        if self.after is not None and len(self.seen) >= self.after:
+            return 0.0
+        return float("inf")
+
+    def __call__(self, p: Progress) -> None:
+        self.seen.append(p)
+
+    def ranges(self) -> list[tuple[int, int, int]]:
+        return [(p.oid, p.first_page, p.end_page) for p in self.seen]
+
+
+def _run(
+    pg: PgSchema,
+    monkeypatch: pytest.MonkeyPatch,
+    after: int | None = None,
+    flags: Flags = VERBOSE,
+    **env: str,
+) -> tuple[Report, Deadline]:
+    clock = Deadline(monkeypatch, after)
+    report = run_cleanup(pg.settings(**NO_GUARD, **env), flags, deadline=1.0, progress=clock)
+    return report, clock
+
+
+def _pages(pg: PgSchema, table: str = "whatsapp_keys") -> int:
+    with pg.connect() as conn:
+        row = conn.execute(
+            "SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int",
+            (table,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def rows(keys_table: PgSchema) -> list[KeyRow]:
+    keys = _rows()
+    keys_table.insert_keys(keys)
+    return keys
+
+
+def test_the_next_run_starts_where_the_last_stopped_and_the_totals_add_up(
+    keys_table: PgSchema, rows: list[KeyRow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg = keys_table
+    pages = _pages(pg)
+    one_run = run_cleanup(pg.settings(**NO_GUARD), DRY)  # what one uninterrupted run deletes
+
+    first, clock1 = _run(pg, monkeypatch, after=4)
+    assert first.status == "partial"
+    assert first.drain is not None
+    [point] = first.drain.resume
+    stopped = clock1.ranges()[-1][2]
+    assert point.block == stopped
+    assert 0 < stopped < pages
+    assert first.remaining == first.eligible - first.deleted > 0
+
+    second, clock2 = _run(pg, monkeypatch)
+    assert second.status == "completed"
+    walked = clock2.ranges()
+    # From the page the first run reached to the end, and not one page of the cleaned head.
+    assert walked[0][1] == stopped
+    assert min(lo for _, lo, _ in walked) == stopped
+    assert max(hi for _, _, hi in walked) == pages
+    assert any("resuming where the last run stopped" in n for n in second.notes)
+
+    assert first.deleted + second.deleted == one_run.eligible
+    assert pg.key_set() == _survivors(rows, 30)
+    assert second.remaining == 0
+    assert second.drain is not None
+    assert (second.drain.runs, second.drain.deleted) == (2, one_run.eligible)
+    assert second.drain.since == first.drain.since
+    assert second.drain.resume == []
+    assert "backlog" in render_text(first)
+    assert [p.remaining for p in second.trend] == [first.remaining, 0]
+
+    third, clock3 = _run(pg, monkeypatch)  # a new drain: from page 0, nothing to do
+    assert third.drain is not None
+    assert third.drain.runs == 1
+    assert third.deleted == 0
+    assert clock3.seen == []
+
+
+def test_keys_that_became_eligible_in_the_head_are_still_deleted(
+    keys_table: PgSchema, rows: list[KeyRow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Time passes between the runs (here: a shorter retention): keys in the pages the first run
+    cleaned become eligible, and the second run walks that head too, after the tail."""
+    pg = keys_table
+    first, clock1 = _run(pg, monkeypatch, after=4)
+    stopped = clock1.ranges()[-1][2]
+    later = Flags(dry_run=False, verbose=True, retention_days=20)
+    second, clock2 = _run(pg, monkeypatch, flags=later)
+    assert second.status == "completed"
+    walked = clock2.ranges()
+    assert walked[0][1] == stopped
+    assert walked[-1][1] < stopped  # the head, last
+    assert pg.key_set() == _survivors(rows, 20)
+    assert first.deleted + second.deleted == len(rows) - len(_survivors(rows, 20))
+
+
+def test_a_rewritten_table_starts_again_at_page_0(
+    keys_table: PgSchema, rows: list[KeyRow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg = keys_table
+    first, _ = _run(pg, monkeypatch, after=4)
+    assert first.status == "partial"
+    with pg.connect() as conn:
+        conn.execute("VACUUM FULL whatsapp_keys")  # a new relfilenode: the pages moved
+    second, clock = _run(pg, monkeypatch)
+    assert second.status == "completed"
+    assert clock.ranges()[0][1] == 0
+    assert any("storage was rewritten" in n for n in second.notes)
+    assert pg.key_set() == _survivors(rows, 30)
+    assert second.drain is not None
+    assert second.drain.deleted == first.deleted + second.deleted
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "note"),
+    [
+        ("{drain,resume,0,block}", "1000000000", "is past its"),
+        ("{drain,resume,0,block}", '"abc"', "not valid"),
+        ("{drain,resume,0,block}", "-5", "not valid"),
+        ("{drain,resume,0,oid}", "1", "not this run's table"),
+        ("{drain,resume}", '"everything"', "not valid"),
+        ("{drain}", '"x"', None),  # no drain object: none is read
+    ],
+)
+def test_a_tampered_resume_point_is_ignored(
+    keys_table: PgSchema,
+    rows: list[KeyRow],
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    value: str,
+    note: str | None,
+) -> None:
+    pg = keys_table
+    first, _ = _run(pg, monkeypatch, after=4)
+    assert first.status == "partial"
+    with pg.connect() as conn:
+        conn.execute(
+            "UPDATE keys_cleanup_runs SET report = jsonb_set(report, %s::text[], %s::jsonb)",
+            (path, value),
+        )
+    second, clock = _run(pg, monkeypatch)
+    assert second.status == "completed"
+    assert clock.ranges()[0][1] == 0
+    if note is not None:
+        assert any(note in n for n in second.notes), second.notes
+    assert pg.key_set() == _survivors(rows, 30)
+
+
+def test_without_history_the_next_run_starts_at_page_0(
+    keys_table: PgSchema, rows: list[KeyRow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg = keys_table
+    first, _ = _run(pg, monkeypatch, after=4, CLEANUP_HISTORY="false")
+    assert first.status == "partial"
+    assert any("the next run starts at page 0" in n for n in first.notes)
+    second, clock = _run(pg, monkeypatch, CLEANUP_HISTORY="false")
+    assert clock.ranges()[0][1] == 0
+    assert first.deleted + second.deleted == len(rows) - len(_survivors(rows, 30))
+
+
+def test_a_partitioned_table_resumes_leaf_by_leaf(
+    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pg.connect() as conn:
+        conn.execute(hash_partitions("whatsapp_keys", 4))
+    keys = _rows(3200, tenants=16)
+    pg.insert_keys(keys)
+    with pg.connect() as conn:
+        leaves = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT c.oid FROM pg_partition_tree('whatsapp_keys') t "
+                "JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf ORDER BY c.relname"
+            )
+        ]
+    assert len(leaves) == 4
+    one_run = run_cleanup(pg.settings(**NO_GUARD), DRY)
+
+    # A first drain, to count the batches per leaf; then the same rows again (TRUNCATE: new
+    # storage files, and that drain completed: the next starts afresh).
+    calibration, clock0 = _run(pg, monkeypatch)
+    assert calibration.status == "completed"
+    counts = [sum(1 for oid, _, _ in clock0.ranges() if oid == leaf) for leaf in leaves]
+    assert all(n >= 2 for n in counts)
+    with pg.connect() as conn:
+        conn.execute("TRUNCATE whatsapp_keys")
+    pg.insert_keys(keys)
+
+    # Stop inside the second leaf.
+
+    first, clock1 = _run(pg, monkeypatch, after=counts[0] + counts[1] // 2)
+    assert first.status == "partial"
+    assert first.drain is not None
+    oid, _, stopped = clock1.ranges()[-1]
+    assert oid == leaves[1]
+    points = {p.oid: p.block for p in first.drain.resume}
+    assert points[leaves[1]] == stopped
+    assert leaves[0] in points  # done: its next walk starts at its end
+    assert leaves[2] not in points
+    assert leaves[3] not in points
+
+    second, clock2 = _run(pg, monkeypatch)
+    assert second.status == "completed"
+    walked = clock2.ranges()
+    assert walked[0][:2] == (leaves[1], stopped)
+    assert {o for o, _, _ in walked} == set(leaves[1:])  # the first leaf is clean: not walked
+    assert min(lo for o, lo, _ in walked if o == leaves[1]) == stopped
+    assert first.deleted + second.deleted == one_run.eligible
+    assert pg.key_set() == _survivors(keys, 30)
