@@ -307,9 +307,10 @@ def test_measuring_pass_looks_up_memory_rows_once_not_per_leaf(
         policy: db.Policy,
         *,
         by_tenant: bool = False,
+        heads: dict[int, int] | None = None,
     ) -> object:
         passes.append((target, edges, policy, by_tenant))
-        return real(conn, target, edges, policy, by_tenant=by_tenant)  # type: ignore[arg-type]
+        return real(conn, target, edges, policy, by_tenant=by_tenant, heads=heads)  # type: ignore[arg-type]
 
     monkeypatch.setattr(db, "measure", recording)
     reports = {
