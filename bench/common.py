@@ -127,6 +127,8 @@ class Run:
     writer_during: Latency
     writer_by_phase: dict[str, Latency]
     engine: EngineFigures | None = field(default=None)
+    # --waits / --wal-stats (bench/stalls.py): what slow writes waited on, whose WAL it was
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[int, str, bool]:

@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench import coldstart, measure, partitioned, replica
+from bench import coldstart, measure, partitioned, replica, stalls
 from bench.common import (
     RETENTION_DAYS,
     Run,
@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _case_args(p)
     _writer_args(p)
     _server_args(p)
+    stalls.add_args(p)
     args = p.parse_args(argv)
     if args.smoke:
         args.rows = 20_000 if args.rows == 1_000_000 else args.rows
@@ -283,6 +284,7 @@ class Timed:
     started: float
     ended: float
     remaining_old: int
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
 def run_case(
@@ -314,6 +316,7 @@ def _with_writer(
     args: argparse.Namespace, case: Case, name: str, url: str, *, run_no: int, workdir: Path
 ) -> Timed:
     """The writer alone for --idle-seconds, then the variant beside it, on one copy."""
+    diag = stalls.Diagnostics(args, url, name, workdir)
     recent, old = sample_keys(url, RETENTION_DAYS)
     # fork is ~1.4 s faster per case than spawn, and safe here: no thread and no
     # connection is open in this process at this point (spawn is the fallback if one is).
@@ -336,21 +339,29 @@ def _with_writer(
     try:
         if not ready.wait(60):
             raise RuntimeError("writer did not start")
+        diag.writer_started(ctx)
+        diag.mark("idle")
         t_idle = time.monotonic()
         time.sleep(args.idle_seconds)
         counters = server_counters(args.database_url)
+        diag.mark("variant")
         t0 = time.monotonic()
         with TxnSampler(args.database_url, name) as sampler:
             outcome = variant_fn(args, case.variant)(url)
         t1 = time.monotonic()
+        diag.mark("after")
         server = counters_delta(args.database_url, counters)
     finally:
         stop.set()
         writer.join(120)
     if writer.exitcode != 0:
         raise RuntimeError(f"writer exited with {writer.exitcode}")
+    diag.writer_stopped()
     ops = json.loads(out_path.read_text())
-    return Timed(outcome, sampler, server, ops, t_idle, t0, t1, count_old(url))
+    remaining = count_old(url)
+    return Timed(
+        outcome, sampler, server, ops, t_idle, t0, t1, remaining, diag.result(ops, outcome.deleted)
+    )
 
 
 def _figures(case: Case, run_no: int, timed: Timed) -> Run:
@@ -383,6 +394,7 @@ def _figures(case: Case, run_no: int, timed: Timed) -> Run:
             for phase, (a, b) in o.phases.items()
         },
         engine=o.engine,
+        diagnostics=timed.diagnostics,
     )
 
 
@@ -412,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"private server on port {server.primary_port} ({server.root})")
     try:
         args.database_url = server.primary_dsn
+        args.pg_log = server.root / "primary.log"
         return run(args)
     finally:
         server.stop()
@@ -514,7 +527,7 @@ def run(args: argparse.Namespace) -> int:
         **p.extra,
     }
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.out / f"{stem}.md").write_text(render_markdown(result))
+    (args.out / f"{stem}.md").write_text(render_markdown(result) + stalls.render(result))
     log(f"wrote {args.out / (stem + '.md')} and .json")
     for t in targets:
         log(f"{t.status:4} {t.name}: {t.value}")

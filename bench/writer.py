@@ -50,6 +50,9 @@ def upsert_statement() -> sql.Composed:
         "INSERT INTO {t} (company_id, key_type, key_id, value) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (company_id, key_type, key_id)"
         " DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+        # xmax = 0 on a freshly inserted row: tells a refresh that found its key from one
+        # that came after the key was deleted.
+        " RETURNING (xmax = 0)"
     ).format(t=sql.Identifier(REFERENCE_TABLE))
 
 
@@ -59,10 +62,12 @@ def _value(rng: random.Random) -> str:
 
 
 def run_writer(cfg: WriterConfig, stop: Event, ready: Event) -> None:
-    """Entry point of the writer process. Writes [(sched_t, latency_s, kind, error)] as JSON."""
+    """Entry point of the writer process. Writes [(sched_t, latency_s, kind, error, backend_pid,
+    exec_t, outcome)] as JSON: exec_t is when a connection took the write (sched_t..exec_t is
+    queueing), outcome "insert" or "update" (a refresh whose key was still there)."""
     rng = random.Random(cfg.seed)
     jobs: queue.Queue[tuple[float, str, Key] | None] = queue.Queue()
-    results: list[tuple[float, float, str, str]] = []
+    results: list[tuple[float, float, str, str, int, float, str]] = []
     lock = threading.Lock()
     statement = upsert_statement()
     connected = threading.Barrier(cfg.connections + 1, timeout=60)
@@ -72,20 +77,23 @@ def run_writer(cfg: WriterConfig, stop: Event, ready: Event) -> None:
         with psycopg.connect(cfg.url, autocommit=True, application_name=APPLICATION_NAME) as conn:
             conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(cfg.lock_timeout_ms)))
             conn.execute("SELECT 1")
+            pid = conn.info.backend_pid
             connected.wait()
             while True:
                 job = jobs.get()
                 if job is None:
                     return
                 sched, kind, key = job
-                error = ""
+                error = outcome = ""
+                started = time.monotonic()
                 try:
-                    conn.execute(statement, (*key, _value(local)))
+                    row = conn.execute(statement, (*key, _value(local))).fetchone()
+                    outcome = "insert" if row and row[0] else "update"
                 except psycopg.Error as exc:
                     error = type(exc).__name__
                 done = time.monotonic()
                 with lock:
-                    results.append((sched, done - sched, kind, error))
+                    results.append((sched, done - sched, kind, error, pid, started, outcome))
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(cfg.connections)]
     for thread in threads:
@@ -125,10 +133,18 @@ def _next_key(rng: random.Random, cfg: WriterConfig, i: int) -> tuple[str, Key]:
 
 
 def sample_keys(url: str, cutoff_days: int, limit: int = 5000) -> tuple[list[Key], list[Key]]:
-    """Keys the writer refreshes: recent ones (kept) and old ones (about to be deleted)."""
+    """Keys the writer refreshes: recent ones (kept) and old ones (about to be deleted).
+
+    Drawn from the whole heap (a 2% block sample, then ordered by a hash of the key, not by
+    position). With `LIMIT` over the sample in block order, the old keys sat in the first
+    blocks of the sample: ~1/8 of a 4M-row heap (40k old rows sampled, 5,000 kept), which
+    the engine's TID walk deletes in its first minute; for the rest of a paced run the
+    writer's "old" refreshes re-inserted keys already gone instead of racing the deletes.
+    """
     query = sql.SQL(
         "SELECT company_id, key_type, key_id FROM {t} TABLESAMPLE SYSTEM (2) REPEATABLE (1)"
-        " WHERE (updated_at < now() - make_interval(days => %s)) = %s LIMIT %s"
+        " WHERE (updated_at < now() - make_interval(days => %s)) = %s"
+        " ORDER BY md5(key_id) LIMIT %s"
     ).format(t=sql.Identifier(REFERENCE_TABLE))
     with psycopg.connect(url) as conn:
         recent = conn.execute(query, (cutoff_days - 3, False, limit)).fetchall()
