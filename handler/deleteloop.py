@@ -98,6 +98,7 @@ class LoopStats:
     # Per relation (oid), the page the next run starts at (handler/resume.py); the loop fills
     # it whatever the status, the engine records it only for a partial run.
     reached: dict[int, int] = field(default_factory=dict)
+    wal_bytes: int = 0
 
     def report_fields(self) -> dict[str, object]:
         """The Report's fields these figures fill (status and reason included)."""
@@ -114,6 +115,7 @@ class LoopStats:
             "throttle_waits": self.throttle_waits,
             "throttle_wait_ms": round(self.throttle_wait_s * 1000),
             "pacing_wait_ms": round(self.pacing_wait_s * 1000),
+            "wal_bytes": self.wal_bytes,
         }
 
 
@@ -137,6 +139,7 @@ class _Tally:
     throttle_wait_s: float = 0.0
     pacing_wait_s: float = 0.0
     reached: dict[int, int] = field(default_factory=dict)
+    wal_bytes: int = 0  # WAL written from each batch's start to its end (server-wide)
 
     def add(self, result: db.BatchResult, batch_ms: float, list_limit: int) -> None:
         self.batches += 1
@@ -248,10 +251,11 @@ class _WalPace:
         """Charge the WAL written since `lsn` (read just before the batch: other sessions'
         WAL during pauses is theirs, and would otherwise slow the run); pause off any debt.
         `work_s`: the batches' time still ahead; `share`: the next batch's part of it."""
+        wal = db.wal_insert_position(self.conn) - lsn
+        self.tally.wal_bytes += max(0, wal)
         if self.budget.rate <= 0:
             return
         now = monotonic()
-        wal = db.wal_insert_position(self.conn) - lsn
         self.budget, debt_s = self.budget.spend(wal, now - self.spent_at)
         self.spent_at = now
         if debt_s <= 0:

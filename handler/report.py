@@ -178,6 +178,9 @@ class Report(_Model):
     throttle_waits: int = 0  # waits for a lagging standby or logical slot
     throttle_wait_ms: int = 0
     pacing_wait_ms: int = 0  # pauses that kept the run's WAL within its budget
+    # WAL written while the batches ran: from each batch's start to its end, server-wide (the
+    # application's WAL in those moments too, its WAL during the pauses not)
+    wal_bytes: int = 0
     duration_ms: int = 0
     keys: list[KeyEntry] = Field(default_factory=list)
     keys_omitted: int = 0
@@ -326,6 +329,14 @@ FIGURES: tuple[Figure, ...] = (
     Figure("throttle_waits", metric=Metric("ThrottleWaits"), shown=TEXT),
     Figure("throttle_wait_ms", metric=Metric("ThrottleWaitMs", "Milliseconds"), shown=TEXT),
     Figure("pacing_wait_ms", metric=Metric("PacingWaitMs", "Milliseconds"), shown=TEXT),
+    Figure("wal_bytes", metric=Metric("WalBytes", "Bytes"), shown=TEXT),
+    Figure(
+        "wal_bytes_per_deleted_row",
+        get=lambda r: round(r.wal_bytes / r.deleted) if r.deleted and r.wal_bytes else None,
+        log="if_known",
+        metric=Metric("WalBytesPerDeletedRow", "Bytes"),
+        shown=TEXT,
+    ),
     Figure("duration_ms", metric=Metric("DurationMs", "Milliseconds"), shown=BOTH),
     Figure("before", log=_NEVER, shown=BOTH),
     Figure("after", log=_NEVER, shown=BOTH),
@@ -747,7 +758,7 @@ def _text_run(r: Report) -> list[str]:
         lines += [
             "",
             f"batches: {r.batches} (longest {r.max_batch_ms} ms, largest {r.max_batch_rows:,} "
-            f"rows) · duration {r.duration_ms:,} ms",
+            f"rows) · duration {r.duration_ms:,} ms" + _wal_text(r),
         ]
     else:
         lines += ["", f"duration {r.duration_ms:,} ms"]
@@ -757,6 +768,14 @@ def _text_run(r: Report) -> list[str]:
             f"{r.pacing_wait_ms:,} ms pacing WAL"
         )
     return lines + labelled_lines(r, "text")
+
+
+def _wal_text(r: Report) -> str:
+    """The batches' WAL, and per deleted row (what a replica or WAL archive pays per key)."""
+    if not r.wal_bytes or not r.deleted:
+        return ""
+    per_row = r.wal_bytes / r.deleted
+    return f" · WAL {r.wal_bytes / 2**20:,.1f} MiB ({per_row:,.0f} B per deleted row)"
 
 
 def _type_table(r: Report) -> list[str]:
