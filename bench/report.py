@@ -181,13 +181,14 @@ def _variants(result: dict[str, Any]) -> list[str]:
         "`report.max_batch_ms`); sampled: the oldest open write transaction seen in "
         "pg_stat_activity every 20 ms (any: read-only transactions too). Old rows left: rows "
         "past the cutoff afterwards (the cutoff moves on while a variant runs; ours also skips "
-        "rows the writer holds). WAL and checkpoints: server-wide, during the variant.",
+        "rows the writer holds). WAL and checkpoints: server-wide, during the variant (the "
+        "writer's WAL included); WAL B/deleted row = that WAL / deleted rows.",
         "",
         "| rows | variant | ts index | deleted | wall s | rows/s | delete loop s | txns "
         "| longest txn ms | "
         "sampled write / any ms | writer idle p50/p99/max ms | writer during p50/p99/max ms "
-        "| writer errors | old rows left | WAL MiB | checkpoints |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
+        "| writer errors | old rows left | WAL MiB | WAL B/deleted row | checkpoints |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for s in result["summary"]:
         lines.append(
@@ -199,7 +200,8 @@ def _variants(result: dict[str, Any]) -> list[str]:
             f"{s['writer_idle_p50_ms']:.1f} / {s['writer_idle_p99_ms']:.1f} / "
             f"{s['writer_idle_max_ms']:.0f} | {s['writer_p50_ms']:.1f} / "
             f"{s['writer_p99_ms']:.1f} / {s['writer_max_ms']:,.0f} | {s['writer_errors']} | "
-            f"{s['remaining_old']:,.0f} | {s['wal_mib']:,.0f} | {s['checkpoints']:.0f} |"
+            f"{s['remaining_old']:,.0f} | {s['wal_mib']:,.0f} | "
+            f"{s['wal_mib'] * 2**20 / max(1, s['deleted']):,.0f} | {s['checkpoints']:.0f} |"
         )
     return lines
 
