@@ -165,7 +165,8 @@ def align(
         for sess in s.sessions:
             if sess[1] == WRITER_APP:
                 by_pid.setdefault(int(sess[0]), []).append((s.t, _wait(sess), sess[4]))
-    who = {int(sess[0]): str(sess[1]) for s in samples for sess in s.sessions}
+    who = {int(sess[0]): str(sess[1]) or "client without application_name" for s in samples
+           for sess in s.sessions}  # fmt: skip
     slow = sorted((op for op in during if op[1] * 1000 >= slow_ms), key=lambda op: -op[1])
     totals: Counter[str] = Counter()
     blockers: Counter[str] = Counter()
