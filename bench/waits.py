@@ -215,7 +215,18 @@ def align(
         "writer_waits_all_samples": dict(all_waits.most_common(12)),
         "refreshes_of_old_keys": _old_outcomes(during),
         "slowest": detail,
+        # When: per 10 s of the window, [slow writes, the slowest ms]
+        "slow_by_10s": _by_10s(slow, a),
     }
+
+
+def _by_10s(slow: Sequence[Sequence[Any]], start: float) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for op in slow:
+        key = str(int((op[0] - start) // 10) * 10)
+        n, worst = out.get(key, [0, 0.0])
+        out[key] = [n + 1, round(max(worst, op[1] * 1000), 1)]
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def _old_outcomes(ops: Sequence[Sequence[Any]]) -> dict[str, int]:
