@@ -529,8 +529,6 @@ class DeleteLoop:
                 raise RowLockWait from exc
             # Still inside the transaction: past a bound, the batch is rolled back.
             self._check_bounds(result)
-            if not self.watch.replicas:  # with replicas, every batch already flushes
-                db.flush_at_commit_past(self.conn, pacing.FLUSH_BACKLOG_BYTES)
         batch_ms = (monotonic() - started) * 1000
         self.batch_s += batch_ms / 1000
         self.span = pacing.next_span(

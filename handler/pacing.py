@@ -59,14 +59,6 @@ REFILL_S = 10.0
 # Without the WAL position of the last checkpoint (pg_control_checkpoint), assume half the
 # trigger is left.
 UNKNOWN_HEADROOM_SHARE = 0.5
-# A batch commits asynchronously unless the WAL not yet flushed exceeds this; then its commit
-# waits for the flush. Asynchronous commits let the run write WAL faster than the disk
-# flushes it, and the application's next synchronous commit (or whoever finishes a 16 MiB
-# segment, which is fsynced at once under WALWriteLock) then waits for the whole backlog:
-# 0.3-1.1 s stalls at 4M rows on this machine, every slow write waiting on LWLock:WALWrite or
-# IO:WALSync (docs/performance.md, "Writer stalls and WAL at 4M"). Bounded, an application
-# commit waits behind at most about one batch's WAL.
-FLUSH_BACKLOG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,6 @@ from handler.db.predicates import (
 )
 from handler.db.replication import (
     checkpoint_settings,
-    flush_at_commit_past,
     nudge_standbys,
     replication_state,
     wal_insert_position,
@@ -174,7 +173,6 @@ __all__ = [
     "fetch_one",
     "find_auth_table",
     "find_relation",
-    "flush_at_commit_past",
     "history_exists",
     "history_ident",
     "history_trend",

@@ -75,17 +75,6 @@ def wal_insert_position(conn: Conn) -> int:
     return int(row["lsn"])
 
 
-def flush_at_commit_past(conn: Conn, backlog_bytes: int) -> None:
-    """Inside a batch's transaction, just before its commit: make the commit wait for its WAL
-    flush (`synchronous_commit = local` for this transaction) when the WAL not yet flushed
-    exceeds `backlog_bytes`. One round trip; the server decides from its own positions."""
-    conn.execute(
-        "SELECT set_config('synchronous_commit', 'local', true)"
-        " WHERE pg_current_wal_insert_lsn() - pg_current_wal_flush_lsn() > %s",
-        (backlog_bytes,),
-    )
-
-
 def nudge_standbys(conn: Conn) -> None:
     """Commit a transaction with an xid: one small WAL record that makes standbys report.
 
