@@ -123,10 +123,13 @@ class Diagnostics:
         return out
 
 
-def _table_relid(url: str) -> int:
+def _table_relid(url: str) -> int | None:
+    """The key table's oid; None for a partitioned one (its leaves are vacuumed, not it)."""
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT %s::regclass::oid", (REFERENCE_TABLE,)).fetchone()
-    return int(row[0]) if row else 0
+        row = conn.execute(
+            "SELECT oid, relkind FROM pg_class WHERE oid = %s::regclass", (REFERENCE_TABLE,)
+        ).fetchone()
+    return int(row[0]) if row and row[1] == "r" else None
 
 
 # --- the results file's section -----------------------------------------------------------------

@@ -93,11 +93,18 @@ def log_table_vacuums(url: str) -> None:
     """log_autovacuum_min_duration = 0 on the copy's table: every autovacuum of it is logged
     (a storage parameter of this table only; it changes what is logged, nothing else)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} SET (log_autovacuum_min_duration = 0)").format(
-                sql.Identifier(REFERENCE_TABLE)
+        # A partitioned table takes no storage parameters: its leaves do.
+        leaves = conn.execute(
+            "SELECT t.relid::regclass::text FROM pg_partition_tree(%s::regclass) AS t"
+            " JOIN pg_class AS c ON c.oid = t.relid WHERE c.relkind = 'r'",
+            (REFERENCE_TABLE,),
+        ).fetchall()
+        for (leaf,) in leaves:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} SET (log_autovacuum_min_duration = 0)").format(
+                    sql.SQL(str(leaf))  # a regclass's own quoted text
+                )
             )
-        )
 
 
 # --- lining the slow writes up with the samples -----------------------------------------------
@@ -123,7 +130,7 @@ def _wait(session: Sequence[Any]) -> str:
     return "cpu" if session[2] == "active" else str(session[2] or "?")
 
 
-def _server_state(s: Sample, table: tuple[str, int] | None) -> dict[str, str]:
+def _server_state(s: Sample, table: tuple[str, int | None] | None) -> dict[str, str]:
     """What the checkpointer, autovacuum and the engine were doing in one sample."""
     out: dict[str, str] = {}
     for sess in s.sessions:
@@ -142,7 +149,7 @@ def _server_state(s: Sample, table: tuple[str, int] | None) -> dict[str, str]:
         elif who == "autovacuum worker" and REFERENCE_TABLE in str(sess[6] or ""):
             out["autovacuum"] = _wait(sess)
     for v in s.vacuums:
-        if table is None or (str(v[1]), int(v[2])) == table:
+        if table is None or (str(v[1]) == table[0] and table[1] in (None, int(v[2]))):
             out["vacuum_phase"] = str(v[3])
     return out
 
@@ -152,7 +159,7 @@ def align(
     samples: Sequence[Sample],
     window: tuple[float, float],
     *,
-    table: tuple[str, int] | None = None,
+    table: tuple[str, int | None] | None = None,
     slow_ms: float = SLOW_MS,
     keep: int = 15,
 ) -> dict[str, Any]:
@@ -235,7 +242,7 @@ def _old_outcomes(ops: Sequence[Sequence[Any]]) -> dict[str, int]:
 
 
 def timeline(samples: Sequence[Sample], window: tuple[float, float],
-             table: tuple[str, int] | None = None) -> list[list[Any]]:  # fmt: skip
+             table: tuple[str, int | None] | None = None) -> list[list[Any]]:  # fmt: skip
     """Transitions of the checkpointer, autovacuum on the table and the redo pointer, as
     [seconds from the window's start, what]: the background the slow writes are read against."""
     a, _ = window

@@ -50,9 +50,10 @@ def upsert_statement() -> sql.Composed:
         "INSERT INTO {t} (company_id, key_type, key_id, value) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (company_id, key_type, key_id)"
         " DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
-        # xmax = 0 on a freshly inserted row: tells a refresh that found its key from one
-        # that came after the key was deleted.
-        " RETURNING (xmax = 0)"
+        # A fresh row has created_at = updated_at (both now()); a refreshed one an older
+        # created_at: tells a refresh that found its key from one that came after the key was
+        # deleted. (Not xmax = 0: a partitioned table cannot return system columns.)
+        " RETURNING (created_at = updated_at)"
     ).format(t=sql.Identifier(REFERENCE_TABLE))
 
 
