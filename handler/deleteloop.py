@@ -15,6 +15,7 @@ from typing import Literal
 from psycopg import errors as pg_errors
 
 from handler import db, pacing, resume
+from handler.domain import TableName
 from handler.report import Status
 from handler.settings import Settings
 
@@ -373,7 +374,13 @@ class DeleteLoop:
         for seg in self.plan:
             leaf = seg.leaf
             self.rel = (
-                replace(self.target, oid=leaf.oid, schema=leaf.schema, name=leaf.name)
+                replace(
+                    self.target,
+                    oid=leaf.oid,
+                    schema=leaf.schema,
+                    name=leaf.name,
+                    whole=TableName(self.target.schema, self.target.name),
+                )
                 if self.target.partitioned
                 else self.target
             )

@@ -110,6 +110,14 @@ class _SchemaQualified:
 
 
 @dataclass(frozen=True)
+class TableName(_SchemaQualified):
+    """A table by its name alone."""
+
+    schema: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Target(_SchemaQualified):
     """A resolved, validated target table."""
 
@@ -137,6 +145,15 @@ class Target(_SchemaQualified):
     # The name the table's rows go by in the statement, when not its own: the measuring pass
     # over a partitioned table reads them through a subquery (handler/db/measure.py _source).
     row_alias: str | None = None
+    # On the delete loop's copy for one leaf of a partitioned table: the partitioned table. The
+    # lookups of other rows (a group's memory row, a creds row) read it, not the leaf: those
+    # rows may sit in another leaf when the table is not partitioned by tenant.
+    whole: TableName | None = None
+
+    @property
+    def whole_ident(self) -> sql.Composable:
+        """The table whose rows the lookups read: the partitioned table for a leaf's copy."""
+        return (self.whole or self).ident
 
     @property
     def has_key_types(self) -> bool:

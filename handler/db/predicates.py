@@ -323,7 +323,7 @@ def no_auth_row(target: Target, orphans: Orphans, tenant: sql.Composable) -> sql
         return sql.SQL(
             "NOT EXISTS (SELECT 1 FROM {table} AS kc_auth WHERE {same}kc_auth.{key} = {creds})"
         ).format(
-            table=target.ident,
+            table=target.whole_ident,
             same=same,
             key=sql.Identifier(target.encoded.key_column),
             creds=creds_key_of(target, tenant),
@@ -401,7 +401,7 @@ def _stable_sessions(target: Target, lc: Lifecycle) -> sql.Composable:
         found = sql.SQL(
             "SELECT 1 FROM {table} AS kc_c WHERE {same}kc_c.{key} = {creds} AND {hash} = kc_u.h"
         ).format(
-            table=target.ident,
+            table=target.whole_ident,
             same=same,
             key=sql.Identifier(enc.key_column),
             creds=creds_key_of(target, sql.SQL("kc_u.s")),
@@ -487,7 +487,7 @@ def _sender_key_branch(
                     "split_part({kid}, '::', 1)))"
                 ).format(
                     mine=mine,
-                    table=target.ident,
+                    table=target.whole_ident,
                     same_tenant=same_tenant,
                     key=sql.Identifier(target.encoded.key_column),
                     prefix=prefix,
@@ -504,7 +504,7 @@ def _sender_key_branch(
                 "AND kc_m.{kid_col}::text = split_part({kid}, '::', 1)))"
             ).format(
                 mine=mine,
-                table=target.ident,
+                table=target.whole_ident,
                 same_tenant=same_tenant,
                 kt_col=sql.Identifier(target.key_type_column or ""),
                 kid_col=sql.Identifier(target.key_id_column or ""),

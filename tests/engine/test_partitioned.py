@@ -13,7 +13,8 @@ from handler import db
 from handler.cleanup import run_cleanup
 from handler.schema import hash_partitions, reference_schema
 from handler.settings import ConfigError, Flags
-from tests.support.db import KeyRow, PgSchema, baileys_creds
+from tests.support.db import ME_LID, KeyRow, PgSchema, baileys_creds
+from tests.support.encoded import Layout, add_creds, insert, keys_left
 from tests.support.progress import AfterFirstBatch
 from tests.support.tables import AGE_CREDS, DRY, FORCE, expected_survivors, mixed_rows
 
@@ -333,3 +334,62 @@ def test_measuring_pass_looks_up_memory_rows_once_not_per_leaf(
             counts[target.name] = _subplan_runs(row[0][0]["Plan"])
     assert counts["plain_keys"] == 1  # one hashed lookup, built once
     assert counts["whatsapp_keys"] == counts["plain_keys"]
+
+
+def test_sender_key_lookup_reads_the_whole_table_when_partitioned_by_key_type(
+    pg: PgSchema,
+) -> None:
+    """The memory rows may sit in another leaf than the sender keys (here: LIST by key type): a
+    batch on the sender keys' leaf still sees them, so our own sender key stays."""
+    with pg.connect() as conn:
+        conn.execute(reference_schema(partition_by="LIST (key_type)"))
+        conn.execute(
+            """
+            CREATE TABLE keys_sk PARTITION OF whatsapp_keys FOR VALUES IN ('sender-key');
+            CREATE TABLE keys_skm PARTITION OF whatsapp_keys FOR VALUES IN ('sender-key-memory');
+            CREATE TABLE keys_other PARTITION OF whatsapp_keys DEFAULT;
+            """
+        )
+    pg.add_auth({"a": baileys_creds(1, 1)})
+    ours = f"g1@g.us::{ME_LID}_1::12"  # its group's memory row is fresh: still sending
+    ours_alone = f"g3@g.us::{ME_LID}_1::12"  # no memory row: goes
+    theirs = "g1@g.us::777_1::0"  # another member's key: goes
+    pg.insert_keys(
+        [
+            KeyRow("a", "sender-key", ours, 60),
+            KeyRow("a", "sender-key", ours_alone, 60),
+            KeyRow("a", "sender-key", theirs, 60),
+            KeyRow("a", "sender-key-memory", "g1@g.us", 2),
+        ]
+    )
+    dry = run_cleanup(pg.settings(**NO_GUARD), DRY)
+    report = run_cleanup(pg.settings(**NO_GUARD), FORCE)
+    assert report.status == "completed", report.reason
+    left = {k for c, t, k in pg.key_set() if t == "sender-key"}
+    assert left == {ours}
+    assert report.deleted == dry.eligible == 2
+
+
+def test_encoded_table_partitioned_by_key_reads_creds_from_another_leaf(pg: PgSchema) -> None:
+    """Without a timestamp, each batch re-reads the session's creds row (docs/layouts.md); the
+    creds row sits in one leaf of 8 (HASH by key), the pre-keys in all of them."""
+    layout = Layout()
+    with pg.connect() as conn:
+        conn.execute(
+            "CREATE TABLE auth_keys (session_id text NOT NULL, key text NOT NULL, "
+            "value jsonb NOT NULL, PRIMARY KEY (session_id, key)) PARTITION BY HASH (key)"
+        )
+        for i in range(8):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} PARTITION OF auth_keys "
+                    "FOR VALUES WITH (MODULUS 8, REMAINDER {})"
+                ).format(sql.Identifier(f"auth_keys_{i}"), sql.Literal(i))
+            )
+    add_creds(pg, layout, {"s1": baileys_creds(2101, 2001)})
+    insert(pg, layout, "s1", [f"pre-key-{i}" for i in range(1, 2101)])
+    report = run_cleanup(pg.settings(**layout.env(CLEANUP_BATCH_SIZE="50")), FORCE)
+    assert report.status == "completed", report.reason
+    left = {k for s, k in keys_left(pg, layout) if k.startswith("pre-key-")}
+    assert left == {f"pre-key-{i}" for i in range(1001, 2101)}
+    assert report.deleted == 1000
