@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import RETENTION_DAYS, Conn, admin, db_url, drop_database, median
-from bench.data import SMALL_DATABASE_BYTES, Template, _drop_indexes, fresh_copy
+from bench.data import SMALL_DATABASE_BYTES, Template, _drop_indexes, fresh_copy, rebuild_indexes
 from bench.variants import engine_settings
 from handler import db
 from handler.cleanup import run_cleanup
@@ -96,16 +96,7 @@ def build_template(base_url: str, plain: Template, name: str, partitions: int) -
             )
         )
         conn.execute(sql.SQL("DROP TABLE {}").format(source))
-        conn.execute("SET maintenance_work_mem = '512MB'")
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (company_id, key_type, key_id)"
-            ).format(table, sql.Identifier(pkey))
-        )
-        for index_name, indexdef in indexes:
-            if index_name != pkey:
-                # DDL read back from pg_indexes; ON ONLY would build the parent's index alone.
-                conn.execute(indexdef.replace(" ON ONLY ", " ON ", 1))
+        rebuild_indexes(conn, pkey, indexes)
         conn.execute(sql.SQL("VACUUM (FREEZE, ANALYZE) {}").format(table))
         sizes = conn.execute(
             "SELECT coalesce(sum(pg_table_size(relid)), 0), "
