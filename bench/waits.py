@@ -93,11 +93,13 @@ def log_table_vacuums(url: str) -> None:
     """log_autovacuum_min_duration = 0 on the copy's table: every autovacuum of it is logged
     (a storage parameter of this table only; it changes what is logged, nothing else)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        # A partitioned table takes no storage parameters: its leaves do.
+        # A partitioned table takes no storage parameters: its leaves do. pg_partition_tree
+        # lists no rows for a plain table, so the table itself is added.
         leaves = conn.execute(
-            "SELECT t.relid::regclass::text FROM pg_partition_tree(%s::regclass) AS t"
-            " JOIN pg_class AS c ON c.oid = t.relid WHERE c.relkind = 'r'",
-            (REFERENCE_TABLE,),
+            "SELECT c.oid::regclass::text FROM pg_class AS c"
+            " WHERE c.relkind = 'r' AND (c.oid = %(t)s::regclass"
+            " OR c.oid IN (SELECT relid FROM pg_partition_tree(%(t)s::regclass)))",
+            {"t": REFERENCE_TABLE},
         ).fetchall()
         for (leaf,) in leaves:
             conn.execute(
