@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _server_args(p)
     stalls.add_args(p)
     args = p.parse_args(argv)
+    if args.through_vacuum and args.wal_stats:
+        p.error("--through-vacuum or --wal-stats, not both (--wal-stats VACUUMs the table)")
+    if args.server_setting and not args.private_server:
+        p.error("--server-setting needs --private-server (it changes the server's settings)")
     if args.smoke:
         args.rows = 20_000 if args.rows == 1_000_000 else args.rows
         args.runs = 1
@@ -163,6 +167,14 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run on a PostgreSQL of its own (initdb in a temporary directory, stock settings,"
         " system binaries) instead of --database-url: other work's checkpoints stay out",
+    )
+    p.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --private-server: ALTER SYSTEM SET NAME = VALUE and reload before the run "
+        "(repeatable; a setting that needs a restart is refused), e.g. wal_compression=lz4",
     )
     p.add_argument("--out", type=Path, default=None, help="results directory")
     p.add_argument(
@@ -351,6 +363,7 @@ def _with_writer(
         t1 = time.monotonic()
         diag.mark("after")
         server = counters_delta(args.database_url, counters)
+        diag.follow_vacuum(t0, t1)  # --through-vacuum: the writer goes on, still timed
     finally:
         stop.set()
         writer.join(120)
@@ -424,10 +437,43 @@ def main(argv: list[str] | None = None) -> int:
     log(f"private server on port {server.primary_port} ({server.root})")
     try:
         args.database_url = server.primary_dsn
+        apply_server_settings(args.database_url, args.server_setting)
         args.pg_log = server.root / "primary.log"
         return run(args)
     finally:
         server.stop()
+
+
+def parse_setting(text: str) -> tuple[str, str]:
+    """`NAME=VALUE` -> (name, value); a name is letters, digits, `_` and `.` only."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not all(ch.isalnum() or ch in "_." for ch in name):
+        raise SystemExit(f"--server-setting wants NAME=VALUE, got {text!r}")
+    return name, value.strip()
+
+
+def apply_server_settings(url: str, settings: list[str]) -> None:
+    """ALTER SYSTEM SET each one on the private server and reload; refuse one that would need
+    a restart (it would silently not apply)."""
+    if not settings:
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        for text in settings:
+            name, value = parse_setting(text)
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            )
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        for text in settings:
+            name, _ = parse_setting(text)
+            row = conn.execute(
+                "SELECT setting, pending_restart FROM pg_settings WHERE name = %s", (name,)
+            ).fetchone()
+            if row is None or row[1]:
+                raise SystemExit(f"--server-setting {name}: unknown, or needs a restart")
+            log(f"private server: {name} = {row[0]}")
 
 
 @dataclass
@@ -483,6 +529,8 @@ def _settings(
         "no_index_only": args.no_index_only,
         "partitions": args.partitions,
         "private_server": args.private_server,
+        "server_settings": ", ".join(args.server_setting),
+        "through_vacuum": args.through_vacuum_cap if args.through_vacuum else False,
         "retention_days": RETENTION_DAYS,
         "age_scale": AGE_SCALE,
         "expected_old_fraction": round(expected_old_fraction(), 3),

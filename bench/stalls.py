@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from bench import waits, walstats
+from bench import vacuumtail, waits, walstats
 from bench.explain import DEFAULT_SERVER_LOG
 from handler.schema import REFERENCE_TABLE
 
@@ -36,6 +36,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="attribute each variant's WAL by record type with pg_walinspect, and VACUUM the "
         "table after it (bench/walstats.py)",
+    )
+    p.add_argument(
+        "--through-vacuum",
+        action="store_true",
+        help="keep the writer running and timed after each variant until the autovacuum its "
+        "deletes trigger has vacuumed the table (or --through-vacuum-cap); its figures per "
+        "stretch, deletes and after, with a vacuum running or not (bench/vacuumtail.py; not "
+        "with --wal-stats, whose own VACUUM would take autovacuum's place)",
+    )
+    p.add_argument(
+        "--through-vacuum-cap",
+        type=float,
+        default=vacuumtail.DEFAULT_CAP_S,
+        help="longest the writer is kept after a variant with --through-vacuum (seconds)",
     )
 
 
@@ -60,6 +74,11 @@ class Diagnostics:
         self.t: dict[str, float] = {}
         self.epoch: dict[str, float] = {}
         self.vacuum_s: float | None = None
+        through = bool(getattr(args, "through_vacuum", False))
+        self.watch = vacuumtail.VacuumWatch(url) if through else None
+        self.tail: vacuumtail.Tail | None = None
+        self.deletes: tuple[float, float] | None = None
+        self.on = self.on or through
         if self.on:
             waits.log_table_vacuums(url)
 
@@ -78,6 +97,8 @@ class Diagnostics:
                 raise RuntimeError("wait sampler did not start")
         if self.args.wal_stats:
             self.ws = walstats.WalStats(self.url)
+        if self.watch is not None:
+            self.watch.start()
 
     def mark(self, label: str) -> None:
         if not self.on:
@@ -87,8 +108,19 @@ class Diagnostics:
         if self.ws is not None:
             self.ws.mark(label)
 
+    def follow_vacuum(self, started: float, ended: float) -> None:
+        """--through-vacuum: the writer goes on after the variant (`started`..`ended`) until
+        the table's autovacuum is done (bench/vacuumtail.py)."""
+        if self.watch is None:
+            return
+        self.deletes = (started, ended)
+        self.tail = self.watch.follow(ended, self.args.through_vacuum_cap)
+        self.mark("tail_end")
+
     def writer_stopped(self) -> None:
         """Stop the sampler; VACUUM the table (the WAL until clean); stop the decoder."""
+        if self.watch is not None:
+            self.watch.stop()
         if self.proc is not None:
             self.stop.set()
             self.proc.join(120)
@@ -109,9 +141,15 @@ class Diagnostics:
             out["waits"] = waits.align(ops, samples, window, table=(self.dbname, relid))
             out["waits"]["samples"] = len(samples)
             out["waits"]["timeline"] = waits.timeline(samples, window, table=(self.dbname, relid))
+            last = self.epoch.get("tail_end", self.epoch["after"])
             out["waits"]["server_log"] = waits.log_lines(
-                server_log(self.args), (self.epoch["idle"], self.epoch["after"])
+                server_log(self.args), (self.epoch["idle"], last)
             )
+            if "tail_end" in self.t:
+                tail = (window[1], self.t["tail_end"])
+                out["waits_tail"] = waits.align(ops, samples, tail, table=(self.dbname, relid))
+        if self.watch is not None and self.tail is not None and self.deletes is not None:
+            out["through_vacuum"] = self.watch.report(ops, self.deletes, self.tail)
         if self.ws is not None:
             out["wal"] = walstats.report(
                 self.ws,
@@ -145,7 +183,10 @@ def render(result: dict[str, Any]) -> str:
     if not runs:
         return ""
     out = ["", "## Writer stalls and WAL (--waits, --wal-stats)", ""]
-    out += _wal_table(runs) + _wait_table(runs)
+    server = result.get("meta", {}).get("settings", {}).get("server_settings")
+    if server:
+        out += [f"Server settings changed for this run: {server}.", ""]
+    out += _wal_table(runs) + _wait_table(runs) + vacuumtail.render(runs)
     for r in runs:
         wal = r["diagnostics"].get("wal")
         if wal:
@@ -193,7 +234,7 @@ def _wal_table(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _wait_table(runs: list[dict[str, Any]]) -> list[str]:
-    rows = [r for r in runs if r["diagnostics"].get("waits")]
+    rows = [(r, key) for r in runs for key in ("waits", "waits_tail") if r["diagnostics"].get(key)]
     if not rows:
         return []
     out = [
@@ -206,14 +247,18 @@ def _wait_table(runs: list[dict[str, Any]]) -> list[str]:
         "| waits of slow writes | blockers | server meanwhile | old-key refreshes |",
         "|---|---:|---:|---:|---:|---|---|---|---|---|",
     ]
-    for r in rows:
-        w = r["diagnostics"]["waits"]
+    for r, key in rows:
+        w = r["diagnostics"][key]
+        name, top = _name(r), r["writer_during"]["max_ms"]
+        if key == "waits_tail":  # --through-vacuum: the stretch after the variant
+            name, top = f"{name}, after", r["diagnostics"]["through_vacuum"]["writer"]["after"]
+            top = top["max_ms"]
 
         def fmt(d: dict[str, int], n: int = 6) -> str:
             return ", ".join(f"{k} {v}" for k, v in list(d.items())[:n]) or "-"
 
         out.append(
-            f"| {_name(r)} | {r['writer_during']['max_ms']:,.0f} | {w['writes']:,} "
+            f"| {name} | {top:,.0f} | {w['writes']:,} "
             f"| {w['slow_writes']} | {w['over_150_ms']} "
             f"| {w['max_queued_ms']:,.0f} / {w['max_exec_ms']:,.0f} "
             f"| {fmt(w['slow_write_waits'])} | {fmt(w['slow_write_blockers'])} "
