@@ -237,7 +237,13 @@ class _WalPace:
     debt is paid off with a pause that still lets the run finish before its deadline."""
 
     def __init__(
-        self, conn: db.Conn, settings: Settings, deadline: float | None, tally: _Tally
+        self,
+        conn: db.Conn,
+        settings: Settings,
+        deadline: float | None,
+        tally: _Tally,
+        *,
+        expected: float,
     ) -> None:
         self.conn, self.deadline, self.tally = conn, deadline, tally
         c = db.checkpoint_settings(conn)
@@ -245,7 +251,7 @@ class _WalPace:
         rate = settings.wal_bytes_per_s
         if rate is None:
             rate = round(pacing.default_wal_rate(trigger, c.timeout_s))
-        self.budget = pacing.WalBudget.start(rate, trigger, c.since_checkpoint)
+        self.budget = pacing.WalBudget.start(rate, trigger, c.since_checkpoint, expected)
         self.spent_at = monotonic()  # when the budget was last settled
 
     def pace(self, lsn: int, *, work_s: float, share: float) -> None:
@@ -351,7 +357,8 @@ class DeleteLoop:
             else max(first.get(leaf.oid, 0), leaf.pages)
             for leaf in self.leaves
         }
-        self.wal = _WalPace(conn, settings, deadline, self.tally)
+        expected = pacing.expected_wal(pages_total, eligible)
+        self.wal = _WalPace(conn, settings, deadline, self.tally, expected=expected)
         self.watch = _ReplicaWatch(conn, settings, deadline, self.tally)
         self.batch_s = 0.0  # time inside batches, to estimate the work left
         self.pages_done = 0
