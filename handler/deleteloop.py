@@ -237,13 +237,7 @@ class _WalPace:
     debt is paid off with a pause that still lets the run finish before its deadline."""
 
     def __init__(
-        self,
-        conn: db.Conn,
-        settings: Settings,
-        deadline: float | None,
-        tally: _Tally,
-        *,
-        expected: float,
+        self, conn: db.Conn, settings: Settings, deadline: float | None, tally: _Tally
     ) -> None:
         self.conn, self.deadline, self.tally = conn, deadline, tally
         c = db.checkpoint_settings(conn)
@@ -251,7 +245,7 @@ class _WalPace:
         rate = settings.wal_bytes_per_s
         if rate is None:
             rate = round(pacing.default_wal_rate(trigger, c.timeout_s))
-        self.budget = pacing.WalBudget.start(rate, trigger, c.since_checkpoint, expected)
+        self.budget = pacing.WalBudget.start(rate, trigger, c.since_checkpoint)
         self.spent_at = monotonic()  # when the budget was last settled
 
     def pace(self, lsn: int, *, work_s: float, share: float) -> None:
@@ -357,8 +351,7 @@ class DeleteLoop:
             else max(first.get(leaf.oid, 0), leaf.pages)
             for leaf in self.leaves
         }
-        expected = pacing.expected_wal(pages_total, eligible)
-        self.wal = _WalPace(conn, settings, deadline, self.tally, expected=expected)
+        self.wal = _WalPace(conn, settings, deadline, self.tally)
         self.watch = _ReplicaWatch(conn, settings, deadline, self.tally)
         self.batch_s = 0.0  # time inside batches, to estimate the work left
         self.pages_done = 0

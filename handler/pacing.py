@@ -59,8 +59,6 @@ REFILL_S = 10.0
 # Without the WAL position of the last checkpoint (pg_control_checkpoint), assume half the
 # trigger is left.
 UNKNOWN_HEADROOM_SHARE = 0.5
-# PostgreSQL's page size (BLCKSZ): a page's full-page image is at most this.
-PAGE_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -123,25 +121,12 @@ class WalBudget:
     credit: float
 
     @classmethod
-    def start(
-        cls,
-        rate: float,
-        trigger: float,
-        since_checkpoint: float | None,
-        expected: float | None = None,
-    ) -> WalBudget:
-        """A full-speed credit up to the checkpoint trigger's headroom, then `rate` (0: none).
-
-        A run `expected` to write more WAL than that headroom gets no credit: its sprint would
-        only bring the checkpoint sooner, and queue the application's commits behind its WAL
-        flushes meanwhile, before it is paced anyway.
-        """
+    def start(cls, rate: float, trigger: float, since_checkpoint: float | None) -> WalBudget:
+        """A full-speed credit up to the checkpoint trigger's headroom, then `rate` (0: none)."""
         if since_checkpoint is None:
             credit = UNKNOWN_HEADROOM_SHARE * trigger
         else:
             credit = max(0.0, HEADROOM_SHARE * trigger - since_checkpoint)
-        if expected is not None and expected > credit:
-            credit = 0.0
         return cls(rate=rate, burst=REFILL_S * rate, credit=credit)
 
     def spend(self, wal_bytes: float, elapsed_s: float) -> tuple[WalBudget, float]:
@@ -158,13 +143,6 @@ class WalBudget:
         # A debt stays on the books: the pause pays it off, and the refill during the pause
         # (counted in the next elapsed_s) brings the credit back to zero, not above it.
         return WalBudget(self.rate, self.burst, credit), max(0.0, -credit / self.rate)
-
-
-def expected_wal(pages: int, eligible: int) -> float:
-    """The WAL a run will write at least: its first change to a page after a checkpoint logs
-    the whole page, and it changes every page holding an eligible row (at most `eligible` of
-    its `pages`). The deletes' own records and later checkpoints come on top."""
-    return float(min(pages, eligible) * PAGE_BYTES)
 
 
 def checkpoint_trigger(max_wal_size: float, completion_target: float) -> float:

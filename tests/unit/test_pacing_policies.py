@@ -141,32 +141,6 @@ def test_wal_budget_from_stock_server_settings() -> None:
     assert (1.6e9 - budget.credit) / rate < 600
 
 
-def test_a_run_that_cannot_fit_in_the_headroom_is_paced_from_its_first_batch() -> None:
-    # A sprint into the headroom only moves the checkpoint earlier and queues the application's
-    # commits behind its WAL flushes (4M rows: 90 writes over 50 ms in the first 30 s).
-    trigger = pacing.checkpoint_trigger(1 << 30, 0.9)
-    rate = pacing.default_wal_rate(trigger, 300)
-    budget = WalBudget.start(rate, trigger, since_checkpoint=0, expected=1.6e9)
-    assert budget.credit == 0.0
-    assert budget.spend(rate, elapsed_s=0)[1] == pytest.approx(1.0)
-
-
-def test_a_run_that_fits_in_the_headroom_keeps_it() -> None:
-    trigger = pacing.checkpoint_trigger(1 << 30, 0.9)
-    rate = pacing.default_wal_rate(trigger, 300)
-    budget = WalBudget.start(rate, trigger, since_checkpoint=0, expected=400e6)
-    assert budget.credit == pytest.approx(0.9 * trigger)
-    assert WalBudget.start(rate, trigger, since_checkpoint=0).credit == budget.credit
-
-
-def test_expected_wal_is_one_full_page_image_per_page_the_run_can_touch() -> None:
-    # Rows scattered over every page: each page is logged whole once (4M rows: 200k pages).
-    assert pacing.expected_wal(pages=200_000, eligible=1_200_000) == 200_000 * 8192
-    # Fewer eligible rows than pages: at most one page each.
-    assert pacing.expected_wal(pages=200_000, eligible=1_000) == 1_000 * 8192
-    assert pacing.expected_wal(pages=0, eligible=0) == 0
-
-
 def test_wal_budget_without_checkpoint_position_assumes_half_the_headroom() -> None:
     budget = WalBudget.start(1000.0, trigger=1e9, since_checkpoint=None)
     assert budget.credit == 0.5e9
