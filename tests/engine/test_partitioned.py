@@ -4,13 +4,17 @@ during the run ends it `partial`, with nothing wrong deleted."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 from handler import db
 from handler.cleanup import run_cleanup
+from handler.deleteloop import Progress
 from handler.schema import hash_partitions, reference_schema
 from handler.settings import ConfigError, Flags
 from tests.support.db import ME_LID, KeyRow, PgSchema, baileys_creds
@@ -166,6 +170,177 @@ def test_partition_attached_mid_run_ends_partial_and_leaves_it_untouched(pg: PgS
     assert {r.ident for r in late} <= left  # old, but not measured: never deleted
     assert expected_survivors(rows, 30) <= left
     assert len(left) == len(rows) + len(late) - report.deleted  # type: ignore[attr-defined]
+
+
+def test_leaf_dropped_mid_run_ends_partial_and_deletes_nothing_wrong(pg: PgSchema) -> None:
+    """DROP, between two leaves, of the leaf the next batch walks: the run stops `partial`
+    (never an error, and nothing deleted from another table of that name)."""
+    _hash(pg)
+    pg.add_auth(AGE_CREDS)
+    rows = mixed_rows()
+    pg.insert_keys(rows)
+    survivors = expected_survivors(rows, 30)
+    counts = _leaf_counts(pg)
+    dropped: dict[str, set[tuple[str, str, str]]] = {}
+
+    def drop_next(p: Progress) -> None:
+        with pg.connect() as conn:
+            row = conn.execute(
+                "SELECT relname::text, pg_relation_size(oid) / current_setting('block_size')::int "
+                "FROM pg_class WHERE oid = %s",
+                (p.oid,),
+            ).fetchone()
+            assert row is not None
+            current, pages = str(row[0]), int(row[1])
+            if dropped or p.end_page < pages:
+                return  # once, after the current leaf's last batch
+            name = min(leaf for leaf in counts if leaf > current)  # the next batch's
+            dropped[name] = _idents(pg, name)
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+
+    settings = pg.settings(CLEANUP_BATCH_SIZE="3", **NO_GUARD)
+    report = run_cleanup(settings, FORCE, progress=drop_next)
+    [gone] = dropped.values()
+    assert gone - survivors  # it held eligible keys
+    assert report.status == "partial", report.reason
+    assert report.reason is not None
+    assert "changed during the run" in report.reason
+    assert "1 partition(s) detached or dropped" in report.reason
+    left = pg.key_set()
+    # Only eligible keys went, and not all of them (the run stopped).
+    assert survivors - gone <= left
+    assert len(left) == len(rows) - len(gone) - report.deleted
+    assert 0 < report.deleted < len(rows) - len(survivors | gone)
+
+
+def _slow_leaf(pg: PgSchema, leaf: str, seconds: float) -> None:
+    """Every DELETE statement on `leaf` takes `seconds` (a statement trigger on the leaf: the
+    batches name the leaf, so the parent's statement triggers do not fire)."""
+    with pg.connect() as conn:
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep({}); RETURN NULL; END $$"
+            ).format(sql.Literal(seconds))
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER slow_delete BEFORE DELETE ON {} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION slow_delete()"
+            ).format(sql.Identifier(leaf))
+        )
+
+
+def test_detach_and_drop_at_any_depth_wait_for_the_batch(pg: PgSchema) -> None:
+    """While a batch deletes from one leaf, DETACH or DROP of any partition (another leaf, a
+    sub-partition's leaf, a partitioned partition) waits for its transaction: what the leaf
+    re-read under the batch's lock relies on. The key lifecycle is off (no key type column), so
+    the batch's DELETE reads its own leaf only: what the DDL waits for is the batch's lock."""
+    _list(pg)
+    pg.add_auth(AGE_CREDS)
+    rows = mixed_rows()
+    pg.insert_keys(rows)
+    _slow_leaf(pg, "keys_c0", 3.0)  # keys_c0 is walked first (name order)
+    settings = pg.settings(
+        CLEANUP_BATCH_TIMEOUT_MS="20000", CLEANUP_KEY_TYPE_COLUMN="none", **NO_GUARD
+    )
+    reports: list[object] = []
+    runner = threading.Thread(target=lambda: reports.append(run_cleanup(settings, FORCE)))
+    runner.start()
+    blocked: dict[str, bool] = {}
+    try:
+        pid = None
+        with pg.connect() as watch:
+            for _ in range(200):  # until a batch sits in the trigger's sleep
+                pid = pid or _backend(pg)
+                row = watch.execute(
+                    "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+                if row is not None and row[0] == "PgSleep":
+                    break
+                time.sleep(0.02)
+            else:
+                pytest.fail("no batch reached the slow leaf")
+        ddl = {
+            "detach a leaf": "ALTER TABLE whatsapp_keys DETACH PARTITION keys_rest",
+            "drop a leaf": "DROP TABLE keys_rest",
+            "detach a sub-partition's leaf": "ALTER TABLE keys_c1 DETACH PARTITION keys_c1_a",
+            "drop a sub-partition's leaf": "DROP TABLE keys_c1_b",
+            "detach a partitioned partition": "ALTER TABLE whatsapp_keys DETACH PARTITION keys_c1",
+        }
+        with pg.connect() as other:
+            other.autocommit = True
+            other.execute("SET lock_timeout = '200ms'")
+            for what, statement in ddl.items():
+                try:
+                    with other.transaction():
+                        other.execute(statement)
+                        raise _RolledBack
+                except pg_errors.LockNotAvailable:
+                    blocked[what] = True
+                except _RolledBack:
+                    blocked[what] = False
+    finally:
+        runner.join(60)
+    assert blocked == dict.fromkeys(ddl, True)
+    assert reports
+    report = reports[0]
+    assert report.status == "completed"  # type: ignore[attr-defined]
+    assert 0 < report.deleted < len(rows)  # type: ignore[attr-defined]
+    assert pg.count() == len(rows) - report.deleted  # type: ignore[attr-defined]
+
+
+class _RolledBack(Exception):
+    """Leaves a transaction block that ran its statement: rolled back, nothing changed."""
+
+
+def _backend(pg: PgSchema) -> int | None:
+    try:
+        return pg.cleanup_backend()
+    except AssertionError:
+        return None
+
+
+def test_other_leaf_locked_ends_partial_on_the_lock_timeout_not_as_row_waits(
+    pg: PgSchema,
+) -> None:
+    """A leaf no batch deletes from (an empty one), locked by another session (VACUUM FULL, a
+    TRUNCATE in a transaction): each batch's DELETE reads it (the sender-key rule's lookup
+    reads the partitioned table), so the batch's table lock waits for it with the lock timeout,
+    and the run stops on it as on the table's own lock, not as rows held (split ranges, pages
+    skipped after the 100 ms row wait)."""
+    _hash(pg)
+    pg.add_auth(AGE_CREDS)
+    rows = mixed_rows()
+    pg.insert_keys(rows)
+    empty = min({f"whatsapp_keys_p{i}" for i in range(8)} - set(_leaf_counts(pg)))
+    locker = pg.connect()
+
+    def lock_empty() -> None:
+        locker.execute("BEGIN")
+        locker.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(empty))
+        )
+
+    settings = pg.settings(
+        CLEANUP_BATCH_SIZE="3",
+        CLEANUP_LOCK_TIMEOUT_MS="300",
+        CLEANUP_BATCH_ATTEMPTS="2",
+        **NO_GUARD,
+    )
+    after = AfterFirstBatch(lock_empty)
+    try:
+        report = run_cleanup(settings, FORCE, progress=after)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert after.seen
+    assert report.status == "partial"
+    assert report.reason is not None
+    assert "lock timeout on" in report.reason
+    assert report.batches == 1
+    assert not any("skipped" in note for note in report.notes)
+    assert pg.count() == len(rows) - report.deleted
 
 
 def test_default_and_empty_leaves_and_sub_partitions_are_walked(pg: PgSchema) -> None:
