@@ -514,8 +514,7 @@ class DeleteLoop:
     def _batch(self, lo: int, hi: int, budget_ms: float) -> None:
         started = monotonic()
         with self.conn.transaction():
-            self._lock(budget_ms)
-            self._same_partitions()
+            self._same_partitions(self._lock(budget_ms))
             try:
                 result = db.delete_range(
                     self.conn,
@@ -553,8 +552,9 @@ class DeleteLoop:
                 Progress(self.pages_done, self.planned, t.deleted, t.batches, self.rel.oid, lo, hi)
             )
 
-    def _lock(self, budget_ms: float) -> None:
-        """A batch's settings and locks, inside its transaction."""
+    def _lock(self, budget_ms: float) -> frozenset[int] | None:
+        """A batch's settings and locks, inside its transaction; a partitioned target's leaves
+        as the catalog has them under its lock (else None)."""
         s, conn = self.settings, self.conn
         # Losing the last batches to a crash only means the next run redoes them, so there is
         # no need to wait for each commit's WAL flush. With replicas attached, though, WAL left
@@ -562,8 +562,9 @@ class DeleteLoop:
         # the WAL writer's next round: then flush, locally only (a synchronous standby's wait
         # is what the throttle bounds, not the commit).
         statement_ms = int(min(s.batch_timeout_ms, budget_ms))
-        # One round trip for the three settings, one for the lock and the row timeout: at ~250
-        # batches per million rows, each round trip saved is ~3 % of the loop.
+        # One round trip for the three settings, one for the lock, the leaf list (partitioned)
+        # and the row timeout: at ~250 batches per million rows, each round trip saved is ~3 %
+        # of the loop.
         db.set_local(
             conn,
             synchronous_commit="local" if self.watch.replicas else "off",
@@ -576,7 +577,7 @@ class DeleteLoop:
         # it). Then rows: never wait long for one the application holds.
         row_wait = min(s.lock_timeout_ms, ROW_WAIT_MS)
         try:
-            db.lock_for_delete_then_row_wait(
+            leaves = db.lock_for_delete_then_row_wait(
                 conn, self.target, row_wait_ms=None if self.auth else row_wait
             )
         except pg_errors.LockNotAvailable as exc:
@@ -586,13 +587,14 @@ class DeleteLoop:
                 db.lock_shared_then_row_wait(conn, self.auth.ident, row_wait_ms=row_wait)
             except pg_errors.LockNotAvailable as exc:
                 raise TableLockWait(self.auth.qualified) from exc
+        return leaves
 
-    def _same_partitions(self) -> None:
-        """Inside the batch, under the parent's lock (which ATTACH, DETACH and DROP of a
-        partition wait for): the leaves are still those measured, else PartitionsChanged."""
-        if not self.target.partitioned:
+    def _same_partitions(self, now: frozenset[int] | None) -> None:
+        """Inside the batch, under the parent's lock (which DETACH and DROP of a partition, at
+        any depth, wait for): the leaves read then are still those measured, else
+        PartitionsChanged. `now`: None for a plain table."""
+        if now is None:
             return
-        now = db.leaf_oids(self.conn, self.target)
         if now != self.leaf_set:
             gone, new = len(self.leaf_set - now), len(now - self.leaf_set)
             raise PartitionsChanged(f"{gone} partition(s) detached or dropped, {new} attached")

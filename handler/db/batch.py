@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from handler.db.catalog import Conn
+from handler.db.catalog import Conn, fetch_one
 from handler.db.predicates import (
     applies_orphans,
     eligible_predicate,
@@ -103,20 +103,38 @@ def delete_range(
 
 def lock_for_delete_then_row_wait(
     conn: Conn, target: Target, *, row_wait_ms: int | None, shared: sql.Composable | None = None
-) -> None:
+) -> frozenset[int] | None:
     """The table lock a DELETE takes (under the current lock_timeout), then, once it is held,
-    lock_timeout = row_wait_ms for the rows: two statements in one round trip. A timeout here
+    lock_timeout = row_wait_ms for the rows: statements in one round trip. A timeout here
     is always the table lock's. With `shared`, that table's ACCESS SHARE lock (the one the
     DELETE's subquery takes) instead of the row wait: `row_wait_ms` is then None and set by
-    the caller after it."""
-    row_wait = (
-        sql.SQL("; SELECT set_config('lock_timeout', {}, true)").format(
-            sql.Literal(f"{max(1, row_wait_ms)}ms")
+    the caller after it.
+
+    A partitioned target's lock is the parent's, without ONLY: it is every partition's too, and
+    the batch's statement reads every leaf (its lookups of other rows read the partitioned
+    table), so a lock another session holds on any leaf is met here, under the table-lock
+    timeout. Returned for it, read in the same round trip once the lock is held: its leaf
+    partitions' OIDs as the catalog has them then (pg_partition_tree, at any depth; it takes
+    ACCESS SHARE on each partition, already held). None for a plain table."""
+    statements = [sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target.ident)]
+    if target.partitioned:
+        statements.append(
+            sql.SQL(
+                "SELECT ARRAY(SELECT relid::bigint FROM pg_partition_tree({}::regclass) "
+                "WHERE isleaf)"
+            ).format(sql.Literal(target.oid))
         )
-        if row_wait_ms is not None
-        else sql.SQL("")
-    )
-    conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE{}").format(target.ident, row_wait))
+    if row_wait_ms is not None:
+        statements.append(
+            sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
+                sql.Literal(f"{max(1, row_wait_ms)}ms")
+            )
+        )
+    cur = conn.execute(sql.SQL("; ").join(statements))
+    if not target.partitioned:
+        return None
+    cur.nextset()  # past the LOCK's result: the leaves
+    return frozenset(int(oid) for oid in fetch_one(cur)[0])
 
 
 def lock_shared_then_row_wait(conn: Conn, table: sql.Composable, *, row_wait_ms: int) -> None:

@@ -222,14 +222,6 @@ def leaves(conn: Conn, target: Target) -> list[Leaf]:
         return cur.execute(query, params).fetchall()
 
 
-def leaf_oids(conn: Conn, target: Target) -> frozenset[int]:
-    """The leaf partitions' OIDs as the catalog has them now."""
-    rows = conn.execute(
-        "SELECT relid::bigint FROM pg_partition_tree(%s::regclass) WHERE isleaf", (target.oid,)
-    ).fetchall()
-    return frozenset(int(r[0]) for r in rows)
-
-
 # Column names of a one-JSON-blob-per-session store (the whaticket family's `Whatsapps.session`).
 BLOB_COLUMNS = frozenset({"session", "sessions", "session_data", "auth_state", "authstate"})
 
