@@ -188,6 +188,9 @@ def pass_vs_scan(url: str, repeats: int = 5) -> dict[str, Any]:
             passes.append(m)
             ratios.append(m / s)
         workers = str((conn.execute("SHOW max_parallel_workers_per_gather").fetchone() or ("",))[0])
+        query, params = db.measure_statement(target, edges, policy, by_tenant=by_tenant)
+        plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params).fetchone()
+        pass_nodes = _node_types(plan[0][0]["Plan"]) if plan else []
     return {
         "pass_ms": round(statistics.median(passes) * 1000, 1),
         "scan_ms": round(statistics.median(scans) * 1000, 1),
@@ -196,7 +199,15 @@ def pass_vs_scan(url: str, repeats: int = 5) -> dict[str, Any]:
         "scan_sql": scan_text,
         "columns": sorted(read_columns(target, policy, by_tenant).values()),
         "parallel_workers": workers,
+        # The pass's own plan: a parallel scan of the key table, as the scan it is compared with.
+        "pass_parallel_scan": "Parallel Seq Scan" in pass_nodes,
     }
+
+
+def _node_types(node: dict[str, Any]) -> list[str]:
+    return [str(node["Node Type"])] + [
+        t for child in node.get("Plans") or [] for t in _node_types(child)
+    ]
 
 
 def evidence(base_url: str, template: str, name: str) -> list[str]:

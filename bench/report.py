@@ -298,7 +298,14 @@ def _pass_line(m: dict[str, Any]) -> list[str]:
         f"{m['parallel_workers']}) {m['pass_ms']:.0f} ms vs one heap scan reading the same "
         f"columns ({', '.join(m['columns'])}) grouped as the pass groups them, "
         f"`{m['scan_sql']}`, {m['scan_ms']:.0f} ms (median of {len(m['pass_ratios'])}, "
-        f"alternated, after one warm-up of each): **{m['pass_ratio']:.2f}x**.",
+        f"alternated, after one warm-up of each): **{m['pass_ratio']:.2f}x**."
+        + (
+            ""
+            if "pass_parallel_scan" not in m
+            else " The pass's plan reads the table with a parallel scan."
+            if m["pass_parallel_scan"]
+            else " The pass's plan reads the table in one process."
+        ),
     ]
 
 

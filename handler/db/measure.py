@@ -27,6 +27,7 @@ from handler.db.predicates import (
     lifecycle_case,
     listing_columns,
     measures_orphans,
+    memory_join,
     no_auth_row,
     policy_params,
     prekeys_due,
@@ -47,6 +48,7 @@ from handler.domain import (
     TenantCounts,
     TypeCounts,
 )
+from handler.errors import CleanupError
 
 # The name a partitioned table's rows go by in the measuring pass (see _source).
 PARTITIONED_ROWS = "kc_t"
@@ -98,6 +100,9 @@ class _Pass:
     cutoffs: dict[str, datetime]  # per-type cutoffs of unprotected types
     distinct: list[datetime]
     reasons: list[KeepReason]  # the lifecycle's reasons, by code 1..n (column k<code>)
+    # Per code 1..n: its key type, its place among that type's reasons (0-based) and how many
+    # the type has (see KEPT_BITS).
+    slots: list[tuple[str, int, int]]
     # The resume point: per relation (oid), the first page not in the head (handler/resume.py);
     # empty when the run does not resume.
     heads: Mapping[int, int]
@@ -157,24 +162,28 @@ def _plan(
         cutoffs=cutoffs,
         distinct=distinct,
         reasons=[r for conds in branches.values() for r, _ in conds],
+        slots=[(t, i, len(conds)) for t, conds in branches.items() for i in range(len(conds))],
         heads={oid: block for oid, block in heads.items() if block > 0},
     )
 
 
 def _head(p: _Pass) -> sql.Composable:
     """TRUE for a row in the head: before its relation's resume point (a ctid is only
-    meaningful in its relation: of a partitioned table, tableoid names the leaf)."""
+    meaningful in its relation: of a partitioned table, tableoid names the leaf). Qualified:
+    the memory-row join (`memory_join`) is in the same FROM."""
+    table = _row_ref(p.target)
 
     def before(block: int) -> sql.Composable:
-        return sql.SQL("ctid < {}::tid").format(sql.Literal(f"({block},0)"))
+        return sql.SQL("{t}.ctid < {b}::tid").format(t=table, b=sql.Literal(f"({block},0)"))
 
     if not p.target.partitioned:
         return before(p.heads.get(p.target.oid, 0))
-    return sql.SQL("CASE tableoid {whens} ELSE false END").format(
+    return sql.SQL("CASE {t}.tableoid {whens} ELSE false END").format(
+        t=table,
         whens=sql.SQL(" ").join(
             sql.SQL("WHEN {}::oid THEN {}").format(sql.Literal(oid), before(block))
             for oid, block in sorted(p.heads.items())
-        )
+        ),
     )
 
 
@@ -224,40 +233,70 @@ def _group_counts(p: _Pass) -> list[sql.Composable]:
     ]
 
 
-def _kept_counts(p: _Pass) -> list[sql.Composable]:
-    """Per group and lifecycle reason, the kept keys (k<code>); of all kept, the expired ones
-    (lkx, for the TTL figure) and the ones quiet since the grace cutoff (lkq, for the orphan
-    rule's union)."""
-    kept = [
-        sql.SQL("count(*) FILTER (WHERE kc_code = {code}) AS {name}").format(
-            code=sql.Literal(code), name=sql.Identifier(f"k{code}")
-        )
-        for code in range(1, len(p.reasons) + 1)
-    ]
+# The lifecycle's kept keys are counted by one sum per group (ks), each row adding
+# 2^(KEPT_BITS * i) for the i-th reason (0-based) of its key type to keep it: a key type has at
+# most 3 reasons, and a group (one key type, one tenant) holds one type's keys, so each reason
+# has its own bits. PostgreSQL sums bigint exactly (into numeric). Fields below the top one
+# are exact while a group holds fewer than 2^KEPT_BITS keys; `measure` refuses a larger one.
+KEPT_BITS = 31
+MAX_GROUP_KEYS = 2**KEPT_BITS - 1
+
+
+def _weight(index: int) -> sql.Composable:
+    return sql.SQL("{}::bigint").format(sql.Literal(2 ** (KEPT_BITS * index)))
+
+
+def _inner_kept(p: _Pass) -> list[sql.Composable]:
+    """Per group, counted in the scan: the packed kept keys (ks, see KEPT_BITS); of all kept,
+    the expired ones (lkx, for the TTL figure) and the ones quiet since the grace cutoff (lkq,
+    for the orphan rule's union). lkx and lkq read kc again, so only when their rule is on."""
+    if not p.reasons:
+        return [sql.SQL("0 AS ks"), sql.SQL("0 AS lkx"), sql.SQL("0 AS lkq")]
     lkx = (
-        sql.SQL("count(*) FILTER (WHERE kc_code > 0 AND {x}) AS lkx").format(
+        sql.SQL("count(*) FILTER (WHERE kc > 0 AND {x}) AS lkx").format(
             x=expired(p.target, p.policy)
         )
-        if p.reasons and p.ttl
+        if p.ttl
         else sql.SQL("0 AS lkx")
     )
     lkq = (
-        sql.SQL("count(*) FILTER (WHERE kc_code > 0) AS lkq")
-        if p.reasons and p.orphans is not None and p.target.timestamp_column is None
+        sql.SQL("count(*) FILTER (WHERE kc > 0) AS lkq")
+        if p.orphans is not None and p.target.timestamp_column is None
         else sql.SQL(
-            "count(*) FILTER (WHERE kc_code > 0 AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s) "
-            "AS lkq"
+            "count(*) FILTER (WHERE kc > 0 AND {ts} >= {first} AND {ts} < %(orphan_cutoff)s) AS lkq"
         ).format(ts=p.ts, first=FIRST_TIMESTAMP)
-        if p.reasons and p.orphans is not None
+        if p.orphans is not None
         else sql.SQL("0 AS lkq")
     )
-    return [*kept, lkx, lkq]
+    return [sql.SQL("coalesce(sum(kc), 0) AS ks"), lkx, lkq]
+
+
+def _kept_counts(p: _Pass) -> list[sql.Composable]:
+    """Per group and lifecycle reason, the kept keys (k<code>), unpacked from ks."""
+    kept: list[sql.Composable] = []
+    for code, (key_type, index, count) in enumerate(p.slots, start=1):
+        field = sql.SQL("div(ks, {w})").format(w=_weight(index))
+        if index < count - 1:
+            field = sql.SQL("mod({f}, {w})").format(f=field, w=_weight(1))
+        kept.append(
+            sql.SQL("CASE WHEN kt = {t} THEN {f} ELSE 0 END::bigint AS {name}").format(
+                t=sql.Literal(key_type), f=field, name=sql.Identifier(f"k{code}")
+            )
+        )
+    return kept
 
 
 def _source(p: _Pass) -> sql.Composable:
-    """The rows the pass reads. With the key lifecycle: each row's reason to be kept (kc_code,
-    0: none), decided once, and only for the rows the age or TTL rule would take (in steady
-    state a day's worth: the rest pay one comparison)."""
+    """The rows the pass reads. With the key lifecycle: each row's reason to be kept (kc: its
+    weight, see KEPT_BITS; 0: none), decided once, and only for the rows the age or TTL rule
+    would take (in steady state a day's worth: the rest pay one comparison). One sum reads it:
+    PostgreSQL inlines kc into every aggregate that names it, so a count per reason would
+    decide it once per reason.
+
+    With a key-type column, a sender key's memory row is read from a join (`memory_join`), so
+    the whole pass is one that PostgreSQL can run in parallel workers, as it runs the plain
+    scan of the same columns; a lookup per key (a correlated subquery) would keep it in one
+    process. The encoded layout keeps the lookup."""
     target = p.target
     branches = lifecycle_branches(target, p.policy)
     if not branches:
@@ -265,7 +304,8 @@ def _source(p: _Pass) -> sql.Composable:
     table: sql.Composable = target.ident
     # The head flag (resuming a drain): computed where ctid and tableoid are still visible.
     head = sql.SQL(", {} AS hd").format(_head(p)) if p.heads else sql.SQL("")
-    if target.partitioned:
+    join = memory_join(target)
+    if target.partitioned and join is None:
         # PostgreSQL computes a partitioned table's projection in each leaf's scan, and with it
         # the sender-key rule's hashed subquery over the whole table: once per leaf (7 x
         # ~70 ms at 1M rows in 8 leaves). Read the rows through a subquery instead: the
@@ -276,13 +316,15 @@ def _source(p: _Pass) -> sql.Composable:
         head = sql.SQL(", hd") if p.heads else sql.SQL("")
         target = replace(target, row_alias=PARTITIONED_ROWS)
         branches = lifecycle_branches(target, p.policy)
-    codes = iter(range(1, len(p.reasons) + 1))
+    elif join is not None:
+        table = sql.Composed([table, join[0]])
+        branches = lifecycle_branches(target, p.policy, join[1])
     by_type = lifecycle_case(
         target,
         branches,
         lambda conds: sql.SQL("CASE {} ELSE 0 END").format(
             sql.SQL(" ").join(
-                sql.SQL("WHEN {} THEN {}").format(c, sql.Literal(next(codes))) for _, c in conds
+                sql.SQL("WHEN {} THEN {}").format(c, _weight(i)) for i, (_, c) in enumerate(conds)
             )
         ),
         sql.SQL("0"),
@@ -295,16 +337,26 @@ def _source(p: _Pass) -> sql.Composable:
         target.expires_column if p.ttl else None,
     )
     return sql.SQL(
-        "(SELECT {cols}, CASE WHEN {due} THEN {by_type} ELSE 0 END AS kc_code{head} "
-        # OFFSET 0 keeps the planner from inlining kc_code into each count that reads it.
-        "FROM {table} OFFSET 0) AS kc_rows"
+        "(SELECT {cols}, CASE WHEN {due} THEN {by_type} ELSE 0 END AS kc{head} "
+        "FROM {table}) AS kc_rows"
     ).format(
         head=head,
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in dict.fromkeys(used) if c is not None),
+        cols=sql.SQL(", ").join(
+            sql.SQL("{}.{}").format(_row_ref(target), sql.Identifier(c))
+            for c in dict.fromkeys(used)
+            if c is not None
+        ),
         due=sql.SQL("({} OR {})").format(aged(target, p.policy), expired(target, p.policy)),
         by_type=by_type,
         table=table,
     )
+
+
+def _row_ref(target: Target) -> sql.Composable:
+    """The name the pass's rows go by in its FROM (the table, or the partitioned subquery)."""
+    if target.row_alias is not None:
+        return sql.Identifier(target.row_alias)
+    return sql.Identifier(target.schema, target.name)
 
 
 def _derived(p: _Pass) -> sql.Composable:  # a declared SQL statement builder
@@ -408,6 +460,7 @@ def _totals(p: _Pass) -> list[sql.Composable]:
             "CASE WHEN NOT hd OR NOT lost THEN 0 WHEN p THEN q ELSE q - (qu - lkq) END",
             "head_orphan_extra",
         ),
+        _largest_packed_group(p),
         sql.SQL("coalesce(bool_and(noauth), false) AS without_auth"),
         sql.SQL("coalesce(bool_or(lost), false) AS confirmed"),
         total("fresh", "fresh"),
@@ -420,8 +473,20 @@ def _totals(p: _Pass) -> list[sql.Composable]:
     ]
 
 
+def _largest_packed_group(p: _Pass) -> sql.Composable:
+    """The most keys in one group of a key type with more than one reason to keep a key (the
+    packed fields below the top one are exact only below 2^KEPT_BITS keys)."""
+    packed = sorted({key_type for key_type, _, count in p.slots if count > 1})
+    if not packed:
+        return sql.SQL("NULL::bigint AS largest_group")
+    return sql.SQL("max(keys) FILTER (WHERE kt = ANY ({types}::text[])) AS largest_group").format(
+        types=sql.Literal(packed)
+    )
+
+
 def _query(p: _Pass) -> sql.Composed:  # a declared SQL statement builder
-    """Groups by key type and tenant (g), their derived figures (d), and the sums per key type
+    """Groups by key type, tenant and head (g0), with the kept counts unpacked (g), their
+    derived figures (d), and the sums per key type
     and, with `by_tenant`, per tenant (GROUPING SETS; is_tenant tells the rows apart)."""
     if p.by_tenant:
         # Unqualified: the rows may come from the kc_rows subquery. In its own type: the auth
@@ -435,9 +500,9 @@ def _query(p: _Pass) -> sql.Composed:  # a declared SQL statement builder
         group = sql.SQL("kt")
     return sql.SQL(
         """
-        WITH g AS (
+        WITH g0 AS (
           SELECT {kt} AS kt, {tenant} AS tn, {hd} AS hd, {inner} FROM {source} GROUP BY 1, 2, 3
-        ), d0 AS ({derived}),
+        ), g AS (SELECT g0.*{kept} FROM g0), d0 AS ({derived}),
         -- Orphaned: no auth row, in the set, and no key of the tenant touched in the grace.
         d AS (SELECT d0.*, (noauth AND member AND tfresh = 0) AS lost FROM d0)
         SELECT {head}, {outer} FROM d GROUP BY {group}
@@ -449,7 +514,8 @@ def _query(p: _Pass) -> sql.Composed:  # a declared SQL statement builder
         hd=(sql.SQL("hd") if lifecycle_branches(p.target, p.policy) else _head(p))
         if p.heads
         else sql.SQL("false"),
-        inner=sql.SQL(", ").join([*_group_counts(p), *_kept_counts(p)]),
+        inner=sql.SQL(", ").join([*_group_counts(p), *_inner_kept(p)]),
+        kept=sql.SQL("").join(sql.SQL(", {}").format(k) for k in _kept_counts(p)),
         source=_source(p),
         derived=_derived(p),
         head=head,
@@ -536,6 +602,11 @@ def measure(
     p = _plan(target, edges, policy, by_tenant, heads or {})
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(*_statement(p)).fetchall()
+    if any((r["largest_group"] or 0) > MAX_GROUP_KEYS for r in rows):
+        raise CleanupError(
+            f"{target.qualified} holds more than {MAX_GROUP_KEYS:,} keys of one type for one "
+            "tenant: the measuring pass cannot count them exactly (nothing was deleted)"
+        )
     return Measurement(
         types=[_type_counts(p, r) for r in rows if not r["is_tenant"]],
         tenants=[_tenant_counts(r) for r in rows if r["is_tenant"]],

@@ -463,10 +463,12 @@ def _own_user(tenant: sql.Composable, user: sql.Composable) -> sql.Composable:
 
 
 def _sender_key_branch(
-    target: Target, kid: sql.Composable, tenant: sql.Composable
+    target: Target, kid: sql.Composable, tenant: sql.Composable, memory: sql.Composable | None
 ) -> list[tuple[KeepReason, sql.Composable]]:
     """Our own sender key, while its group's sender-key-memory row is there. Unknown own users
-    (no creds): every sender key might be ours, so each waits for its group's memory row."""
+    (no creds): every sender key might be ours, so each waits for its group's memory row.
+    `memory`: TRUE when that row is there, read from a join (`memory_join`) instead of a
+    lookup per key."""
     same_tenant = (
         sql.SQL("kc_m.{col} = {tenant} AND ").format(
             col=sql.Identifier(target.tenant_column), tenant=tenant_ref(target)
@@ -475,6 +477,8 @@ def _sender_key_branch(
         else sql.SQL("")
     )
     mine = _own_user(tenant, sql.SQL("split_part({}, '::', 2)").format(kid))
+    if memory is not None:
+        return [("own_sender_key", sql.SQL("(coalesce({}, true) AND {})").format(mine, memory))]
     if target.encoded is not None:
         # The group's memory row is "[<session><sep>]sender-key-memory-<group>" in the same table.
         prefix = _session_prefix(target)
@@ -524,13 +528,15 @@ def _session_prefix(target: Target) -> sql.Composable:
     )
 
 
-def lifecycle_branches(target: Target, policy: Policy) -> Branches:
+def lifecycle_branches(
+    target: Target, policy: Policy, memory: sql.Composable | None = None
+) -> Branches:
     """Per key type, the conditions under which Baileys still needs a key of that type, each
     with its reason (docs/key-lifecycle.md); {} when the lifecycle does not apply.
 
     The per-tenant facts come from the run's JSON parameters (kc_lo, kc_hi, kc_own), read once
     from the creds. Callers dispatch on the key type once (`CASE key_type WHEN ...`), so a row
-    of another type costs a few comparisons.
+    of another type costs a few comparisons. `memory`: see _sender_key_branch.
     """
     lc = policy.lifecycle
     if lc is None:
@@ -545,10 +551,56 @@ def lifecycle_branches(target: Target, policy: Policy) -> Branches:
         tenant, sql.SQL("split_part({}, '.', 1)").format(_key_id(target, "session"))
     )
     branches["session"] = [("own_session", sql.SQL("coalesce({}, false)").format(own_session))]
-    branches["sender-key"] = _sender_key_branch(target, _key_id(target, "sender-key"), tenant)
+    branches["sender-key"] = _sender_key_branch(
+        target, _key_id(target, "sender-key"), tenant, memory
+    )
     tc_kid = _key_id(target, "tctoken")
     branches["tctoken"] = [("index", sql.SQL("{kid} = '__index'").format(kid=tc_kid))]
     return branches
+
+
+# The name of the memory-row join's relation and of its group column (memory_join).
+MEMORY_ROWS = "kc_mem"
+
+
+def memory_join(target: Target) -> tuple[sql.Composable, sql.Composable] | None:
+    """For a scan of every row (the measuring pass) of a table with a key-type column: a LEFT
+    JOIN to the sender-key-memory rows, one per tenant and group, matched to each sender key's
+    group, and the condition that reads it (TRUE: the key's memory row is there). The same
+    answer as the lookup per key in `_sender_key_branch`, compared in the same types, but one
+    a parallel plan can run; None for the encoded layout (its memory rows have no column of
+    their own to read them by). The join matches at most one row per key (DISTINCT)."""
+    if target.encoded is not None or target.key_type_column is None:
+        return None
+    kid = _key_id(target, "sender-key")
+    tenant = (
+        sql.SQL("{col} AS kc_mt, ").format(col=sql.Identifier(target.tenant_column))
+        if target.tenant_column is not None
+        else sql.SQL("")
+    )
+    same_tenant = (
+        sql.SQL("{m}.kc_mt = {tenant} AND ").format(
+            m=sql.Identifier(MEMORY_ROWS), tenant=tenant_ref(target)
+        )
+        if target.tenant_column is not None
+        else sql.SQL("")
+    )
+    join = sql.SQL(
+        " LEFT JOIN (SELECT DISTINCT {tenant}{kid_col}::text AS kc_mg FROM {table} "
+        "WHERE {kt_col}::text = 'sender-key-memory') AS {m} "
+        "ON {same_tenant}{m}.kc_mg = CASE WHEN {kt} = 'sender-key' "
+        "THEN split_part({kid}, '::', 1) END"
+    ).format(
+        tenant=tenant,
+        kid_col=sql.Identifier(target.key_id_column or ""),
+        table=target.whole_ident,
+        kt_col=sql.Identifier(target.key_type_column),
+        m=sql.Identifier(MEMORY_ROWS),
+        same_tenant=same_tenant,
+        kt=key_type_text(target, qualified=True),
+        kid=kid,
+    )
+    return join, sql.SQL("({}.kc_mg IS NOT NULL)").format(sql.Identifier(MEMORY_ROWS))
 
 
 def lifecycle_case(

@@ -11,6 +11,7 @@ primary key whose memory rows are all doubled. Any restructuring of the pass mus
 
 from __future__ import annotations
 
+import importlib
 import random
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ from handler.db.predicates import (
     policy_params,
     timestamp_expr,
 )
+from handler.errors import CleanupError
 from handler.settings import Flags
 from tests.support.db import ME, ME_LID, KeyRow, PgSchema, baileys_creds
 
@@ -181,12 +183,19 @@ def _reference(pg: PgSchema, target: Any, policy: Any, distinct: list[datetime])
     ("seed", "unique"), [(1, True), (2, True), (3, False)], ids=["1", "2", "3-no-pkey"]
 )
 @pytest.mark.parametrize("ttl", [False, True], ids=["default", "ttl"])
+@pytest.mark.parametrize("tenants", [True, False], ids=["by-tenant", "by-type"])
 def test_measuring_pass_equals_a_row_by_row_count(
-    pg: PgSchema, seed: int, unique: bool, ttl: bool
+    pg: PgSchema, seed: int, unique: bool, ttl: bool, tenants: bool
 ) -> None:
+    """by-type: without the top-tenant figures the pass groups by key type alone, so one group
+    holds pre-keys kept for different reasons (tenant c has no creds): the packed kept counts
+    (KEPT_BITS in handler/db/measure.py) must come apart exactly."""
     _seed(pg, seed, unique=unique)
     env = {"CLEANUP_EXPIRES_COLUMN": "expires_at"} if ttl else {}
-    target, _edges, policy, _by_tenant, measured = _pass_args(pg, **env)
+    if not tenants:
+        env["CLEANUP_TOP_TENANTS"] = "0"
+    target, _edges, policy, by_tenant, measured = _pass_args(pg, **env)
+    assert by_tenant is tenants
     assert policy.lifecycle is not None
     assert lifecycle_branches(target, policy)
     types = {c.key_type: c for c in measured.types}
@@ -212,3 +221,30 @@ def test_measuring_pass_equals_a_row_by_row_count(
     assert sum(c.kept.get("prekey_no_creds", 0) for c in measured.types) > 0
     assert sum(c.out_of_range for c in measured.types) > 0
     assert sum(c.eligible for c in measured.types) > 0
+
+
+def test_a_group_too_large_for_the_packed_kept_counts_is_refused(
+    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept keys of a group are packed into one sum, KEPT_BITS per reason. With 2 bits a
+    field holds 3 keys: 3 kept pre-keys of one tenant come out exact, 4 would spill into the
+    next reason's field, so the run refuses and deletes nothing. Key types with one reason
+    (sessions here) have one field, exact at any size."""
+    measure_module = importlib.import_module("handler.db.measure")
+    monkeypatch.setattr(measure_module, "KEPT_BITS", 2)
+    monkeypatch.setattr(measure_module, "MAX_GROUP_KEYS", 3)
+    pg.create_reference_table()
+    # Tenant "c" has no creds: its old pre-keys are kept (prekey_no_creds), its old sessions go.
+    rows = [KeyRow("c", "pre-key", str(n), 45) for n in range(1, 4)]
+    rows += [KeyRow("c", "session", f"5599{n}.0", 45) for n in range(5)]
+    pg.insert_keys(rows)
+    report = run_cleanup(pg.settings(), DRY)
+    assert report.status == "completed", report.reason
+    assert [(k.key_type, k.keys) for k in report.kept] == [("pre-key", 3)]
+    assert report.eligible == 5
+    pg.insert_keys([KeyRow("c", "pre-key", "4", 45)])
+    with pytest.raises(CleanupError, match="more than 3 keys of one type for one tenant"):
+        run_cleanup(pg.settings(), Flags(dry_run=False, force=True))
+    with pg.connect() as conn:
+        left = conn.execute("SELECT count(*) FROM whatsapp_keys").fetchone()
+    assert left == (9,)

@@ -461,12 +461,24 @@ def _subplan_runs(node: dict[str, object]) -> int:
     return here + sum(_subplan_runs(child) for child in children)
 
 
-def test_measuring_pass_looks_up_memory_rows_once_not_per_leaf(
+def _memory_scans(node: dict[str, object]) -> int:
+    """How many times the plan read the memory rows (a hash join's inner side, each loop)."""
+    here = 0
+    if node.get("Node Type") == "Hash":
+        loops = node.get("Actual Loops", 0)
+        assert isinstance(loops, int)
+        here = loops
+    children = node.get("Plans") or []
+    assert isinstance(children, list)
+    return here + sum(_memory_scans(child) for child in children)
+
+
+def test_measuring_pass_reads_memory_rows_once_not_per_leaf(
     pg: PgSchema, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sender-key rule's hashed subquery over the whole table is built once, as on a plain
-    table: PostgreSQL computes a partitioned table's projection in each leaf's scan, and with
-    it builds the hash once per leaf, each time reading every leaf's memory rows."""
+    """The sender-key rule's memory rows are read once, by one join over the whole table, as on
+    a plain table: no lookup per leaf (PostgreSQL computes a partitioned table's projection in
+    each leaf's scan, so a subquery there was built once per leaf) nor per key."""
     _hash(pg)
     with pg.connect() as conn:
         conn.execute(reference_schema("plain_keys"))
@@ -506,8 +518,9 @@ def test_measuring_pass_looks_up_memory_rows_once_not_per_leaf(
                 sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(query), params
             ).fetchone()
             assert row is not None
-            counts[target.name] = _subplan_runs(row[0][0]["Plan"])
-    assert counts["plain_keys"] == 1  # one hashed lookup, built once
+            plan = row[0][0]["Plan"]
+            counts[target.name] = (_subplan_runs(plan), _memory_scans(plan))
+    assert counts["plain_keys"] == (0, 1)  # no lookup: one scan of the memory rows
     assert counts["whatsapp_keys"] == counts["plain_keys"]
 
 
