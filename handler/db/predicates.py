@@ -569,9 +569,13 @@ def memory_join(target: Target) -> tuple[sql.Composable, sql.Composable] | None:
     group, and the condition that reads it (TRUE: the key's memory row is there). The same
     answer as the lookup per key in `_sender_key_branch`, compared in the same types, but one
     a parallel plan can run; None for the encoded layout (its memory rows have no column of
-    their own to read them by). The join matches at most one row per key (DISTINCT)."""
+    their own to read them by). The join matches at most one row per key: by the primary key
+    when it is made of the tenant, type and id columns (then the workers can share one hash
+    of the memory rows), else by DISTINCT (each worker builds its own)."""
     if target.encoded is not None or target.key_type_column is None:
         return None
+    key_columns = {target.tenant_column, target.key_type_column, target.key_id_column}
+    unique = bool(target.primary_key) and set(target.primary_key) <= key_columns
     kid = _key_id(target, "sender-key")
     tenant = (
         sql.SQL("{col} AS kc_mt, ").format(col=sql.Identifier(target.tenant_column))
@@ -586,11 +590,12 @@ def memory_join(target: Target) -> tuple[sql.Composable, sql.Composable] | None:
         else sql.SQL("")
     )
     join = sql.SQL(
-        " LEFT JOIN (SELECT DISTINCT {tenant}{kid_col}::text AS kc_mg FROM {table} "
+        " LEFT JOIN (SELECT {distinct}{tenant}{kid_col}::text AS kc_mg FROM {table} "
         "WHERE {kt_col}::text = 'sender-key-memory') AS {m} "
         "ON {same_tenant}{m}.kc_mg = CASE WHEN {kt} = 'sender-key' "
         "THEN split_part({kid}, '::', 1) END"
     ).format(
+        distinct=sql.SQL("" if unique else "DISTINCT "),
         tenant=tenant,
         kid_col=sql.Identifier(target.key_id_column or ""),
         table=target.whole_ident,
