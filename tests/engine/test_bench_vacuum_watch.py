@@ -5,6 +5,7 @@ table, so code that read the table's leaves from it alone saw no table at all.""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from bench.vacuumtail import VacuumWatch
 from bench.waits import log_table_vacuums
@@ -36,16 +37,21 @@ def test_every_autovacuum_of_a_partitioned_key_tables_leaves_is_logged(pg: PgSch
     assert all(o == ["log_autovacuum_min_duration=0"] for o in opts.values())
 
 
-def _dead_rows_seen(watch: VacuumWatch, timeout_s: float = 15.0) -> int:
-    """Poll until the deleting session's statistics reach the server."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def _polled[T](watch: VacuumWatch, read: Callable[[], T], done: Callable[[T], bool]) -> T:
+    """Poll the watch until `done(read())`, or 15 s: statistics reach the server
+    asynchronously. Returns the last reading."""
+    deadline = time.monotonic() + 15.0
+    while True:
         watch._poll_once()
-        dead = sum(leaf[1] for leaf in watch.leaves)
-        if dead:
-            return dead
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
         time.sleep(0.2)
-    return 0
+
+
+def _dead_rows_seen(watch: VacuumWatch) -> int:
+    """The table's dead rows, once the deleting session's statistics reach the server."""
+    return _polled(watch, lambda: sum(leaf[1] for leaf in watch.leaves), bool)
 
 
 def test_the_vacuum_watch_sees_a_plain_tables_dead_rows_and_threshold(pg: PgSchema) -> None:
@@ -68,15 +74,4 @@ def test_the_vacuum_watch_sees_a_plain_tables_dead_rows_and_threshold(pg: PgSche
     # the same database (a parallel test worker) holds an older snapshot, and they stay due.
     with pg.connect() as conn:
         conn.execute("TRUNCATE whatsapp_keys")
-    assert _state_seen(watch, (False, False)) == (False, False)
-
-
-def _state_seen(watch: VacuumWatch, wanted: tuple[bool, bool], timeout_s: float = 15.0) -> object:
-    """Poll until the watch's state is `wanted` (statistics reach the server asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        watch._poll_once()
-        state = watch.state()
-        if state == wanted or time.monotonic() > deadline:
-            return state
-        time.sleep(0.2)
+    assert _polled(watch, watch.state, lambda state: state == (False, False)) == (False, False)

@@ -20,7 +20,14 @@ from handler.settings import ConfigError, Flags
 from tests.support.db import ME_LID, KeyRow, PgSchema, baileys_creds
 from tests.support.encoded import Layout, add_creds, insert, keys_left
 from tests.support.progress import AfterFirstBatch
-from tests.support.tables import AGE_CREDS, DRY, FORCE, expected_survivors, mixed_rows
+from tests.support.tables import (
+    AGE_CREDS,
+    DRY,
+    FORCE,
+    expected_survivors,
+    mixed_rows,
+    slow_deletes,
+)
 
 NO_GUARD = {"CLEANUP_GUARD_MIN_KEYS": "100000"}
 
@@ -213,24 +220,6 @@ def test_leaf_dropped_mid_run_ends_partial_and_deletes_nothing_wrong(pg: PgSchem
     assert 0 < report.deleted < len(rows) - len(survivors | gone)
 
 
-def _slow_leaf(pg: PgSchema, leaf: str, seconds: float) -> None:
-    """Every DELETE statement on `leaf` takes `seconds` (a statement trigger on the leaf: the
-    batches name the leaf, so the parent's statement triggers do not fire)."""
-    with pg.connect() as conn:
-        conn.execute(
-            sql.SQL(
-                "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN PERFORM pg_sleep({}); RETURN NULL; END $$"
-            ).format(sql.Literal(seconds))
-        )
-        conn.execute(
-            sql.SQL(
-                "CREATE TRIGGER slow_delete BEFORE DELETE ON {} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION slow_delete()"
-            ).format(sql.Identifier(leaf))
-        )
-
-
 def test_detach_and_drop_at_any_depth_wait_for_the_batch(pg: PgSchema) -> None:
     """While a batch deletes from one leaf, DETACH or DROP of any partition (another leaf, a
     sub-partition's leaf, a partitioned partition) waits for its transaction: what the leaf
@@ -240,7 +229,9 @@ def test_detach_and_drop_at_any_depth_wait_for_the_batch(pg: PgSchema) -> None:
     pg.add_auth(AGE_CREDS)
     rows = mixed_rows()
     pg.insert_keys(rows)
-    _slow_leaf(pg, "keys_c0", 3.0)  # keys_c0 is walked first (name order)
+    # A statement trigger on the leaf: the batches name the leaf, so the parent's statement
+    # triggers would not fire. keys_c0 is walked first (name order).
+    slow_deletes(pg, 3.0, table="keys_c0")
     settings = pg.settings(
         CLEANUP_BATCH_TIMEOUT_MS="20000", CLEANUP_KEY_TYPE_COLUMN="none", **NO_GUARD
     )
@@ -452,25 +443,24 @@ def _sender_keys_and_memory() -> list[KeyRow]:
     return rows
 
 
-def _subplan_runs(node: dict[str, object]) -> int:
-    """How many times the SubPlans of an EXPLAIN (ANALYZE, FORMAT JSON) plan tree ran."""
-    here = node.get("Actual Loops", 0) if node.get("Parent Relationship") == "SubPlan" else 0
+def _loops(node: dict[str, object], wanted: Callable[[dict[str, object]], bool]) -> int:
+    """How many times the nodes of an EXPLAIN (ANALYZE, FORMAT JSON) plan tree that match
+    `wanted` ran, summed."""
+    here = node.get("Actual Loops", 0) if wanted(node) else 0
     assert isinstance(here, int)
     children = node.get("Plans") or []
     assert isinstance(children, list)
-    return here + sum(_subplan_runs(child) for child in children)
+    return here + sum(_loops(child, wanted) for child in children)
+
+
+def _subplan_runs(node: dict[str, object]) -> int:
+    """How many times the SubPlans of the plan ran."""
+    return _loops(node, lambda n: n.get("Parent Relationship") == "SubPlan")
 
 
 def _memory_scans(node: dict[str, object]) -> int:
     """How many times the plan read the memory rows (a hash join's inner side, each loop)."""
-    here = 0
-    if node.get("Node Type") == "Hash":
-        loops = node.get("Actual Loops", 0)
-        assert isinstance(loops, int)
-        here = loops
-    children = node.get("Plans") or []
-    assert isinstance(children, list)
-    return here + sum(_memory_scans(child) for child in children)
+    return _loops(node, lambda n: n.get("Node Type") == "Hash")
 
 
 def test_measuring_pass_reads_memory_rows_once_not_per_leaf(

@@ -56,8 +56,8 @@ def half_old_survivors(keys: list[KeyRow]) -> set[tuple[str, str, str]]:
     return {k.ident for k in keys if k.age < 30}
 
 
-def slow_deletes(pg: PgSchema, seconds: float) -> None:
-    """Make every DELETE statement on the table take `seconds` (a statement-level trigger)."""
+def slow_deletes(pg: PgSchema, seconds: float, table: str = "whatsapp_keys") -> None:
+    """Make every DELETE statement on `table` take `seconds` (a statement-level trigger)."""
     with pg.connect() as conn:
         conn.execute(
             sql.SQL(
@@ -66,8 +66,10 @@ def slow_deletes(pg: PgSchema, seconds: float) -> None:
             ).format(sql.Literal(seconds))
         )
         conn.execute(
-            "CREATE TRIGGER slow_delete BEFORE DELETE ON whatsapp_keys "
-            "FOR EACH STATEMENT EXECUTE FUNCTION slow_delete()"
+            sql.SQL(
+                "CREATE TRIGGER slow_delete BEFORE DELETE ON {} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION slow_delete()"
+            ).format(sql.Identifier(table))
         )
 
 
