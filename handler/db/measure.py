@@ -17,6 +17,7 @@ from handler.db.predicates import (
     LAST_TIMESTAMP,
     aged,
     applies_ttl,
+    column_ref,
     creds_hash,
     eligible_predicate,
     encoded_session,
@@ -171,15 +172,16 @@ def _head(p: _Pass) -> sql.Composable:
     """TRUE for a row in the head: before its relation's resume point (a ctid is only
     meaningful in its relation: of a partitioned table, tableoid names the leaf). Qualified:
     the memory-row join (`memory_join`) is in the same FROM."""
-    table = _row_ref(p.target)
 
     def before(block: int) -> sql.Composable:
-        return sql.SQL("{t}.ctid < {b}::tid").format(t=table, b=sql.Literal(f"({block},0)"))
+        return sql.SQL("{ctid} < {b}::tid").format(
+            ctid=column_ref(p.target, "ctid"), b=sql.Literal(f"({block},0)")
+        )
 
     if not p.target.partitioned:
         return before(p.heads.get(p.target.oid, 0))
-    return sql.SQL("CASE {t}.tableoid {whens} ELSE false END").format(
-        t=table,
+    return sql.SQL("CASE {tableoid} {whens} ELSE false END").format(
+        tableoid=column_ref(p.target, "tableoid"),
         whens=sql.SQL(" ").join(
             sql.SQL("WHEN {}::oid THEN {}").format(sql.Literal(oid), before(block))
             for oid, block in sorted(p.heads.items())
@@ -342,21 +344,12 @@ def _source(p: _Pass) -> sql.Composable:
     ).format(
         head=head,
         cols=sql.SQL(", ").join(
-            sql.SQL("{}.{}").format(_row_ref(target), sql.Identifier(c))
-            for c in dict.fromkeys(used)
-            if c is not None
+            column_ref(target, c) for c in dict.fromkeys(used) if c is not None
         ),
         due=sql.SQL("({} OR {})").format(aged(target, p.policy), expired(target, p.policy)),
         by_type=by_type,
         table=table,
     )
-
-
-def _row_ref(target: Target) -> sql.Composable:
-    """The name the pass's rows go by in its FROM (the table, or the partitioned subquery)."""
-    if target.row_alias is not None:
-        return sql.Identifier(target.row_alias)
-    return sql.Identifier(target.schema, target.name)
 
 
 def _derived(p: _Pass) -> sql.Composable:  # a declared SQL statement builder

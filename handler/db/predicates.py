@@ -95,7 +95,7 @@ def in_range(ts: sql.Composable) -> sql.Composable:
 def _ref(target: Target, column: str, qualified: bool) -> sql.Composable:
     """A key-table column, qualified by the table when it is compared inside a subquery."""
     if qualified:
-        return _column(target, column)
+        return column_ref(target, column)
     return sql.Identifier(column)
 
 
@@ -157,7 +157,7 @@ def _key_id(target: Target, key_type: str) -> sql.Composable:
         return sql.SQL("substr({rest}, {n})").format(
             rest=_encoded_rest(target, True), n=sql.Literal(len(key_type) + 2)
         )
-    return sql.SQL("{}::text").format(_column(target, target.key_id_column))
+    return sql.SQL("{}::text").format(column_ref(target, target.key_id_column))
 
 
 def encoded_key_id(target: Target) -> sql.Composable:
@@ -351,7 +351,7 @@ def _orphaned(target: Target, policy: Policy) -> sql.Composable:
     )
 
 
-def _column(target: Target, column: str | None) -> sql.Composable:
+def column_ref(target: Target, column: str | None) -> sql.Composable:
     """A key-table column qualified by the table (or the name its rows go by), for use
     inside a correlated subquery."""
     if target.row_alias is not None:
