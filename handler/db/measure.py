@@ -288,6 +288,11 @@ def _kept_counts(p: _Pass) -> list[sql.Composable]:
     return kept
 
 
+def _due(target: Target, policy: Policy) -> sql.Composable:
+    """TRUE for a row the age or TTL rule would take (before the lifecycle keeps it)."""
+    return sql.SQL("({} OR {})").format(aged(target, policy), expired(target, policy))
+
+
 def _source(p: _Pass) -> sql.Composable:
     """The rows the pass reads. With the key lifecycle: each row's reason to be kept (kc: its
     weight, see KEPT_BITS; 0: none), decided once, and only for the rows the age or TTL rule
@@ -306,7 +311,9 @@ def _source(p: _Pass) -> sql.Composable:
     table: sql.Composable = target.ident
     # The head flag (resuming a drain): computed where ctid and tableoid are still visible.
     head = sql.SQL(", {} AS hd").format(_head(p)) if p.heads else sql.SQL("")
-    join = memory_join(target)
+    # Only the rows the age or TTL rule would take are given a reason to be kept (kc).
+    due = _due(target, p.policy)
+    join = memory_join(target, due)
     if target.partitioned and join is None:
         # PostgreSQL computes a partitioned table's projection in each leaf's scan, and with it
         # the sender-key rule's hashed subquery over the whole table: once per leaf (7 x
@@ -318,6 +325,7 @@ def _source(p: _Pass) -> sql.Composable:
         head = sql.SQL(", hd") if p.heads else sql.SQL("")
         target = replace(target, row_alias=PARTITIONED_ROWS)
         branches = lifecycle_branches(target, p.policy)
+        due = _due(target, p.policy)
     elif join is not None:
         table = sql.Composed([table, join[0]])
         branches = lifecycle_branches(target, p.policy, join[1])
@@ -346,7 +354,7 @@ def _source(p: _Pass) -> sql.Composable:
         cols=sql.SQL(", ").join(
             column_ref(target, c) for c in dict.fromkeys(used) if c is not None
         ),
-        due=sql.SQL("({} OR {})").format(aged(target, p.policy), expired(target, p.policy)),
+        due=due,
         by_type=by_type,
         table=table,
     )

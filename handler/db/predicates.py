@@ -563,7 +563,9 @@ def lifecycle_branches(
 MEMORY_ROWS = "kc_mem"
 
 
-def memory_join(target: Target) -> tuple[sql.Composable, sql.Composable] | None:
+def memory_join(
+    target: Target, due: sql.Composable
+) -> tuple[sql.Composable, sql.Composable] | None:
     """For a scan of every row (the measuring pass) of a table with a key-type column: a LEFT
     JOIN to the sender-key-memory rows, one per tenant and group, matched to each sender key's
     group, and the condition that reads it (TRUE: the key's memory row is there). The same
@@ -571,7 +573,12 @@ def memory_join(target: Target) -> tuple[sql.Composable, sql.Composable] | None:
     a parallel plan can run; None for the encoded layout (its memory rows have no column of
     their own to read them by). The join matches at most one row per key: by the primary key
     when it is made of the tenant, type and id columns (then the workers can share one hash
-    of the memory rows), else by DISTINCT (each worker builds its own)."""
+    of the memory rows), else by DISTINCT (each worker builds its own).
+
+    `due`: TRUE for a row whose memory row the caller reads (the pass reads it only for a key
+    the age or TTL rule would take): only those sender keys are matched, so the others skip
+    the group id and the hash probe. When the primary key starts with the tenant and type
+    columns, the memory rows are read as one range of it per tenant (`_per_tenant`)."""
     if target.encoded is not None or target.key_type_column is None:
         return None
     key_columns = {target.tenant_column, target.key_type_column, target.key_id_column}
@@ -591,8 +598,8 @@ def memory_join(target: Target) -> tuple[sql.Composable, sql.Composable] | None:
     )
     join = sql.SQL(
         " LEFT JOIN (SELECT {distinct}{tenant}{kid_col}::text AS kc_mg FROM {table} "
-        "WHERE {kt_col}::text = 'sender-key-memory') AS {m} "
-        "ON {same_tenant}{m}.kc_mg = CASE WHEN {kt} = 'sender-key' "
+        "WHERE {kt_col}::text = 'sender-key-memory'{per_tenant}) AS {m} "
+        "ON {same_tenant}{m}.kc_mg = CASE WHEN {kt} = 'sender-key' AND {due} "
         "THEN split_part({kid}, '::', 1) END"
     ).format(
         distinct=sql.SQL("" if unique else "DISTINCT "),
@@ -600,12 +607,34 @@ def memory_join(target: Target) -> tuple[sql.Composable, sql.Composable] | None:
         kid_col=sql.Identifier(target.key_id_column or ""),
         table=target.whole_ident,
         kt_col=sql.Identifier(target.key_type_column),
+        per_tenant=_per_tenant(target),
         m=sql.Identifier(MEMORY_ROWS),
         same_tenant=same_tenant,
         kt=key_type_text(target, qualified=True),
+        due=due,
         kid=kid,
     )
     return join, sql.SQL("({}.kc_mg IS NOT NULL)").format(sql.Identifier(MEMORY_ROWS))
+
+
+def _per_tenant(target: Target) -> sql.Composable:
+    """When the primary key starts with the tenant and key-type columns: `AND tenant = ANY
+    (every tenant of the table)`, the tenants found by a walk of that index (one descent per
+    tenant). The memory rows then come from one range of the index per tenant, where a
+    condition on the key type alone reads the whole index on PostgreSQL before 18 (7,495
+    pages for 80,100 memory rows at 1M keys, docs/performance.md). The same rows: a memory row
+    without a tenant matches no key. '' for any other primary key: the walk needs the index,
+    and would read the table once per tenant without one."""
+    col = target.tenant_column
+    if col is None or target.primary_key[:2] != (col, target.key_type_column):
+        return sql.SQL("")
+    return sql.SQL(
+        " AND {col} = ANY (ARRAY(WITH RECURSIVE kc_tenants(t) AS ("
+        "(SELECT {col} FROM {table} WHERE {col} IS NOT NULL ORDER BY {col} LIMIT 1) "
+        "UNION ALL SELECT (SELECT {col} FROM {table} WHERE {col} > kc_tenants.t "
+        "ORDER BY {col} LIMIT 1) FROM kc_tenants WHERE kc_tenants.t IS NOT NULL) "
+        "SELECT t FROM kc_tenants WHERE t IS NOT NULL))"
+    ).format(col=sql.Identifier(col), table=target.whole_ident)
 
 
 def lifecycle_case(
