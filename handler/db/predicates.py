@@ -623,8 +623,10 @@ def _per_tenant(target: Target) -> sql.Composable:
     tenant). The memory rows then come from one range of the index per tenant, where a
     condition on the key type alone reads the whole index on PostgreSQL before 18 (7,495
     pages for 80,100 memory rows at 1M keys, docs/performance.md). The same rows: a memory row
-    without a tenant matches no key. '' for any other primary key: the walk needs the index,
-    and would read the table once per tenant without one."""
+    without a tenant matches no key. The walk's `ORDER BY` reads the primary key's index:
+    PostgreSQL refuses a primary key on an index that does not sort as `ORDER BY` does (another
+    operator class or collation). '' for any other primary key: the walk needs that index, and
+    would read the whole table once per tenant without it."""
     col = target.tenant_column
     if col is None or target.primary_key[:2] != (col, target.key_type_column):
         return sql.SQL("")
