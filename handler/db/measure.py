@@ -601,7 +601,12 @@ def measure(
     when it holds none.
     """
     p = _plan(target, edges, policy, by_tenant, heads or {})
-    with conn.cursor(row_factory=dict_row) as cur:
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        # The memory rows are a few ranges of an index (`_per_tenant`): the planner estimates
+        # them below min_parallel_index_scan_size (512kB), and without a parallel index scan
+        # each process builds its own hash of them (3 x 29 ms at 1M keys, 2 cores) where the
+        # workers could share one (14 ms; docs/performance.md). For this statement only.
+        cur.execute("SET LOCAL min_parallel_index_scan_size = 0")
         rows = cur.execute(*_statement(p)).fetchall()
     if any((r["largest_group"] or 0) > MAX_GROUP_KEYS for r in rows):
         raise CleanupError(

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 from unittest import mock
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -248,3 +249,23 @@ def test_a_group_too_large_for_the_packed_kept_counts_is_refused(
     with pg.connect() as conn:
         left = conn.execute("SELECT count(*) FROM whatsapp_keys").fetchone()
     assert left == (9,)
+
+
+def test_the_passs_planner_setting_ends_with_it(pg: PgSchema) -> None:
+    """The pass lets the planner read its few index ranges of memory rows in parallel
+    (min_parallel_index_scan_size 0) for its own statement only: the engine's connection is
+    back to the server's setting, outside any transaction, once the pass has counted."""
+    _seed(pg, 1)
+    target, edges, policy, by_tenant, expected = _pass_args(pg)
+    with db.connect(pg.dsn, connect_timeout_s=10) as conn:
+
+        def setting() -> object:
+            row = conn.execute("SHOW min_parallel_index_scan_size").fetchone()
+            return row[0] if row else None
+
+        before = setting()
+        assert before != "0"
+        measured = db.measure(conn, target, edges, policy, by_tenant=by_tenant)
+        assert setting() == before
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert measured == expected
