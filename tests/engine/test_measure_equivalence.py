@@ -251,7 +251,7 @@ def test_a_group_too_large_for_the_packed_kept_counts_is_refused(
     assert left == (9,)
 
 
-def test_the_passs_planner_setting_ends_with_it(pg: PgSchema) -> None:
+def test_the_planner_setting_of_the_pass_ends_with_it(pg: PgSchema) -> None:
     """The pass lets the planner read its few index ranges of memory rows in parallel
     (min_parallel_index_scan_size 0) for its own statement only: the engine's connection is
     back to the server's setting, outside any transaction, once the pass has counted."""

@@ -15,7 +15,6 @@ from psycopg import sql
 from handler import db
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
-from handler.report import Report
 from handler.schema import hash_partitions, reference_schema
 from handler.settings import ConfigError, Flags
 from tests.support.db import ME_LID, KeyRow, PgSchema, baileys_creds
@@ -470,12 +469,10 @@ def _memory_scans(node: dict[str, object]) -> int:
 Pass = tuple[db.Target, list[object], db.Policy, bool]
 
 
-def _dry_runs_of_both(
-    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
-) -> tuple[dict[str, Report], list[Pass]]:
+def _dry_runs_of_both(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> list[Pass]:
     """The same old sender keys and memory rows in `whatsapp_keys` (hash-partitioned) and
-    `plain_keys`: a dry run of each, and the measuring passes they made (target, edges, policy,
-    by_tenant), to EXPLAIN."""
+    `plain_keys`: a dry run of each, with the same figures, and the measuring passes they made
+    (target, edges, policy, by_tenant), to EXPLAIN."""
     _hash(pg)
     with pg.connect() as conn:
         conn.execute(reference_schema("plain_keys"))
@@ -507,7 +504,7 @@ def _dry_runs_of_both(
     assert kept["plain_keys"] == kept["whatsapp_keys"]
     assert ("sender-key", 30) in kept["whatsapp_keys"]
     assert reports["plain_keys"].eligible == reports["whatsapp_keys"].eligible == 30
-    return reports, passes
+    return passes
 
 
 def _pass_plan(conn: db.Conn, p: Pass) -> dict[str, object]:
@@ -528,7 +525,7 @@ def test_measuring_pass_reads_memory_rows_once_not_per_leaf(
     """The sender-key rule's memory rows are read once, by one join over the whole table, as on
     a plain table: no lookup per leaf (PostgreSQL computes a partitioned table's projection in
     each leaf's scan, so a subquery there was built once per leaf) nor per key."""
-    _, passes = _dry_runs_of_both(pg, monkeypatch)
+    passes = _dry_runs_of_both(pg, monkeypatch)
     counts = {}
     with pg.connect() as conn:
         for p in passes:
@@ -567,7 +564,7 @@ def test_measuring_pass_bounds_its_memory_rows_by_the_tables_tenants(
     range of it per tenant, with the same figures (every tenant's memory rows are found: 30
     kept). A condition on the key type alone, the key's second column, reads the whole index
     on PostgreSQL before 18 (docs/performance.md)."""
-    _, passes = _dry_runs_of_both(pg, monkeypatch)
+    passes = _dry_runs_of_both(pg, monkeypatch)
     reads = {}
     with pg.connect() as conn:
         for p in passes:
