@@ -174,9 +174,31 @@ def _cleanable_relation(conn: Conn, schema: str | None, name: str) -> Relation:
             f"{rel.schema}.{rel.name} is not an ordinary table (relkind {rel.relkind}), "
             "nor a partitioned one"
         )
+    _refuse_a_partition(conn, rel)
     if rel.relkind == "p":
         _check_leaves(conn, rel)
     return rel
+
+
+def _refuse_a_partition(conn: Conn, rel: Relation) -> None:
+    """A partition is not a target of its own: its lookups (memory rows, creds) would read it
+    alone, where the rows they look for may sit in another partition, and a run on the whole
+    table would not exclude it (the advisory lock is per table)."""
+    row = conn.execute(
+        """
+        SELECT format('%%I.%%I', n.nspname, r.relname)
+        FROM pg_class c
+        JOIN pg_class r ON r.oid = pg_partition_root(c.oid)
+        JOIN pg_namespace n ON n.oid = r.relnamespace
+        WHERE c.oid = %s AND c.relispartition
+        """,
+        (rel.oid,),
+    ).fetchone()
+    if row is not None:
+        raise TargetTypeError(
+            f"refusing {rel.schema}.{rel.name}: it is a partition of {row[0]}; name that table "
+            "in CLEANUP_TABLE (a run deletes from all its partitions)"
+        )
 
 
 def _check_leaves(conn: Conn, rel: Relation) -> None:

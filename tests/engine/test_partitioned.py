@@ -632,3 +632,40 @@ def test_encoded_table_partitioned_by_key_reads_creds_from_another_leaf(pg: PgSc
     left = {k for s, k in keys_left(pg, layout) if k.startswith("pre-key-")}
     assert left == {f"pre-key-{i}" for i in range(1001, 2101)}
     assert report.deleted == 1000
+
+
+@pytest.mark.parametrize("named", ["keys_sk", "keys_c1"])
+def test_a_partition_named_as_the_target_is_refused_naming_its_root(
+    pg: PgSchema, named: str
+) -> None:
+    """A leaf (or a sub-partitioned partition) as CLEANUP_TABLE would be read as a table of its
+    own: its lookups would miss the memory and creds rows in the other partitions (here our
+    own sender key's memory row), and a run on the root would not exclude it. Refused, with the
+    table to name instead; nothing is deleted."""
+    with pg.connect() as conn:
+        conn.execute(reference_schema(partition_by="LIST (key_type)"))
+        conn.execute(
+            """
+            CREATE TABLE keys_sk PARTITION OF whatsapp_keys FOR VALUES IN ('sender-key');
+            CREATE TABLE keys_c1 PARTITION OF whatsapp_keys FOR VALUES IN ('session')
+              PARTITION BY HASH (key_id);
+            CREATE TABLE keys_c1_a PARTITION OF keys_c1 FOR VALUES WITH (MODULUS 1, REMAINDER 0);
+            CREATE TABLE keys_other PARTITION OF whatsapp_keys DEFAULT;
+            """
+        )
+    pg.add_auth({"a": baileys_creds(1, 1)})
+    ours = f"g1@g.us::{ME_LID}_1::12"
+    rows = [
+        KeyRow("a", "sender-key", ours, 60),
+        KeyRow("a", "sender-key-memory", "g1@g.us", 2),  # still sending to g1
+        KeyRow("a", "session", "5599.0", 60),
+    ]
+    pg.insert_keys(rows)
+    settings = pg.settings(CLEANUP_TABLE=named, **NO_GUARD)
+    with pytest.raises(
+        ConfigError,
+        match=rf"refusing \S*{named}: it is a partition of \S*whatsapp_keys; name that table "
+        r"in CLEANUP_TABLE",
+    ):
+        run_cleanup(settings, FORCE)
+    assert pg.key_set() == {r.ident for r in rows}
