@@ -80,16 +80,10 @@ def _unwrap(raw: object) -> object:
     return value
 
 
-def parse_creds(
-    raw: object, path: tuple[str, ...] = (), *, path_in_sql: bool = False
-) -> Creds | str:
-    """The counters and own users of one creds value, or why they cannot be read.
-
-    `raw` is what the auth table holds: a JSON object (jsonb/json), or text holding JSON (also
-    JSON text stored as a JSON string, as some adapters do). `path`: the keys leading to the
-    creds inside it (CLEANUP_CREDS_PATH), followed here for text; `path_in_sql`: followed in
-    SQL (a JSON column), where a missing path reads as null.
-    """
+def _creds_object(
+    raw: object, path: tuple[str, ...], *, path_in_sql: bool
+) -> Mapping[str, object] | str:
+    """The creds object inside `raw`, or why it cannot be read (see parse_creds)."""
     no_path = f"creds have no {'.'.join(path)} (CLEANUP_CREDS_PATH)"
     if path and path_in_sql and raw is None:
         return no_path + ", or are null"
@@ -105,18 +99,47 @@ def parse_creds(
         return "creds are not JSON"
     if not isinstance(value, Mapping):
         return "creds are not a JSON object"
-    next_id = _counter(value.get("nextPreKeyId"))
-    first = _counter(value.get("firstUnuploadedPreKeyId"))
+    return value
+
+
+def _own_users(creds: Mapping[str, object]) -> tuple[str, ...]:
+    """The user parts of `creds.me.id` and `creds.me.lid`: the account's own."""
+    me = creds.get("me")
+    users = []
+    if isinstance(me, Mapping):
+        users = [u for u in (jid_user(me.get("id")), jid_user(me.get("lid"))) if u]
+    return tuple(dict.fromkeys(users))
+
+
+def _counters(creds: Mapping[str, object]) -> tuple[int, int] | str:
+    """nextPreKeyId and firstUnuploadedPreKeyId, or why they cannot be used."""
+    next_id = _counter(creds.get("nextPreKeyId"))
+    first = _counter(creds.get("firstUnuploadedPreKeyId"))
     if next_id is None or first is None:
         return "creds have no pre-key counters"
     if first > next_id:
         # Baileys keeps firstUnuploadedPreKeyId <= nextPreKeyId (Utils/signal.ts getNextPreKeys)
         return "creds counters are inconsistent"
-    me = value.get("me")
-    users = []
-    if isinstance(me, Mapping):
-        users = [u for u in (jid_user(me.get("id")), jid_user(me.get("lid"))) if u]
-    return Creds(next_id, first, tuple(dict.fromkeys(users)))
+    return next_id, first
+
+
+def parse_creds(
+    raw: object, path: tuple[str, ...] = (), *, path_in_sql: bool = False
+) -> Creds | str:
+    """The counters and own users of one creds value, or why they cannot be read.
+
+    `raw` is what the auth table holds: a JSON object (jsonb/json), or text holding JSON (also
+    JSON text stored as a JSON string, as some adapters do). `path`: the keys leading to the
+    creds inside it (CLEANUP_CREDS_PATH), followed here for text; `path_in_sql`: followed in
+    SQL (a JSON column), where a missing path reads as null.
+    """
+    value = _creds_object(raw, path, path_in_sql=path_in_sql)
+    if isinstance(value, str):
+        return value
+    counters = _counters(value)
+    if isinstance(counters, str):
+        return counters
+    return Creds(counters[0], counters[1], _own_users(value))
 
 
 def prekey_window(creds: Creds, window: int) -> tuple[int, int]:
@@ -145,11 +168,13 @@ def build(
     for tenant, raw in rows:
         if tenant is None:
             continue
-        creds = parse_creds(raw, path, path_in_sql=path_in_sql)
-        if isinstance(creds, str):
-            problems[creds] = problems.get(creds, 0) + 1
-            continue
-        windows[tenant] = prekey_window(creds, window)
-        if creds.own_users:
-            own[tenant] = creds.own_users
+        value = _creds_object(raw, path, path_in_sql=path_in_sql)
+        counters = _counters(value) if not isinstance(value, str) else value
+        if isinstance(counters, str):
+            problems[counters] = problems.get(counters, 0) + 1
+        else:
+            windows[tenant] = prekey_window(Creds(*counters, ()), window)
+        # The account's own users, even when the counters are unusable: `me` is read apart.
+        if not isinstance(value, str) and (users := _own_users(value)):
+            own[tenant] = users
     return Lifecycle(windows, own, prekey_age_only), problems

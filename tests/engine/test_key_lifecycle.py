@@ -182,6 +182,19 @@ def test_sessions_of_the_accounts_own_devices_are_never_deleted(keys: PgSchema) 
     assert [(k.key_type, k.keys) for k in report.kept] == [("session", 4)]
 
 
+def test_own_device_sessions_stay_when_only_the_prekey_counters_are_unusable(
+    keys: PgSchema,
+) -> None:
+    """Counters that cannot be used keep the tenant's pre-keys (a note), but `me` is readable:
+    the account's own devices are known all the same."""
+    keys.add_auth({"a": baileys_creds(10, 30)})  # firstUnuploadedPreKeyId > nextPreKeyId
+    own = [f"{ME}.0", f"{ME}.12"]
+    keys.insert_keys([KeyRow("a", "session", i, OLD) for i in [*own, "5599.0"]])
+    report = run(keys)
+    assert "pre-keys of 1 tenant kept: creds counters are inconsistent" in report.notes
+    assert ids_left(keys, "a", "session") == set(own)
+
+
 def test_our_sender_key_waits_for_its_groups_memory_row(keys: PgSchema) -> None:
     keys.add_auth({"a": baileys_creds(1, 1)})
     ours = f"g1@g.us::{ME_LID}_1::12"

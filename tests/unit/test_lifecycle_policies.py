@@ -95,3 +95,18 @@ def test_build_counts_the_tenants_whose_creds_cannot_be_read() -> None:
     assert facts.windows == {"a": (-989, 10)}
     assert facts.own_users == {"a": ("1",)}
     assert problems == {"creds are not JSON": 1, "creds have no pre-key counters": 2}
+
+
+@pytest.mark.parametrize(
+    "counters",
+    [{}, {"nextPreKeyId": 10, "firstUnuploadedPreKeyId": 30}],
+    ids=["no-counters", "inconsistent"],
+)
+def test_own_users_are_read_when_the_counters_are_unusable(counters: dict[str, int]) -> None:
+    """Unusable counters keep the tenant's pre-keys (no window), but `me` still names the
+    account's own devices: their sessions stay."""
+    creds = {**counters, "me": {"id": "5511:2@s.whatsapp.net", "lid": "900:2@lid"}}
+    facts, problems = build([("a", creds)], window=1000, prekey_age_only=False)
+    assert facts.windows == {}
+    assert facts.own_users == {"a": ("5511", "900")}
+    assert sum(problems.values()) == 1
