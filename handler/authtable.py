@@ -101,7 +101,8 @@ def read_lifecycle(
 ) -> lifecycle.Lifecycle | None:
     """The key-lifecycle facts from the creds (docs/key-lifecycle.md), or None without a
     key-type column. Creds that cannot be read are a note: those tenants keep every pre-key,
-    and their sender keys wait for their groups' memory rows."""
+    their sender keys wait for their groups' memory rows, and, where their own devices should
+    be known (a creds row, or an auth table that could not be read), every session stays."""
     s = settings
     if not target.has_key_types:
         return None
@@ -129,6 +130,11 @@ def read_lifecycle(
         path=s.creds_path,
         path_in_sql=json_column,
     )
+    # An auth table is there (or named) but its creds were not read: no tenant's own devices
+    # are known, so no session goes this run. Without one, sessions go by the retention.
+    unread = problem is not None and (auth is not None or s.auth_table is not None)
+    if unread:
+        facts = replace(facts, own_unread=True)
     if target.timestamp_column is None:
         facts = replace(facts, recheck=_recheck(s, target, auth, rows, facts))
     if s.prekey_age_only:
@@ -136,8 +142,16 @@ def read_lifecycle(
             "CLEANUP_PREKEY_AGE_ONLY=true: pre-keys go by age alone, including ones the "
             "server may still hand out (their first messages then fail)"
         )
-    elif problem is not None:
-        notes.append(f"creds not read, so every pre-key is kept: {problem}")
+    if problem is not None and not (s.prekey_age_only and not unread):
+        kept = [] if s.prekey_age_only else ["every pre-key"]
+        kept += ["every session"] if unread else []
+        notes.append(f"creds not read, so {' and '.join(kept)} is kept: {problem}")
     for why, tenants in sorted(problems.items()):
         notes.append(f"pre-keys of {tenants:,} tenant{'' if tenants == 1 else 's'} kept: {why}")
+    if facts.unknown_own and not unread:
+        n = len(facts.unknown_own)
+        notes.append(
+            f"sessions of {n:,} tenant{'' if n == 1 else 's'} kept: their creds do not name the "
+            "account (unreadable, or no `me`), so any session may be with its own devices"
+        )
     return facts

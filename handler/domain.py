@@ -24,6 +24,7 @@ KeepReason = Literal[
     "prekey_no_creds",
     "prekey_creds_changed",
     "own_session",
+    "own_unknown",
     "own_sender_key",
     "index",
 ]
@@ -51,13 +52,20 @@ class Lifecycle:
 
     `windows`: tenant -> [lowest kept id, highest kept id] of its pre-keys; a tenant absent
     from it keeps every pre-key. `own_users`: tenant -> the user parts of its own JIDs; a
-    tenant absent from it has unknown own devices: its sender keys are all treated as our own.
+    tenant absent from it has unknown own devices: its sender keys are all treated as our own,
+    and its sessions are kept when its own devices should be known (`unknown_own`).
     """
 
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)
     own_users: dict[str, tuple[str, ...]] = field(default_factory=dict)
     prekey_age_only: bool = False
     recheck: CredsCheck | None = None
+    # Own devices that should be known and are not, so sessions are kept: `unknown_own`, the
+    # tenants whose creds row names no account (unreadable, or without `me`); `own_unread`,
+    # every tenant (the auth table could not be read). A tenant without a creds row has no
+    # account (logged out): its sessions go by the retention.
+    unknown_own: tuple[str, ...] = ()
+    own_unread: bool = False
 
 
 @dataclass(frozen=True)

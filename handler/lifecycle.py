@@ -34,6 +34,10 @@ KEEP_REASONS: dict[KeepReason, tuple[str, str]] = {
         "their session's creds changed during the run (paired again?): checked again next run",
     ),
     "own_session": ("session", "sessions with the account's own devices"),
+    "own_unknown": (
+        "session",
+        "their tenant's own devices are unknown: creds not read, or without `me` (see notes)",
+    ),
     "own_sender_key": (
         "sender-key",
         "our own sender keys whose group still has its sender-key-memory row",
@@ -164,6 +168,7 @@ def build(
     problem (creds not readable: those tenants keep every pre-key)."""
     windows: dict[str, tuple[int, int]] = {}
     own: dict[str, tuple[str, ...]] = {}
+    unknown: list[str] = []
     problems: dict[str, int] = {}
     for tenant, raw in rows:
         if tenant is None:
@@ -175,6 +180,9 @@ def build(
         else:
             windows[tenant] = prekey_window(Creds(*counters, ()), window)
         # The account's own users, even when the counters are unusable: `me` is read apart.
-        if not isinstance(value, str) and (users := _own_users(value)):
+        users = _own_users(value) if not isinstance(value, str) else ()
+        if users:
             own[tenant] = users
-    return Lifecycle(windows, own, prekey_age_only), problems
+        else:
+            unknown.append(tenant)
+    return Lifecycle(windows, own, prekey_age_only, unknown_own=tuple(unknown)), problems

@@ -44,6 +44,7 @@ def policy_params(policy: Policy) -> dict[str, Any]:
         params["kc_lo"] = Jsonb({t: w[0] for t, w in windows.items()})
         params["kc_hi"] = Jsonb({t: w[1] for t, w in windows.items()})
         params["kc_own"] = Jsonb({t: list(u) for t, u in policy.lifecycle.own_users.items()})
+        params["kc_unknown"] = list(policy.lifecycle.unknown_own)
         if (recheck := policy.lifecycle.recheck) is not None:
             params["kc_sessions"] = list(recheck.hashes)
             params["kc_hashes"] = list(recheck.hashes.values())
@@ -518,6 +519,23 @@ def _sender_key_branch(
     ]
 
 
+def _unknown_own(lc: Lifecycle, tenant: sql.Composable) -> list[tuple[KeepReason, sql.Composable]]:
+    """Sessions kept because their tenant's own devices should be known and are not: any
+    session of them might be the account's own (docs/key-lifecycle.md)."""
+    if lc.own_unread:
+        return [("own_unknown", sql.SQL("true"))]
+    if not lc.unknown_own:
+        return []
+    return [
+        (
+            "own_unknown",
+            sql.SQL("coalesce({tenant} = ANY (%(kc_unknown)s::text[]), false)").format(
+                tenant=tenant
+            ),
+        )
+    ]
+
+
 def _session_prefix(target: Target) -> sql.Composable:
     """`<session><sep> || ` before a key built from the outer row's session; '' without one."""
     enc = _enc(target)
@@ -550,7 +568,10 @@ def lifecycle_branches(
     own_session = _own_user(
         tenant, sql.SQL("split_part({}, '.', 1)").format(_key_id(target, "session"))
     )
-    branches["session"] = [("own_session", sql.SQL("coalesce({}, false)").format(own_session))]
+    branches["session"] = [
+        ("own_session", sql.SQL("coalesce({}, false)").format(own_session)),
+        *_unknown_own(lc, tenant),
+    ]
     branches["sender-key"] = _sender_key_branch(
         target, _key_id(target, "sender-key"), tenant, memory
     )

@@ -310,3 +310,61 @@ def test_dry_run_counts_what_the_live_run_deletes(keys: PgSchema) -> None:
         "sender-key": 10,
         "tctoken": 1,
     }
+
+
+def test_every_session_stays_while_the_auth_table_cannot_be_read(keys: PgSchema) -> None:
+    """A reload of the auth table (TRUNCATE and refill in one transaction, docs/rules.md) holds
+    its lock past the lock timeout: no creds, so no tenant's own devices are known. Every
+    session stays this run, as every pre-key does, and the note says so."""
+    keys.add_auth({"a": baileys_creds(1, 1), "b": baileys_creds(1, 1)})
+    own = [f"{ME}.0", f"{ME}.12"]
+    rows = [KeyRow(t, "session", i, OLD) for t in "ab" for i in [*own, "5599.0"]]
+    keys.insert_keys([*rows, KeyRow("a", "identity-key", "x", OLD)])
+    reload = keys.connect()
+    reload.autocommit = False
+    try:
+        reload.execute("LOCK TABLE whatsapp_auth IN ACCESS EXCLUSIVE MODE")
+        dry = run(keys, DRY, CLEANUP_LOCK_TIMEOUT_MS="200")
+        report = run(keys, CLEANUP_LOCK_TIMEOUT_MS="200")
+    finally:
+        reload.rollback()
+        reload.close()
+    assert any(
+        n.startswith("creds not read, so every pre-key and every session is kept")
+        for n in report.notes
+    ), report.notes
+    assert {(c, k) for c, t, k in keys.key_set() if t == "session"} == {r.ident[::2] for r in rows}
+    assert report.deleted == dry.eligible == 1  # the other rules go on
+    (sessions,) = [k for k in report.kept if k.key_type == "session"]
+    assert sessions.keys == 6
+    assert "own devices are unknown" in sessions.reason
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"CLEANUP_CREDS_COLUMN": "cred"},
+        {"CLEANUP_AUTH_TENANT_COLUMN": "compnay_id"},
+        {"CLEANUP_AUTH_TABLE": "whatsapp_auths"},
+    ],
+    ids=["creds-column", "auth-tenant-column", "auth-table"],
+)
+def test_every_session_stays_when_a_creds_setting_names_nothing(
+    keys: PgSchema, setting: dict[str, str]
+) -> None:
+    keys.add_auth({"a": baileys_creds(1, 1)})
+    rows = [KeyRow("a", "session", i, OLD) for i in [f"{ME}.0", f"{ME_LID}_1.3", "5599.0"]]
+    keys.insert_keys(rows)
+    report = run(keys, **setting)
+    assert {r.ident for r in rows} <= keys.key_set()
+    assert any("every session is kept" in n for n in report.notes), report.notes
+
+
+def test_sessions_stay_for_a_tenant_whose_creds_name_no_account(keys: PgSchema) -> None:
+    """Creds that cannot be parsed, or without `me`, hide the account's own devices: that
+    tenant's sessions stay. A tenant with no creds row has no account: its sessions go."""
+    keys.add_auth({"a": ["not", "an", "object"], "b": {"nextPreKeyId": 5}})
+    keys.insert_keys([KeyRow(t, "session", "5599.0", OLD) for t in "abc"])
+    report = run(keys)
+    assert {c for c, t, _ in keys.key_set() if t == "session"} == {"a", "b"}
+    assert any(n.startswith("sessions of 2 tenants kept") for n in report.notes), report.notes

@@ -3,10 +3,11 @@
 The pass counts per group (key type, tenant) with one aggregate per edge and per lifecycle
 reason (handler/db/measure.py); the reference reads every row with the statements' own per-row
 expressions (the DELETE's eligibility predicate, the lifecycle's CASE with its correlated
-EXISTS) and counts in Python. Several key types and tenants (one without creds), ages on both
-sides of the cutoffs, NULL and infinite timestamps, pre-key ids around the windows, sender keys
-with and without their group's memory row, the TTL rule on and off, and a table without a
-primary key whose memory rows are all doubled. Any restructuring of the pass must keep it green.
+EXISTS) and counts in Python. Several key types and tenants (one without creds, one whose
+creds name no account), ages on both sides of the cutoffs, NULL and infinite timestamps,
+pre-key ids around the windows, sender keys with and without their group's memory row, the TTL
+rule on and off, and a table without a primary key whose memory rows are all doubled. Any
+restructuring of the pass must keep it green.
 """
 
 from __future__ import annotations
@@ -63,11 +64,18 @@ def _key_id(rng: random.Random, key_type: str, n: int) -> str:
 def _seed(pg: PgSchema, seed: int, *, unique: bool = True) -> None:
     rng = random.Random(seed)
     pg.create_reference_table()
-    pg.add_auth({"a": baileys_creds(300, 250), "b": baileys_creds(80)})  # "c": no creds
+    # "c": no creds; "d": creds that name no account (no `me`), so its sessions are kept.
+    pg.add_auth(
+        {
+            "a": baileys_creds(300, 250),
+            "b": baileys_creds(80),
+            "d": {"nextPreKeyId": 80, "firstUnuploadedPreKeyId": 80},
+        }
+    )
     rows: dict[tuple[str, str, str], KeyRow] = {}
     for n in range(600):
         kt = rng.choice(TYPES)
-        row = KeyRow(rng.choice("abc"), kt, _key_id(rng, kt, n), rng.choice(AGES))
+        row = KeyRow(rng.choice("abcd"), kt, _key_id(rng, kt, n), rng.choice(AGES))
         rows[row.ident] = row
     pg.insert_keys(rows.values())
     with pg.connect() as conn:
@@ -220,6 +228,7 @@ def test_measuring_pass_equals_a_row_by_row_count(
     assert sum(c.kept.get("own_sender_key", 0) for c in measured.types) > 0
     assert sum(c.kept.get("prekey_window", 0) for c in measured.types) > 0
     assert sum(c.kept.get("prekey_no_creds", 0) for c in measured.types) > 0
+    assert sum(c.kept.get("own_unknown", 0) for c in measured.types) > 0
     assert sum(c.out_of_range for c in measured.types) > 0
     assert sum(c.eligible for c in measured.types) > 0
 
