@@ -576,7 +576,11 @@ def lifecycle_branches(
         target, _key_id(target, "sender-key"), tenant, memory
     )
     tc_kid = _key_id(target, "tctoken")
-    branches["tctoken"] = [("index", sql.SQL("{kid} = '__index'").format(kid=tc_kid))]
+    # coalesce: a NULL id (a table that allows one) is not the index, in the DELETE's NOT as
+    # in the measuring pass's CASE.
+    branches["tctoken"] = [
+        ("index", sql.SQL("coalesce({kid} = '__index', false)").format(kid=tc_kid))
+    ]
     return branches
 
 

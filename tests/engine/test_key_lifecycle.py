@@ -246,6 +246,26 @@ def test_tctoken_index_stays(keys: PgSchema) -> None:
     assert ids_left(keys, "a", "tctoken") == {"__index"}
 
 
+def test_keys_without_an_id_are_counted_as_the_delete_treats_them(keys: PgSchema) -> None:
+    """On a table whose key id may be NULL, each lifecycle condition must answer for a NULL id
+    as the DELETE does: a NULL there would keep the key in the DELETE (NOT NULL is not true)
+    while the measuring pass counted it eligible, and `remaining` would never drain."""
+    keys.add_auth({"a": baileys_creds(1, 1)})
+    with keys.connect() as conn:
+        conn.execute("ALTER TABLE whatsapp_keys DROP CONSTRAINT whatsapp_keys_pkey")
+        conn.execute("ALTER TABLE whatsapp_keys ALTER COLUMN key_id DROP NOT NULL")
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, updated_at) "
+            "SELECT 'a', t, NULL, '{}', now() - interval '60 days' FROM unnest(ARRAY["
+            "'tctoken', 'session', 'sender-key', 'pre-key', 'identity-key']) AS t"
+        )
+    keys.insert_keys([KeyRow("a", "tctoken", "t1", OLD)])
+    dry = run(keys, DRY)
+    live = run(keys)
+    assert live.status == "completed", live.reason
+    assert (dry.eligible, live.deleted) == (live.eligible, live.eligible)
+
+
 def test_ttl_rule_is_off_by_default(keys: PgSchema) -> None:
     """The reference adapter stamps expires_at = write + 7 days: by default that is ignored."""
     keys.add_auth({"a": baileys_creds(1, 1)})
