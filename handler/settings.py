@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -101,6 +103,21 @@ def closest(name: str, candidates: Sequence[str]) -> str | None:
     return matches[0] if matches else None
 
 
+UNPARSABLE_DSN = (
+    "DATABASE_URL cannot be parsed: in a URL percent-encode the user name and password (% as "
+    "%25); in a key=value string quote a value holding spaces, as password='...'"
+)
+
+
+def _parsable(url: str) -> None:
+    """Refuse what libpq cannot parse: its parse error quotes the token it stopped at, which
+    may be the password (a raw % in a URL, an unquoted space in a key=value string)."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.Error:
+        raise ConfigError(UNPARSABLE_DSN) from None
+
+
 def check_database_url(url: str) -> None:
     """Refuse a postgres URL whose password breaks the URL syntax, before libpq sees it.
 
@@ -108,6 +125,7 @@ def check_database_url(url: str) -> None:
     `@` makes the rest of the password the host name, and "could not translate host name"
     then prints that fragment. The message names the problem and never echoes any part.
     """
+    _parsable(url)
     if not url.startswith(("postgresql://", "postgres://")):
         return  # a key=value conninfo string: libpq parses it, quoting and all
     rest = url.split("://", 1)[1]

@@ -51,6 +51,14 @@ def redact(message: str, dsn: str | None) -> str:
 def connect(dsn: str, *, connect_timeout_s: int) -> Conn:
     """Open an autocommit connection. Errors come back as DatabaseError without secrets."""
     try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error:
+        # libpq's parse error quotes the token it stopped at: maybe the password.
+        raise DatabaseError(
+            "could not connect to the database: its URL cannot be parsed (a raw % in a URL, "
+            "an unquoted space in a key=value string?)"
+        ) from None
+    try:
         conn = psycopg.connect(
             dsn,
             autocommit=True,

@@ -9,8 +9,10 @@ from typing import cast
 import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from handler import db
 from handler.app import lambda_handler
 from handler.cli import EXIT_BAD_INPUT, main
+from handler.errors import DatabaseError
 from handler.local import LocalContext
 from handler.settings import ConfigError
 from tests.support.db import PgSchema
@@ -72,3 +74,55 @@ def test_admin_commands_refuse_a_raw_at_sign_without_printing_any_fragment(
     for text in (captured.out, captured.err):
         assert "fragment" not in text
         assert "example.invalid" not in text
+
+
+# libpq cannot parse these, and its parse error quotes the token it stopped at: the password.
+CANARY = "PwCanary7b1e9d"
+UNPARSABLE = {
+    "url-raw-percent": f"postgresql://cleanup:ab%zz{CANARY}@127.0.0.1:5432/app",
+    "conninfo-space": f"host=127.0.0.1 port=5432 user=cleanup password=ab {CANARY} dbname=app",
+    "conninfo-open-quote": f"host=127.0.0.1 user=cleanup password='{CANARY} dbname=app",
+}
+
+
+@pytest.mark.parametrize("where", ["env", "flag"])
+@pytest.mark.parametrize("dsn", UNPARSABLE.values(), ids=UNPARSABLE.keys())
+def test_a_database_url_libpq_cannot_parse_is_refused_without_any_of_it(
+    cli_env: PgSchema,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    dsn: str,
+    where: str,
+) -> None:
+    argv = ["--execute", "--force"]
+    if where == "env":
+        monkeypatch.setenv("DATABASE_URL", dsn)
+    else:
+        argv += ["--database-url", dsn]
+    before = cli_env.key_set()
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert CANARY not in err
+    assert "DATABASE_URL cannot be parsed" in err
+    assert err.count("\n") == 1
+    assert cli_env.key_set() == before
+
+
+@pytest.mark.parametrize("dsn", UNPARSABLE.values(), ids=UNPARSABLE.keys())
+def test_an_unparsable_database_url_fails_the_lambda_invocation_without_any_of_it(
+    cli_env: PgSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], dsn: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", dsn)
+    with pytest.raises(ConfigError) as caught:
+        lambda_handler({"dry_run": False}, cast(LambdaContext, LocalContext()))
+    captured = capsys.readouterr()
+    for text in (str(caught.value), captured.out, captured.err):
+        assert CANARY not in text
+    assert "DATABASE_URL cannot be parsed" in str(caught.value)
+
+
+def test_the_connection_never_quotes_a_dsn_it_cannot_parse() -> None:
+    """db.connect is also reached without the settings' check (tests, the bench, the demo)."""
+    with pytest.raises(DatabaseError) as caught:
+        db.connect(UNPARSABLE["conninfo-space"], connect_timeout_s=2)
+    assert CANARY not in str(caught.value)
