@@ -274,6 +274,29 @@ def refuse_blob(rel: Relation, columns: dict[str, str], key_column: str | None) 
             )
 
 
+# Column types that hold key values (Baileys' JSON), never a tenant, type or id. (Not bytea:
+# key ids may be kept as bytes.)
+VALUE_TYPES = frozenset({"json", "jsonb"})
+
+
+def _refuse_value_columns(
+    rel: Relation, columns: dict[str, str], roles: list[tuple[str | None, str]], value: str
+) -> None:
+    """Refuse a tenant, key-type or key-id setting that names the value column, or a column of
+    a type key values are kept in: the job reports tenants (the top tenants) and stores its
+    reports, so such a setting would put key values there. The column's values are not shown."""
+    for column, setting in roles:
+        if column is None or column not in columns:
+            continue
+        if column == value or columns[column] in VALUE_TYPES:
+            raise TargetTypeError(
+                f"column {rel.schema}.{rel.name}.{column} ({setting}) is "
+                + ("the value column" if column == value else columns[column])
+                + ": key values are kept there, never a tenant, key type or key id; name the "
+                "column that holds it"
+            )
+
+
 def _check_encoded(
     rel: Relation, columns: dict[str, str], encoded: Encoded, tenant_column: str | None
 ) -> Encoded:
@@ -356,6 +379,18 @@ def resolve_target(
     rel = _cleanable_relation(conn, schema, name)
     columns = table_columns(conn, rel.oid)
     refuse_blob(rel, columns, encoded.key_column if encoded else key_id_column)
+    _refuse_value_columns(
+        rel,
+        columns,
+        [(tenant_column, "CLEANUP_TENANT_COLUMN")]
+        if encoded is not None
+        else [
+            (tenant_column, "CLEANUP_TENANT_COLUMN"),
+            (key_type_column, "CLEANUP_KEY_TYPE_COLUMN"),
+            (key_id_column, "CLEANUP_KEY_ID_COLUMN"),
+        ],
+        encoded.value_column if encoded is not None else "value",
+    )
     if encoded is not None:
         encoded = _check_encoded(rel, columns, encoded, tenant_column)
         key_type_column = key_id_column = None

@@ -270,3 +270,33 @@ def test_a_type_error_bug_in_target_lookup_surfaces_as_a_bug(
         run_cleanup(pg.settings(), LIVE_FORCED)
     assert not isinstance(info.value, ConfigError)
     assert pg.count() == len(OLD_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("setting", "column"),
+    [
+        ("CLEANUP_TENANT_COLUMN", "value"),
+        ("CLEANUP_KEY_ID_COLUMN", "value"),
+        ("CLEANUP_KEY_TYPE_COLUMN", "value"),
+        ("CLEANUP_TENANT_COLUMN", "blob"),
+    ],
+)
+@pytest.mark.parametrize("flags", [LIVE, Flags(dry_run=True)], ids=["live", "dry"])
+def test_a_role_column_that_holds_key_values_is_refused(
+    pg: PgSchema, setting: str, column: str, flags: Flags
+) -> None:
+    """The top tenants are reported and stored: a tenant column naming the value column (or
+    any JSON column) would put key values there. Refused, naming the setting and
+    never a value; nothing is deleted."""
+    pg.create_reference_table()
+    with pg.connect() as conn:
+        conn.execute("ALTER TABLE whatsapp_keys ADD COLUMN blob jsonb")
+    rows = [
+        KeyRow("c1", "session", f"s{i}", age, {"k": f"keyvaluecanary-{i}"})
+        for i, age in enumerate([60] * 5 + [1] * 20)
+    ]
+    pg.insert_keys(rows)
+    with pytest.raises(TargetTypeError, match=rf"\.{column} \({setting}\) is ") as caught:
+        run_cleanup(pg.settings(**{setting: column}), flags)
+    assert "keyvaluecanary" not in str(caught.value)
+    assert pg.key_set() == {r.ident for r in rows}
