@@ -62,6 +62,7 @@ def test_role_without_create_runs_and_notes_missing_history(history_table: PgSch
         conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute(f"GRANT USAGE ON SCHEMA {history_table.schema} TO {role}")
         conn.execute(f"GRANT SELECT, DELETE ON whatsapp_keys TO {role}")
+        conn.execute(f"GRANT SELECT ON whatsapp_auth TO {role}")  # the creds: sessions go
     try:
         settings = history_table.settings(DATABASE_URL=history_table.dsn + f" user={role}")
         report = run_cleanup(settings, LIVE, event_id="evt-ro")
@@ -71,6 +72,7 @@ def test_role_without_create_runs_and_notes_missing_history(history_table: PgSch
     finally:
         with history_table.connect() as conn:
             conn.execute(f"REVOKE ALL ON whatsapp_keys FROM {role}")
+            conn.execute(f"REVOKE ALL ON whatsapp_auth FROM {role}")
             conn.execute(f"REVOKE ALL ON SCHEMA {history_table.schema} FROM {role}")
             conn.execute(f"DROP ROLE {role}")
 
