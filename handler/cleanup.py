@@ -267,17 +267,17 @@ class _Run:
     def _delete(self, conn: db.Conn, target: db.Target, m: MeasuredRun) -> Report:
         s, flags = self.settings, self.flags
         # Each rule deletes at most what it was measured to take (plus a margin): the orphan
-        # rule's tenants' eligible keys, and the others'.
+        # rule's tenants' eligible keys, and the others', with the own sender keys that may
+        # follow their memory row in this run.
         of_orphans = sum(t.eligible + t.orphan_extra for t in self.orphans.orphaned)
+        others = m.eligible - of_orphans + m.follows
         applied = db.applies_orphans(target, m.policy)
         stats = DeleteLoop(
             conn,
             target,
             m.policy,
             m.now,
-            measured=Measured(m.eligible - of_orphans, of_orphans)
-            if applied
-            else Measured(m.eligible),
+            measured=Measured(others, of_orphans) if applied else Measured(others),
             settings=s,
             deadline=self.deadline,
             pages_total=m.sizes.pages,
@@ -294,10 +294,11 @@ class _Run:
         ).run()
         self.notes.extend(stats.notes)
         drain = self._drained(m, stats)
-        deleted_by_type = _deleted_by_type(stats, m.by_type, m.eligible)
+        deleted_by_type = _deleted_by_type(stats, m.by_type, m.eligible, m.follows)
         if m.by_type and deleted_by_type is None:
             self.notes.append(
-                f"per-type split of the deleted keys not counted: {_gap(m.eligible, stats.deleted)}"
+                "per-type split of the deleted keys not counted: "
+                + _gap(m.eligible, stats.deleted, m.follows)
             )
         vacuumed = flags.vacuum and vacuum(
             conn, target, s, status=stats.status, deadline=self.deadline, notes=self.notes
@@ -347,36 +348,54 @@ class _Run:
 
 
 def _deleted_by_type(
-    stats: LoopStats, by_type: dict[str, TypeStats], eligible: int
+    stats: LoopStats, by_type: dict[str, TypeStats], eligible: int, follows: int = 0
 ) -> dict[str, int] | None:
     """Deleted keys per type, or None where they were not counted and cannot be known.
 
     Counted by RETURNING when the loop asked for it. Otherwise they follow exactly from the
-    measurement when every eligible key was deleted: timestamps only move forward (Baileys'
-    trigger sets updated_at = NOW()), so no key outside the measured eligible set can have
-    been deleted, and equal totals mean equal sets, type by type.
+    measurement when every key the run could delete was deleted. Timestamps only move forward
+    (Baileys' trigger sets updated_at = NOW()), so the run can delete no key outside the
+    measured eligible set and the `follows` own sender keys (kept by a memory row that is
+    itself due, deleted once it is gone): equal totals then mean equal sets, type by type. With
+    `follows`, a total of `eligible` alone could be some of them and not some eligible keys.
     """
     if stats.deleted_by_type is not None:
         return stats.deleted_by_type
-    if stats.deleted == eligible:
-        return {name: t.eligible for name, t in by_type.items()}
+    counts = {name: t.eligible for name, t in by_type.items()}
+    if stats.deleted == eligible and not follows:
+        return counts
+    if follows and stats.deleted == eligible + follows:
+        return counts | {"sender-key": counts.get("sender-key", 0) + follows}
     return None
 
 
-def _gap(eligible: int, deleted: int) -> str:
+def _gap(eligible: int, deleted: int, follows: int = 0) -> str:
     """Why the deleted keys differ from the eligible ones measured, in counts that are never
     negative: fewer (refreshed, removed by the application, left for the next run) or more
     (keys that became eligible during the run)."""
+    verbose = " (run with --verbose to count each type)"
+    ours = (
+        f"; up to {follows:,} of our own sender keys could follow their group's memory row "
+        "within the run"
+        if follows
+        else ""
+    )
     if deleted < eligible:
         return (
             f"{eligible - deleted:,} of the {eligible:,} eligible keys were not deleted: "
-            "refreshed or removed by the application during the run, or left for the next run "
-            "(run with --verbose to count each type)"
+            "refreshed or removed by the application during the run, or left for the next run"
+            + ours
+            + verbose
+        )
+    if deleted == eligible:
+        return (
+            f"as many keys were deleted as were eligible ({eligible:,}), but not necessarily the "
+            "same ones" + ours + verbose
         )
     return (
         f"{deleted - eligible:,} more keys were deleted than were eligible when measured "
-        f"({eligible:,}): keys that became eligible during the run, such as ones written with "
-        "an old timestamp (run with --verbose to count each type)"
+        f"({eligible:,}): keys that became eligible during the run, such as our own sender keys "
+        "after their group's memory row, or ones written with an old timestamp" + verbose
     )
 
 

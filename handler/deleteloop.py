@@ -36,7 +36,8 @@ sleep = time.sleep
 def margin(measured: int) -> int:
     """How many keys a rule may delete beyond its measured count: max(100, 1%). Keys do not
     become eligible during a run by themselves (the cutoffs are fixed, timestamps only move
-    forward), so more than a few past the count means the data changed under the run."""
+    forward; the own sender keys that follow their memory row are counted in), so more than a
+    few past the count means the data changed under the run."""
     return max(100, measured // 100)
 
 
@@ -45,8 +46,9 @@ class Measured:
     """What each rule was measured to take; a run deletes at most that plus the margin.
 
     `others`: eligible keys outside the orphan rule's measured tenants (the age and TTL
-    rules). `orphans`: eligible keys of those tenants (the orphan rule, with age and TTL on
-    the same keys); None when the rule takes no tenant this run.
+    rules), with our own sender keys that may follow their memory row within the run.
+    `orphans`: eligible keys of those tenants (the orphan rule, with age and TTL on the same
+    keys); None when the rule takes no tenant this run.
     """
 
     others: int

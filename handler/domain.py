@@ -26,6 +26,7 @@ KeepReason = Literal[
     "own_session",
     "own_unknown",
     "own_sender_key",
+    "own_sender_key_follows",
     "index",
 ]
 

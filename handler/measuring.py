@@ -60,6 +60,9 @@ class MeasuredRun:
     # the pass counted before those pages.
     starts: dict[int, int] | None = None
     head_eligible: int = 0
+    # Our own sender keys kept only by a memory row that is itself due: each may be deleted
+    # later in this run, once a batch has deleted its memory row (docs/key-lifecycle.md).
+    follows: int = 0
 
     @property
     def eligible(self) -> int:
@@ -256,6 +259,11 @@ def measured_run(
         oldest=min((c.oldest for c in counts if c.oldest), default=None),
         newest=max((c.newest for c in counts if c.newest), default=None),
         kept=kept(counts, policy),
+        follows=sum(
+            c.kept.get("own_sender_key_follows", 0)
+            for c in counts
+            if c.key_type not in policy.protected
+        ),
         rules=rule_figures(
             settings, target, measured, total, bucket_edges, orphan_run, verbose=verbose
         ),
