@@ -302,7 +302,8 @@ def render_summary(
     """The run summary as Telegram HTML, at most `limit` UTF-16 code units long.
 
     With `warning_threshold` (CLEANUP_WARNING_THRESHOLD), a run that deleted more keys than
-    that carries ⚠️ instead of ✅.
+    that carries ⚠️ instead of ✅; so does a dry run that found the safety guard would stop a
+    live run, or that a live run would fail.
     """
     # Fewer notes until the whole summary fits; else the essentials with as many notes as
     # fit; then, for a tiny `limit`, whole lines from the top.
@@ -330,7 +331,11 @@ def render_summary(
 def _header_lines(report: Report, warning_threshold: int | None) -> list[str]:
     """The title with the status icon, the target, and why the run ended as it did."""
     icon = _STATUS_ICON.get(report.status, "•")
-    if report.status == "completed" and _warns(report, warning_threshold):
+    # A completed run that deleted a lot, or a dry run that found the guard would stop a live
+    # run or that a live run would fail (Sentry: warning; CLI: exit 3 or 4), is no ✅.
+    if report.status == "completed" and (
+        _warns(report, warning_threshold) or report.stopped_by_guard or report.live_run_would_fail
+    ):
         icon = _STATUS_ICON["partial"]
     if report.stalled:
         icon = _STALLED_ICON

@@ -404,6 +404,30 @@ def test_dry_run_never_warns_for_what_it_would_delete(bot: FakeBot) -> None:
     assert shown.startswith("✅ WhatsApp keys cleanup · 🧪 DRY RUN · completed")
 
 
+@pytest.mark.parametrize(
+    "finding",
+    [
+        {
+            "guard_triggered": True,
+            "eligible": 90_000,
+            "reason": "safety guard: a live run would stop here: 90,000 of 120,000 keys",
+        },
+        {
+            "live_run_would_fail": True,
+            "notes": ["a live run would fail: this role lacks DELETE on public.whatsapp_keys"],
+        },
+    ],
+    ids=["guard-would-stop", "live-run-would-fail"],
+)
+def test_dry_run_that_found_a_live_run_would_not_go_through_is_not_a_green_check(
+    finding: dict[str, object],
+) -> None:
+    # Sentry sends these as warnings and the CLI exits 3 or 4: ✅ would say all is well.
+    report = make_report(dry_run=True, deleted=0, after=None, **finding)
+    _, shown = telegram_structure(render_summary(report, warning_threshold=1_000))
+    assert shown.startswith("⚠️ WhatsApp keys cleanup · 🧪 DRY RUN · completed"), shown
+
+
 def trend(*points: tuple[int, int]) -> list[TrendPoint]:
     return [
         TrendPoint(finished_at=NOW - timedelta(days=len(points) - i), keys=k, total_bytes=b)
