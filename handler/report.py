@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -499,6 +500,24 @@ def human_bytes(n: int) -> str:
             return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def limit_percent(fraction: float) -> str:
+    """A configured fraction as a percentage, exactly as set: 0.5 -> '50%', 0.125 -> '12.5%'."""
+    return f"{(Decimal(repr(fraction)) * 100).normalize():f}%"
+
+
+def share_percent(fraction: float, limit: float) -> str:
+    """`fraction` as a percentage beside `limit`, to as many decimals (one at least) as it takes
+    never to read as on the limit's other side, or on it: 0.504 beside 0.5 -> '50.4%', 0.50001
+    -> '50.001%' (never '50.0%')."""
+    value, bound = Decimal(repr(fraction)) * 100, Decimal(repr(limit)) * 100
+    side = (value > bound) - (value < bound)
+    for digits in range(1, 16):
+        shown = round(value, digits)
+        if (shown > bound) - (shown < bound) == side:
+            return f"{shown:f}%"
+    return f"{value:f}%"
 
 
 def human_bytes_pair(first: int, last: int) -> str:

@@ -14,7 +14,7 @@ from datetime import datetime
 from itertools import pairwise
 
 from handler.domain import TenantCounts, TypeCounts
-from handler.report import BUCKET_LABELS, TenantStats, TypeStats
+from handler.report import BUCKET_LABELS, TenantStats, TypeStats, share_percent
 from handler.settings import Settings, closest
 
 
@@ -28,7 +28,8 @@ def guard_reason(eligible: int, keys: int, settings: Settings, *, dry_run: bool)
     if eligible < settings.guard_min_keys or fraction <= settings.max_delete_fraction:
         return None
     numbers = (
-        f"{eligible:,} of {keys:,} keys ({fraction:.0%}) are eligible, above "
+        f"{eligible:,} of {keys:,} keys "
+        f"({share_percent(fraction, settings.max_delete_fraction)}) are eligible, above "
         f"CLEANUP_MAX_DELETE_FRACTION={settings.max_delete_fraction:g}"
     )
     if dry_run:

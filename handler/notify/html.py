@@ -24,8 +24,10 @@ from handler.report import (
     human_bytes,
     kept_lines,
     labelled_lines,
+    limit_percent,
     listing_line,
     retention_label,
+    share_percent,
     trend_lines,
 )
 from handler.settings import Settings
@@ -408,9 +410,8 @@ def _summary_parts(
 def render_guard_abort(report: Report, settings: Settings, *, now: datetime | None = None) -> str:
     """The alert for a run the safety guard stopped: its numbers and how to override it."""
     total = report.before.keys if report.before is not None else None
-    share = (
-        f"{report.eligible / total:.1%}" if total else "n/a"
-    )  # of the whole table, as the guard compares it
+    # Of the whole table, as the guard compares it; never rounded onto the limit.
+    share = share_percent(report.eligible / total, settings.max_delete_fraction) if total else "n/a"
     lines = [
         "🛑 <b>WhatsApp keys cleanup aborted by the safety guard</b>"
         f" · <b>{esc(_mode(report))}</b>",
@@ -423,7 +424,7 @@ def render_guard_abort(report: Report, settings: Settings, *, now: datetime | No
         f"{'not measured' if total is None else f'{total:,}'} keys ({esc(share)}) · "
         f"protected {report.protected:,}",
         *filter(None, [_rules(report)]),
-        f"<b>Limit:</b> {settings.max_delete_fraction:.0%} of the table "
+        f"<b>Limit:</b> {limit_percent(settings.max_delete_fraction)} of the table "
         f"(CLEANUP_MAX_DELETE_FRACTION={esc(settings.max_delete_fraction)}), "
         f"applied from {settings.guard_min_keys:,} keys (CLEANUP_GUARD_MIN_KEYS)",
         "Nothing was deleted.",

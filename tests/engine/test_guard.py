@@ -28,7 +28,7 @@ def test_safety_guard_aborts_then_force_deletes(pg: PgSchema) -> None:
     assert aborted.deleted == 0
     assert aborted.reason is not None
     assert "--force" in aborted.reason
-    assert "90%" in aborted.reason
+    assert "90.0%" in aborted.reason
     assert pg.count() == 200
 
     forced = run_cleanup(settings, Flags(dry_run=False, force=True))
@@ -66,7 +66,7 @@ def test_guard_counts_every_rule_together(keys_table: PgSchema) -> None:
     assert aborted.eligible == 70
     assert aborted.expired == 20
     assert aborted.orphaned == 10
-    assert "70 of 100 keys (70%)" in (aborted.reason or "")
+    assert "70 of 100 keys (70.0%)" in (aborted.reason or "")
     assert keys_table.count() == 100
 
     assert any("the guard counts every rule together" in n for n in aborted.notes)

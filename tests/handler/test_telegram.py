@@ -19,7 +19,7 @@ from pytest_httpserver import HTTPServer
 
 from handler import notify
 from handler.notify import telegram
-from handler.notify.html import MAX_MESSAGE, render_summary, telegram_len
+from handler.notify.html import MAX_MESSAGE, render_guard_abort, render_summary, telegram_len
 from handler.notify.html import main as preview
 from handler.report import KeyEntry, TrendPoint, TypeStats
 from handler.settings import Settings
@@ -201,6 +201,17 @@ def test_guard_abort_alert_has_the_numbers_and_how_to_override(bot: FakeBot) -> 
     assert "Nothing was deleted." in shown
     assert '{"dry_run": false, "force": true}' in html.unescape(text)
     assert "--force" in shown
+
+
+def test_guard_alert_shows_the_limit_and_the_share_without_rounding_them_together() -> None:
+    # 12.5% is no "12%", and 12.504% is above it, not "12.5%" at it.
+    report = make_report(status="aborted", deleted=0, eligible=15_005, after=None)
+    text = render_guard_abort(
+        report, make_settings(max_delete_fraction=0.125, guard_min_keys=1_000), now=NOW
+    )
+    _, shown = telegram_structure(text)
+    assert "Eligible: 15,005 of 120,000 keys (12.504%)" in shown
+    assert "Limit: 12.5% of the table (CLEANUP_MAX_DELETE_FRACTION=0.125)" in shown
 
 
 def test_dry_run_sends_nothing_by_default(bot: FakeBot) -> None:

@@ -27,10 +27,30 @@ def test_the_guard_lets_a_run_through_at_or_below_its_limits(eligible: int, keys
 def test_the_guard_stops_a_live_run_above_the_fraction_and_says_how_to_proceed() -> None:
     reason = guard_reason(501, 1000, GUARD, dry_run=False)
     assert reason is not None
-    assert "501 of 1,000 keys (50%)" in reason
+    assert "501 of 1,000 keys (50.1%)" in reason
     assert "CLEANUP_MAX_DELETE_FRACTION=0.5" in reason
     assert "--force" in reason
     assert "Nothing was deleted" in reason
+
+
+@pytest.mark.parametrize(
+    ("eligible", "keys", "limit", "shown"),
+    [
+        (5_040, 10_000, "0.5", "50.4%"),  # .0% made it "50%": as if at the limit, not above
+        (5_001, 10_000, "0.5", "50.01%"),  # .1% would make it "50.0%"
+        (500_001, 1_000_000, "0.5", "50.0001%"),
+        (1_251, 10_000, "0.125", "12.51%"),
+    ],
+)
+def test_the_guard_never_rounds_the_share_down_to_the_limit_it_is_above(
+    eligible: int, keys: int, limit: str, shown: str
+) -> None:
+    settings = Settings.from_env(
+        {"CLEANUP_GUARD_MIN_KEYS": "100", "CLEANUP_MAX_DELETE_FRACTION": limit}
+    )
+    reason = guard_reason(eligible, keys, settings, dry_run=False)
+    assert reason is not None
+    assert f"{eligible:,} of {keys:,} keys ({shown}) are eligible, above" in reason
 
 
 def test_the_guard_in_a_dry_run_says_a_live_run_would_stop() -> None:
