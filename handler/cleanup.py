@@ -337,7 +337,7 @@ class _Run:
         partial = stats.status == "partial"
         if partial and not self.settings.history_enabled:
             self.notes.append(
-                "no run history (CLEANUP_HISTORY_ENABLED=false): the next run starts at page 0"
+                "no run history (CLEANUP_HISTORY=false): the next run starts at page 0"
             )
         return Drain(
             runs=earlier.runs + 1 if earlier else 1,

@@ -13,7 +13,7 @@ from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
 from handler.report import Report, render_text
 from handler.schema import hash_partitions
-from handler.settings import Flags
+from handler.settings import Flags, Settings
 from tests.support.db import KeyRow, PgSchema
 from tests.support.tables import DRY
 
@@ -210,6 +210,20 @@ def test_without_history_the_next_run_starts_at_page_0(
     second, clock = _run(pg, monkeypatch, CLEANUP_HISTORY="false")
     assert clock.ranges()[0][1] == 0
     assert first.deleted + second.deleted == len(rows) - len(_survivors(rows, 30))
+
+
+def test_the_no_history_note_names_the_setting_that_turns_history_off(
+    keys_table: PgSchema, rows: list[KeyRow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg = keys_table
+    report, _ = _run(pg, monkeypatch, after=4, CLEANUP_HISTORY="false")
+    assert report.status == "partial"
+    (note,) = [n for n in report.notes if n.startswith("no run history")]
+    # It sent the operator to CLEANUP_HISTORY_ENABLED, a variable the job does not read.
+    assert "(CLEANUP_HISTORY=false)" in note, note
+    named = note.split("(")[1].split("=")[0]
+    warnings = Settings.from_env({**pg.env(), named: "true"}).config_warnings
+    assert not any(named in w for w in warnings), warnings
 
 
 def test_a_partitioned_table_resumes_leaf_by_leaf(
