@@ -689,21 +689,24 @@ def _text_figures(r: Report, before: TableStats) -> list[str]:
     return lines
 
 
+def released_text(r: Report) -> str:
+    """What a live run released, as render_text and the Telegram summary say it: a table that
+    grew during the run released nothing (never "released -8.0 KiB")."""
+    if r.released_bytes < 0:
+        return (
+            f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the "
+            "run (the application's writes)"
+        )
+    return f"released {human_bytes(r.released_bytes)} (measured)"
+
+
 def _space_line(r: Report) -> str:
     if r.dry_run:
         return (
             f"space: a live run would make ≈{human_bytes(r.reclaimable_bytes)} reusable (estimated)"
         )
-    if r.released_bytes < 0:
-        released = (
-            f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the "
-            "run (the application's writes)"
-        )
-    else:
-        released = f"released {human_bytes(r.released_bytes)} (measured)"
-    return f"space: {released}, reclaimable {human_bytes(r.reclaimable_bytes)} (estimated)" + (
-        " · vacuumed" if r.vacuumed else ""
-    )
+    reclaimable = f"reclaimable {human_bytes(r.reclaimable_bytes)} (estimated)"
+    return f"space: {released_text(r)}, {reclaimable}" + (" · vacuumed" if r.vacuumed else "")
 
 
 def _text_ages(r: Report) -> list[str]:

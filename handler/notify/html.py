@@ -26,6 +26,7 @@ from handler.report import (
     labelled_lines,
     limit_percent,
     listing_line,
+    released_text,
     retention_label,
     share_percent,
     trend_lines,
@@ -172,7 +173,7 @@ def _sizes(report: Report) -> list[str]:
             f"<b>Keys:</b> {_keys(before)} · <b>Size:</b> {_size(before)}",
         ]
     space = (
-        f"<b>Space:</b> released {human_bytes(report.released_bytes)} (measured) · "
+        f"<b>Space:</b> {esc(released_text(report))} · "
         f"reclaimable {human_bytes(report.reclaimable_bytes)} (estimated)"
     )
     if report.vacuumed:

@@ -21,7 +21,7 @@ from handler import notify
 from handler.notify import telegram
 from handler.notify.html import MAX_MESSAGE, render_guard_abort, render_summary, telegram_len
 from handler.notify.html import main as preview
-from handler.report import KeyEntry, TrendPoint, TypeStats
+from handler.report import KeyEntry, TrendPoint, TypeStats, render_text
 from handler.settings import Settings
 from tests.support.db import PgSchema
 from tests.support.handler import (
@@ -103,6 +103,19 @@ def test_before_and_after_not_measured_are_said_so(bot: FakeBot) -> None:
     assert "Size: not measured → not measured" in shown
     assert "Reason: deadline reached" in shown
     assert "LIVE · partial" in shown
+
+
+def test_a_table_that_grew_shows_growth_as_the_text_report_does_not_a_negative_release() -> None:
+    report = make_report(released_bytes=-8_192)
+    _, shown = telegram_structure(render_summary(report))
+    (space,) = [line for line in shown.splitlines() if line.startswith("Space:")]
+    assert "released -" not in space, space
+    # One wording with render_text (tests/engine/test_measurement.py).
+    assert space.startswith(
+        "Space: released nothing: the table grew 8.0 KiB during the run (the application's "
+        "writes) · reclaimable 12.3 MiB (estimated)"
+    ), space
+    assert space.removeprefix("Space: ").split(" · ")[0] in render_text(report)
 
 
 def test_key_type_and_key_id_containing_markup_arrive_escaped(bot: FakeBot) -> None:
