@@ -92,7 +92,11 @@ def _footer(report: Report, now: datetime | None) -> str:
 
 
 def _target(report: Report) -> str:
-    line = f"Table <code>{esc(report.table)}</code> · retention {report.retention_days} d"
+    line = f"Table <code>{esc(report.table)}</code>"
+    if report.timestamp_column is None:
+        # No key is deleted by age: no retention, no cutoff to claim (render_text says so too).
+        return line + " · the age rule is off (no timestamp column)"
+    line += f" · retention {report.retention_days} d"
     if report.cutoff is not None:
         line += f" · cutoff {esc(_utc(report.cutoff))}"
     return line

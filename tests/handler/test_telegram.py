@@ -118,6 +118,15 @@ def test_a_table_that_grew_shows_growth_as_the_text_report_does_not_a_negative_r
     assert space.removeprefix("Space: ").split(" · ")[0] in render_text(report)
 
 
+def test_summary_claims_no_retention_or_cutoff_when_the_age_rule_is_off() -> None:
+    # CLEANUP_TIMESTAMP_COLUMN=none: no key is deleted by age (the text report says
+    # "retention: none, the age rule is off"; the per-type table says "off").
+    report = make_report(timestamp_column=None)
+    _, shown = telegram_structure(render_summary(report))
+    target = shown.splitlines()[1]
+    assert target == "Table whatsapp_keys · the age rule is off (no timestamp column)", target
+
+
 def test_key_type_and_key_id_containing_markup_arrive_escaped(bot: FakeBot) -> None:
     hostile = "<b>&"
     report = make_report(
