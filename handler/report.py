@@ -286,12 +286,26 @@ def _age(label: str) -> Callable[[Report], Any]:
     return lambda r: None if r.before is None else r.age_distribution.get(label, 0)
 
 
+def _measured(name: str) -> Callable[[Report], Any]:
+    # A count of the measuring pass: nothing (not 0) when the table was not measured (a run
+    # skipped for the lock or as a duplicate event).
+    return lambda r: None if r.before is None else getattr(r, name)
+
+
+def _if_measured(r: Report) -> bool:
+    return r.before is not None
+
+
 def _ttl(r: Report) -> bool:
-    return r.expires_column is not None
+    return r.expires_column is not None and r.before is not None
 
 
 def _orphan_rule(r: Report) -> bool:
     return r.orphan_rule != "off"
+
+
+def _orphans_measured(r: Report) -> bool:
+    return _orphan_rule(r) and r.before is not None
 
 
 def bucket_metric(label: str) -> str:
@@ -319,8 +333,20 @@ FIGURES: tuple[Figure, ...] = (
     Figure("protected_types", log=_NEVER, shown=TEXT),
     Figure("cutoff", get=lambda r: r.cutoff.isoformat() if r.cutoff else None, shown=BOTH),
     Figure("started_at", log=_NEVER, shown=TELEGRAM),
-    Figure("eligible", metric=Metric("KeysEligible"), shown=BOTH),
-    Figure("protected", metric=Metric("KeysProtected"), shown=BOTH),
+    Figure(
+        "eligible",
+        get=_measured("eligible"),
+        log=_if_measured,
+        metric=Metric("KeysEligible"),
+        shown=BOTH,
+    ),
+    Figure(
+        "protected",
+        get=_measured("protected"),
+        log=_if_measured,
+        metric=Metric("KeysProtected"),
+        shown=BOTH,
+    ),
     Figure("deleted", metric=Metric("KeysDeleted"), shown=BOTH),
     Figure("released_bytes", metric=Metric("ReleasedBytes", "Bytes"), shown=BOTH),
     Figure("reclaimable_bytes", metric=Metric("ReclaimableBytes", "Bytes"), shown=BOTH),
@@ -389,19 +415,31 @@ FIGURES: tuple[Figure, ...] = (
     Figure("kept", get=lambda r: [k.model_dump() for k in r.kept], log="if_set", shown=BOTH),
     Figure(
         "kept_keys",
-        get=lambda r: sum(k.keys for k in r.kept),
+        get=lambda r: None if r.before is None else sum(k.keys for k in r.kept),
         log=_NEVER,
         metric=Metric("KeysKept"),
         sentry=False,
     ),
     Figure("expires_column", log=_NEVER, shown=BOTH),
-    Figure("expired", log=_ttl, metric=Metric("KeysExpired"), shown=BOTH),
+    Figure("expired", get=_measured("expired"), log=_ttl, metric=Metric("KeysExpired"), shown=BOTH),
     Figure("expired_by_age", log=_NEVER, shown=TEXT),
     Figure("auth_table", log=_NEVER, shown=BOTH),
     Figure("orphan_rule", log=_orphan_rule, shown=BOTH),
     Figure("orphan_grace_days", log=_NEVER, shown=TEXT),
-    Figure("orphaned", log=_orphan_rule, metric=Metric("KeysOrphaned"), shown=BOTH),
-    Figure("orphaned_tenants", log=_orphan_rule, metric=Metric("OrphanedTenants"), shown=BOTH),
+    Figure(
+        "orphaned",
+        get=_measured("orphaned"),
+        log=_orphans_measured,
+        metric=Metric("KeysOrphaned"),
+        shown=BOTH,
+    ),
+    Figure(
+        "orphaned_tenants",
+        get=_measured("orphaned_tenants"),
+        log=_orphans_measured,
+        metric=Metric("OrphanedTenants"),
+        shown=BOTH,
+    ),
     # Tenant ids are identifiers of the operator's customers: never sent to Sentry.
     Figure("orphaned_tenant_ids", log=_NEVER, sentry=False, shown=TEXT),
     Figure("orphaned_deleted", log=_NEVER, shown=BOTH),

@@ -11,7 +11,7 @@ import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from psycopg.conninfo import make_conninfo
 
-from handler import observability
+from handler import db, observability
 from handler.app import lambda_handler, requested_mode
 from handler.cleanup import CleanupError
 from handler.local import LocalContext
@@ -82,6 +82,28 @@ def test_failed_run_is_counted_as_failed(
     # no report metrics were emitted.
     assert (run["status"], run["mode"]) == ("failed", "dry_run")
     assert not [b for b in blobs if "KeysDeleted" in b]
+
+
+MEASURED_COUNTS = ("eligible", "protected", "expired", "kept_keys", "orphaned", "orphaned_tenants")
+
+
+def test_a_run_skipped_for_the_lock_publishes_no_measured_figures(
+    mixed: PgSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with mixed.connect() as holder:
+        oid = holder.execute("SELECT 'whatsapp_keys'::regclass::oid").fetchone()
+        assert oid is not None
+        holder.execute("SELECT pg_advisory_lock(%s)", (db.LOCK_CLASS + oid[0],))
+        with captured_logs() as logs:
+            result = invoke({"dry_run": False})
+    assert result["status"] == "skipped"
+    blobs = emf_blobs(capsys.readouterr().out)
+    assert runs_metric(blobs)["status"] == "skipped"
+    published = {name for blob in blobs for name in blob if name.startswith(("Keys", "Orphaned"))}
+    # Nothing was measured: no 0 eligible, protected, kept, expired or orphaned keys either.
+    assert published <= {"KeysDeleted"}, sorted(published)
+    (finished,) = [line for line in logs() if line["message"] == "run finished"]
+    assert not set(MEASURED_COUNTS) & set(finished), finished
 
 
 def test_correlation_id_is_the_eventbridge_event_id(mixed: PgSchema) -> None:

@@ -63,8 +63,30 @@ def test_the_log_line_leaves_out_what_is_not_set() -> None:
 
 def test_unmeasured_sizes_feed_no_metric() -> None:
     names = {m.name for m, _ in metric_values(make_report(before=None, after=None))}
-    assert "KeysEligible" in names
     assert not {"KeysTotal", "TotalBytes", "KeysAge0to1d"} & names
+
+
+def test_a_run_that_measured_nothing_feeds_no_measured_count_as_a_zero() -> None:
+    # Skipped for the lock or as a duplicate event: the table was never measured.
+    skipped = make_report(
+        status="skipped",
+        before=None,
+        after=None,
+        eligible=0,
+        protected=0,
+        deleted=0,
+        expires_column="expires_at",
+        orphan_rule="applied",
+    )
+    names = {m.name for m, _ in metric_values(skipped)}
+    measured = {"KeysEligible", "KeysProtected", "KeysExpired", "KeysKept", "KeysOrphaned"}
+    assert not (measured | {"OrphanedTenants"}) & names, sorted(names)
+    assert "KeysDeleted" in names  # nothing was deleted: that much is known
+    logged = report_fields(skipped)
+    assert not {"eligible", "protected", "expired", "orphaned", "orphaned_tenants"} & set(logged)
+    # A run that measured keeps every count, zeros included.
+    names = {m.name for m, _ in metric_values(make_report(expires_column="expires_at"))}
+    assert {"KeysEligible", "KeysProtected", "KeysExpired", "KeysKept", "KeysOrphaned"} <= names
 
 
 def test_the_loops_and_the_measurements_figures_are_report_fields() -> None:
