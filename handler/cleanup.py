@@ -317,7 +317,8 @@ class _Run:
                 )
                 for k, v in m.by_type.items()
             },
-            released_bytes=(m.before.total_bytes - after.total_bytes) if after else 0,
+            # Unknown, not 0, when the sizes after the run could not be measured.
+            released_bytes=(m.before.total_bytes - after.total_bytes) if after else None,
             # An estimate: the deleted keys at the table's average stored size per key (heap
             # and TOAST, as pg_table_size counts them).
             reclaimable_bytes=reclaimable_estimate(

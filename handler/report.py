@@ -168,7 +168,9 @@ class Report(_Model):
     orphaned_deleted: int = 0
     orphan_candidates: int = 0
     top_tenants: list[TenantStats] = Field(default_factory=list)
-    released_bytes: int = 0  # measured: total_bytes before - after (about 0 without VACUUM)
+    # Measured: total_bytes before - after (about 0 without VACUUM); None when the sizes after
+    # the live run could not be measured (a lock timeout).
+    released_bytes: int | None = 0
     reclaimable_bytes: int = 0  # estimated: bytes of the deleted rows, now reusable
     vacuumed: bool = False
     batches: int = 0
@@ -348,7 +350,7 @@ FIGURES: tuple[Figure, ...] = (
         shown=BOTH,
     ),
     Figure("deleted", metric=Metric("KeysDeleted"), shown=BOTH),
-    Figure("released_bytes", metric=Metric("ReleasedBytes", "Bytes"), shown=BOTH),
+    Figure("released_bytes", log="if_known", metric=Metric("ReleasedBytes", "Bytes"), shown=BOTH),
     Figure("reclaimable_bytes", metric=Metric("ReclaimableBytes", "Bytes"), shown=BOTH),
     Figure("batches", metric=Metric("Batches"), shown=BOTH),
     Figure("max_batch_ms", metric=Metric("MaxBatchMs", "Milliseconds"), shown=BOTH),
@@ -729,7 +731,10 @@ def _text_figures(r: Report, before: TableStats) -> list[str]:
 
 def released_text(r: Report) -> str:
     """What a live run released, as render_text and the Telegram summary say it: a table that
-    grew during the run released nothing (never "released -8.0 KiB")."""
+    grew during the run released nothing (never "released -8.0 KiB"), and sizes not measured
+    after it are said so (never "released 0 B")."""
+    if r.released_bytes is None:
+        return "released: not measured"
     if r.released_bytes < 0:
         return (
             f"released nothing: the table grew {human_bytes(-r.released_bytes)} during the "

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import pytest
 
 from handler.cleanup import run_cleanup
-from handler.report import BUCKET_LABELS, render_text
+from handler.notify.html import render_summary
+from handler.observability import report_fields
+from handler.report import BUCKET_LABELS, metric_values, render_text
 from handler.settings import Flags
 from tests.support.db import KeyRow, PgSchema
+from tests.support.notify import telegram_structure
+from tests.support.progress import AfterFirstBatch
 from tests.support.tables import FORCE, LIVE
 
 
@@ -70,6 +77,40 @@ def test_reclaimable_estimate_counts_toasted_values(pg: PgSchema) -> None:
     assert report.deleted == 3
     # Estimated from the table's average stored size per key, TOAST included.
     assert 3 * 64 * 1024 <= report.reclaimable_bytes < 3 * 128 * 1024
+
+
+def test_sizes_not_measured_after_the_run_are_not_reported_as_a_measured_release(
+    pg: PgSchema, table: list[KeyRow]
+) -> None:
+    settings = pg.settings(
+        CLEANUP_BATCH_SIZE="5", CLEANUP_GUARD_MIN_KEYS="100000", CLEANUP_LOCK_TIMEOUT_MS="200"
+    )
+    holder: list[psycopg.Connection[Any]] = []
+
+    def lock_the_table() -> None:  # after the first batch, a migration takes the table
+        conn = psycopg.connect(pg.dsn)
+        conn.execute("LOCK TABLE whatsapp_keys IN ACCESS EXCLUSIVE MODE")
+        holder.append(conn)
+
+    try:
+        report = run_cleanup(settings, LIVE, progress=AfterFirstBatch(lock_the_table))
+    finally:
+        for conn in holder:
+            conn.rollback()
+            conn.close()
+    assert report.status == "partial"
+    assert report.deleted > 0
+    assert report.after is None  # "after-run measurement timed out; sizes ... are unknown"
+    assert report.released_bytes is None
+    _, shown = telegram_structure(render_summary(report))
+    (space,) = [line for line in shown.splitlines() if line.startswith("Space:")]
+    (size,) = [line for line in shown.splitlines() if line.startswith("Size:")]
+    assert "not measured" in size
+    # It said "released 0 B (measured)", and CloudWatch got a ReleasedBytes of 0.
+    assert space.startswith("Space: released: not measured · reclaimable"), space
+    assert "space: released: not measured, reclaimable" in render_text(report)
+    assert "ReleasedBytes" not in {m.name for m, _ in metric_values(report)}
+    assert "released_bytes" not in report_fields(report)
 
 
 def test_a_table_that_grew_shows_growth_not_negative_release(pg: PgSchema) -> None:
