@@ -197,7 +197,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.error("run failed", mode=mode, error_type=type(exc).__name__, error=str(exc))
         publish_failure(mode)
         if settings is not None:
-            notify.on_failure(exc, settings, deadline=notify_deadline)
+            notify.on_failure(exc, settings, deadline=notify_deadline, mode=mode)
         raise
     logger.info("run finished", **report_fields(report))
     publish_report(report)

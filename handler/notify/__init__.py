@@ -11,7 +11,9 @@ itself works) and never changes the outcome of a run.
         with notify.cron_monitor(settings):
             report = run_cleanup(settings, flags, deadline=deadline)
     except Exception as exc:
-        notify.on_failure(exc, settings, deadline=deadline)
+        notify.on_failure(
+            exc, settings, deadline=deadline, mode="dry_run" if flags.dry_run else "live"
+        )
         raise
     notify.after_run(report, settings, deadline=deadline)
 """
@@ -144,17 +146,21 @@ def after_run(report: Report, settings: Settings, *, deadline: float | None) -> 
         _internal_error("after_run", exc)
 
 
-def on_failure(exc: BaseException, settings: Settings, *, deadline: float | None) -> None:
-    """Capture a failed run in Sentry and alert Telegram. Never raises; the caller re-raises."""
+def on_failure(
+    exc: BaseException, settings: Settings, *, deadline: float | None, mode: str
+) -> None:
+    """Capture a failed run in Sentry and alert Telegram, each saying the run's `mode`
+    (`dry_run` or `live`). Never raises; the caller re-raises."""
     try:
         init(settings)
         if sentry.enabled():
             try:
-                event_id = sentry.capture_failure(exc)
+                event_id = sentry.capture_failure(exc, mode)
                 logger.info("sentry exception captured", sentry_event_id=event_id)
             except Exception as err:  # protect the Telegram alert below
                 _notification_failed("sentry", "failure", err)
-        _send_telegram(settings, "failure", html.render_failure(exc, settings), deadline)
+        text = html.render_failure(exc, settings, mode=mode)
+        _send_telegram(settings, "failure", text, deadline)
         _flush(deadline)
     except Exception as err:  # a side channel must never mask the run's own error
         _internal_error("on_failure", err)

@@ -80,8 +80,12 @@ def _duration(ms: int) -> str:
     return f"{minutes} min {rest} s"
 
 
+# The run's mode as every message shows it, by Report.mode ("dry_run" or "live").
+_MODE_LABEL = {"dry_run": "🧪 DRY RUN", "live": "LIVE"}
+
+
 def _mode(report: Report) -> str:
-    return "🧪 DRY RUN" if report.dry_run else "LIVE"
+    return _MODE_LABEL[report.mode]
 
 
 def _footer(report: Report, now: datetime | None) -> str:
@@ -444,21 +448,30 @@ def render_guard_abort(report: Report, settings: Settings, *, now: datetime | No
     return _assemble(["\n".join(lines), _age_block(report), override, _footer(report, now)])
 
 
-def render_failure(exc: BaseException, settings: Settings, *, now: datetime | None = None) -> str:
-    """The alert for a run that raised: exception type and message, redacted and escaped."""
+def render_failure(
+    exc: BaseException, settings: Settings, *, mode: str, now: datetime | None = None
+) -> str:
+    """The alert for a run that raised: its mode (`dry_run` or `live`, as Report.mode), the
+    exception type and message, redacted and escaped."""
     message = _clip(redact(str(exc)).strip() or "(no message)", _MAX_ERROR)
+    if mode == "live":
+        outcome = (
+            "Batches committed before the failure stay deleted; the next run picks up the rest."
+        )
+    else:
+        outcome = "A dry run deletes nothing."
     return _assemble(
         [
             "\n".join(
                 [
-                    "🚨 <b>WhatsApp keys cleanup failed</b>",
+                    "🚨 <b>WhatsApp keys cleanup failed</b>"
+                    f" · <b>{esc(_MODE_LABEL.get(mode, mode))}</b>",
                     f"Table <code>{esc(settings.table)}</code> · "
                     f"environment {esc(settings.sentry_environment)}",
                 ]
             ),
             f"<code>{esc(type(exc).__name__)}</code>: {esc(message)}",
-            "Batches committed before the failure stay deleted; the next run picks up the "
-            "rest. The traceback is in the logs and in Sentry.",
+            f"{outcome} The traceback is in the logs and in Sentry.",
             f"🕒 {esc(_utc(now))}",
         ]
     )

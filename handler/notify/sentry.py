@@ -123,8 +123,11 @@ def capture_report(report: Report, settings: Settings) -> str | None:
     )
 
 
-def capture_failure(exc: BaseException) -> str | None:
-    return sentry_sdk.capture_exception(exc, level="error", tags=tags(None, "failed"))
+def capture_failure(exc: BaseException, mode: str) -> str | None:
+    """A failed run, tagged with the mode it ran in (`dry_run` or `live`) as a report is."""
+    return sentry_sdk.capture_exception(
+        exc, level="error", tags={**tags(None, "failed"), "mode": mode}
+    )
 
 
 def capture_internal_error(exc: BaseException) -> str | None:

@@ -114,6 +114,34 @@ def test_connection_killed_between_batches_alerts_and_the_next_run_finishes(
     assert notified.key_set() == SURVIVORS
 
 
+@pytest.mark.parametrize(
+    ("event", "mode", "label"),
+    [({"dry_run": True}, "dry_run", "🧪 DRY RUN"), (LIVE_EVENT, "live", "LIVE")],
+    ids=["dry-run", "live"],
+)
+def test_a_failure_alert_and_its_sentry_event_say_the_mode_of_the_run(
+    notified: PgSchema,
+    fault_bot: FakeBot,
+    fault_sentry: SentryEndpoint,
+    monkeypatch: pytest.MonkeyPatch,
+    event: dict[str, object],
+    mode: str,
+    label: str,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://cleanup:pw@127.0.0.1:1/app")
+    monkeypatch.setenv("CLEANUP_CONNECT_TIMEOUT_S", "2")
+    with pytest.raises(CleanupError):
+        invoke_handler(event)  # a dry run from the console, or the nightly live run
+    assert_failure_reported(fault_bot, fault_sentry, "CleanupError")
+    (alert,) = fault_bot.texts
+    text = shown(alert)
+    assert text.startswith(f"🚨 WhatsApp keys cleanup failed · {label}\n"), text
+    # Only a live run has batches that stay deleted: a dry run deletes nothing.
+    assert ("stay deleted" in text) == (mode == "live"), text
+    (sent,) = fault_sentry.events()
+    assert sent["tags"].get("mode") == mode, sent["tags"]
+
+
 def test_connection_killed_inside_a_batch_rolls_it_back_and_the_next_run_finishes(
     notified: PgSchema,
     fault_bot: FakeBot,

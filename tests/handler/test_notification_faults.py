@@ -154,7 +154,7 @@ def test_unreachable_sentry_does_not_stop_telegram(bot: FakeBot) -> None:
         with notify.cron_monitor(settings):
             pass
         notify.after_run(make_report(), settings, deadline=time.monotonic() + 10)
-        notify.on_failure(RuntimeError("x"), settings, deadline=time.monotonic() + 10)
+        notify.on_failure(RuntimeError("x"), settings, deadline=time.monotonic() + 10, mode="live")
     finally:
         reset_sentry()
 
@@ -191,7 +191,7 @@ def test_on_failure_never_raises_even_when_rendering_breaks(
         telegram_bot_token=TOKEN, telegram_chat_id=CHAT_ID, telegram_api_url=bot.api_url
     )
     with capture_logs() as lines:
-        notify.on_failure(ValueError("the run's error"), settings, deadline=None)
+        notify.on_failure(ValueError("the run's error"), settings, deadline=None, mode="live")
 
     (logged,) = find_log(lines(), "notification error")
     assert logged["where"] == "on_failure"

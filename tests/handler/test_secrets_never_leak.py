@@ -192,12 +192,12 @@ def test_no_secret_or_key_value_in_any_log_line_or_sentry_event(
             f"connect to {database_url} failed; "
             f"POST {bot.api_url}/bot{TOKEN}/sendMessage; dsn {sentry.dsn}"
         )
-        notify.on_failure(error, settings, deadline=time.monotonic() + 10)  # gives up
+        notify.on_failure(error, settings, deadline=time.monotonic() + 10, mode="live")  # gives up
         # A Telegram that cannot be reached at all: requests' own error quotes the URL.
         unreachable = settings.model_copy(
             update={"telegram_api_url": f"http://127.0.0.1:{_closed_port()}"}
         )
-        notify.on_failure(error, unreachable, deadline=time.monotonic() + 10)
+        notify.on_failure(error, unreachable, deadline=time.monotonic() + 10, mode="live")
         captured = lines()
 
     logged = "\n".join(captured)

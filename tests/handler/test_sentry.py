@@ -135,7 +135,7 @@ def test_failure_is_captured_as_error_with_tags(sentry: SentryEndpoint) -> None:
     try:
         _raise(RuntimeError("connection to the database lost"))
     except RuntimeError as exc:
-        notify.on_failure(exc, settings, deadline=time.monotonic() + 10)
+        notify.on_failure(exc, settings, deadline=time.monotonic() + 10, mode="live")
 
     event = only_event(sentry)
     assert event["level"] == "error"
@@ -146,6 +146,7 @@ def test_failure_is_captured_as_error_with_tags(sentry: SentryEndpoint) -> None:
         "component": "cleanup",
         "operation": "session_keys_cleanup",
         "status": "failed",
+        "mode": "live",
     }
     # No frame carries local variables (they could hold a token or a row).
     for frame in exception["stacktrace"]["frames"]:
@@ -161,7 +162,7 @@ def test_secrets_in_an_exception_are_redacted(sentry: SentryEndpoint) -> None:
         f"failed: postgresql://cleanup:{DB_PASSWORD}@db.internal:5432/app "
         f"and https://api.telegram.org/bot{TOKEN}/sendMessage"
     )
-    notify.on_failure(error, settings, deadline=None)
+    notify.on_failure(error, settings, deadline=None, mode="live")
 
     value = only_event(sentry)["exception"]["values"][0]["value"]
     assert DB_PASSWORD not in value
@@ -180,7 +181,7 @@ def test_token_in_a_log_breadcrumb_is_redacted(
     notify.after_run(make_report(), settings, deadline=None)
     # Any library logging a Bot API URL at INFO: log lines become breadcrumbs.
     logging.getLogger("some.http.library").info("POST %s", f"{bot.api_url}/bot{TOKEN}/sendMessage")
-    notify.on_failure(RuntimeError("later failure"), settings, deadline=None)
+    notify.on_failure(RuntimeError("later failure"), settings, deadline=None, mode="live")
 
     assert len(bot.requests) == 2
     failure = sentry.events()[-1]

@@ -148,6 +148,7 @@ def test_error_message_containing_markup_arrives_escaped(bot: FakeBot) -> None:
         ValueError("relation <b>&whatsapp_keys does not exist"),
         tg_settings(bot),
         deadline=time.monotonic() + 20,
+        mode="live",
     )
 
     text = bot.texts[0]
