@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from psycopg.types.json import Jsonb
 
+from handler import cleanup
 from handler.cleanup import run_cleanup
 from handler.lifecycle import KEEP_REASONS
 from handler.settings import ConfigError, Flags, Settings
@@ -430,12 +431,16 @@ def test_our_sender_keys_that_follow_their_memory_row_within_the_run_are_counted
     )
 
 
+@pytest.mark.parametrize("counted", [True, False], ids=["counted", "too-large-to-count"])
 def test_per_type_counts_are_never_inferred_wrongly_when_our_sender_keys_follow(
-    keys: PgSchema,
+    keys: PgSchema, monkeypatch: pytest.MonkeyPatch, counted: bool
 ) -> None:
     """Our 5 sender keys follow their memory rows, while the application uses 5 of the old
-    sessions: the total equals the measured eligible keys, but not the same keys. The per-type
-    split is then not inferred (a note says why)."""
+    sessions: the total equals the measured eligible keys, but not the same keys. A run of a
+    day's size counts its deletions per type; a larger one does not infer them (a note says
+    why)."""
+    if not counted:
+        monkeypatch.setattr(cleanup, "COUNT_FOLLOWS_MAX", 10)
     keys.add_auth({"a": baileys_creds(1, 1)})
     ours = _ours_after_their_memory_rows(5)
     sessions = [KeyRow("a", "session", f"99{i}.0", OLD, BIG) for i in range(40)]
@@ -458,6 +463,11 @@ def test_per_type_counts_are_never_inferred_wrongly_when_our_sender_keys_follow(
     assert live.deleted == live.eligible == 45
     assert sum(1 for _, t, _ in left if t == "sender-key") == 0
     assert sum(1 for _, t, _ in left if t == "session") == 5
-    assert live.by_type["sender-key"].deleted is None
-    assert live.by_type["session"].deleted is None
-    assert any("not necessarily the same ones" in n for n in live.notes), live.notes
+    if counted:
+        assert live.by_type["sender-key"].deleted == 5
+        assert live.by_type["session"].deleted == 35
+        assert live.by_type["sender-key-memory"].deleted == 5
+    else:
+        assert live.by_type["sender-key"].deleted is None
+        assert live.by_type["session"].deleted is None
+        assert any("not necessarily the same ones" in n for n in live.notes), live.notes
