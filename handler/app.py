@@ -42,6 +42,10 @@ notify.init_from_env()
 
 SCHEDULED_SOURCE = "aws.events"
 SCHEDULED_DETAIL_TYPE = "Scheduled Event"
+# The EventBridge envelope: a scheduled event's flags go in its detail, never beside it.
+EVENT_ENVELOPE_KEYS = frozenset(
+    {"version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail"}
+)
 # Notifications must end before Lambda's hard timeout; this much is left for the metrics
 # flush and the return. The engine's own margin (CLEANUP_DEADLINE_MARGIN_MS) is far larger.
 NOTIFY_RESERVE_S = 2.0
@@ -95,6 +99,13 @@ def requested_mode(event: object, env: Mapping[str, str] | None = None) -> str:
 def parse_event(event: object, settings: Settings) -> Request:
     """Validate an invocation event into flags. Raises ConfigError naming the bad field."""
     if is_scheduled_event(event):
+        unknown = sorted(str(key) for key in event if key not in EVENT_ENVELOPE_KEYS)
+        if unknown:
+            raise ConfigError(
+                "invalid event: the scheduled event has unknown top-level keys "
+                + ", ".join(repr(key[:64]) for key in unknown[:5])
+                + '; its flags go in "detail", such as "detail": {"dry_run": true}'
+            )
         detail = event.get("detail", {})
         try:
             flags = Flags.parse(detail)

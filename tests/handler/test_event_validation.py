@@ -104,6 +104,24 @@ def test_bad_scheduled_detail_fails_and_deletes_nothing(
     assert mixed.key_set() == before
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{"dry_run": True}, {"detial": {"dry_run": True}}],
+    ids=["dry_run-beside-detail", "misspelt-detail"],
+)
+def test_a_scheduled_events_unknown_top_level_key_is_refused_naming_it(
+    mixed: PgSchema, extra: dict[str, Any]
+) -> None:
+    """`"dry_run": true` put beside the detail, or a detail misspelt: refused, not a live run."""
+    event = scheduled_event()
+    event.update(extra)
+    before = mixed.key_set()
+    with pytest.raises(ConfigError, match="invalid event") as info:
+        invoke(event)
+    assert repr(next(iter(extra))) in str(info.value)
+    assert mixed.key_set() == before
+
+
 def test_other_eventbridge_events_are_refused(mixed: PgSchema) -> None:
     event = scheduled_event()
     event["detail-type"] = "EC2 Instance State-change Notification"
@@ -203,7 +221,12 @@ scheduled = st.builds(
         **extra,
     },
     detail=flag_objects | valid_flag_values | junk,
-    extra=st.dictionaries(st.sampled_from(["time", "region", "resources"]), junk, max_size=2),
+    # Envelope keys, and flags or a detail put where EventBridge has none: refused.
+    extra=st.dictionaries(
+        st.sampled_from(["time", "region", "resources", "account", "dry_run", "detial"]),
+        junk,
+        max_size=2,
+    ),
 )
 
 
@@ -223,11 +246,17 @@ SETTINGS = Settings.from_env(
 )
 
 
+ENVELOPE = {"version", "id", "detail-type", "source", "account", "time", "region", "resources"}
+ENVELOPE |= {"detail"}
+
+
 def is_valid_live_request(event: object) -> bool:
     """The independent oracle: what must be true of an event for it to delete."""
     if not isinstance(event, Mapping):
         return False
     if event.get("source") == "aws.events" and event.get("detail-type") == "Scheduled Event":
+        if not set(event) <= ENVELOPE:
+            return False
         flags = event.get("detail", {})
         live_by_default = True
     else:
