@@ -428,6 +428,8 @@ def open_database(settings: Settings) -> db.Conn:
             "no database: set DATABASE_URL or DATABASE_SECRET_ARN (or pass --database-url)"
         )
     dsn = settings.database_url.get_secret_value()
+    if not dsn.strip():  # libpq would read it as its PG* variables and defaults
+        raise ConfigError("the database URL is empty: set DATABASE_URL or pass --database-url")
     check_database_url(dsn)
     try:
         return db.connect(dsn, connect_timeout_s=settings.connect_timeout_s)

@@ -67,6 +67,18 @@ def _resolve_database(settings: Settings) -> Settings:
     return settings
 
 
+def _database_url_flag(args: argparse.Namespace) -> str | None:
+    """--database-url, never blank: an empty URL (`--database-url "$UNSET"`) would win over
+    DATABASE_URL and let libpq connect wherever its PG* variables or defaults point."""
+    url: str | None = args.database_url
+    if url is not None and not url.strip():
+        raise ConfigError(
+            "--database-url is empty: give a database URL, or leave the flag out to use "
+            "DATABASE_URL"
+        )
+    return url
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="keys-cleanup",
@@ -219,8 +231,8 @@ def run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         raise ConfigError(
             "--partitions takes 2..64 and goes with --demo (the reference layout, not encoded)"
         )
+    url = _database_url_flag(args)
     with contextlib.ExitStack() as stack:
-        url = args.database_url
         if args.demo:
             url = stack.enter_context(
                 _demo_database(args.demo_rows, stderr, encoded=encoded, partitions=args.partitions)
@@ -269,11 +281,12 @@ def build_admin_parser(command: str) -> argparse.ArgumentParser:
 
 
 def _admin_connection(args: argparse.Namespace) -> tuple[Settings, db.Conn]:
+    url = _database_url_flag(args)
     settings = Settings.from_env()
-    if args.database_url is None:
+    if url is None:
         settings = _resolve_database(settings)
     else:
-        settings = settings.model_copy(update={"database_url": SecretStr(args.database_url)})
+        settings = settings.model_copy(update={"database_url": SecretStr(url)})
     return settings, open_database(settings)  # the run's own URL check and connection
 
 

@@ -8,13 +8,16 @@ from typing import cast
 
 import pytest
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import SecretStr
 
 from handler import db
 from handler.app import lambda_handler
+from handler.cleanup import open_database
 from handler.cli import EXIT_BAD_INPUT, main
 from handler.errors import DatabaseError
 from handler.local import LocalContext
-from handler.settings import ConfigError
+from handler.settings import ConfigError, Settings
 from tests.support.db import PgSchema
 
 BROKEN_URL = "postgresql://cleanup:s3cr@t-fragment-xyz@db.example.invalid:5432/keys"
@@ -108,6 +111,50 @@ def test_a_database_url_libpq_cannot_parse_is_refused_without_any_of_it(
     assert cli_env.key_set() == before
 
 
+def _pg_variables_naming(pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libpq's PG* variables name the test schema: where an empty conninfo would connect."""
+    parts = conninfo_to_dict(pg.dsn)
+    for name, var in (
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("dbname", "PGDATABASE"),
+        ("options", "PGOPTIONS"),
+    ):
+        if parts.get(name) is not None:
+            monkeypatch.setenv(var, str(parts[name]))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--execute"], id="run"),
+        pytest.param(["run", "--execute"], id="run-subcommand"),
+        pytest.param(["init-db"], id="init-db"),
+        pytest.param(["history"], id="history"),
+    ],
+)
+@pytest.mark.parametrize("blank", ["", "  "], ids=["empty", "spaces"])
+def test_a_blank_database_url_flag_is_refused_not_read_as_libpq_defaults(
+    cli_env: PgSchema,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    blank: str,
+) -> None:
+    """`--database-url "$PROD_URL"` with PROD_URL unset: the empty flag won over DATABASE_URL
+    and libpq connected where the PG* variables (here: the test schema) said, and deleted."""
+    _pg_variables_naming(cli_env, monkeypatch)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://cleanup@127.0.0.1:1/app")
+    before = cli_env.key_set()
+    code = main([*argv, "--database-url", blank])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT, f"exit {code}: {err}"
+    assert "--database-url" in err
+    assert err.count("\n") == 1
+    assert cli_env.key_set() == before
+
+
 @pytest.mark.parametrize("dsn", UNPARSABLE.values(), ids=UNPARSABLE.keys())
 def test_an_unparsable_database_url_fails_the_lambda_invocation_without_any_of_it(
     cli_env: PgSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], dsn: str
@@ -126,3 +173,12 @@ def test_the_connection_never_quotes_a_dsn_it_cannot_parse() -> None:
     with pytest.raises(DatabaseError) as caught:
         db.connect(UNPARSABLE["conninfo-space"], connect_timeout_s=2)
     assert CANARY not in str(caught.value)
+
+
+def test_open_database_refuses_an_empty_dsn(
+    cli_env: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pg_variables_naming(cli_env, monkeypatch)
+    settings = Settings.from_env().model_copy(update={"database_url": SecretStr(" ")})
+    with pytest.raises(ConfigError, match="empty"):
+        open_database(settings)
