@@ -153,6 +153,35 @@ def _database_url(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _telegram_api_url(value: str) -> str:
+    """The Bot API's base URL: https with a host (plain http only to this machine, where a
+    local fake or proxy listens), and nothing the token's path would be appended to badly.
+    Checked at load, so a live run never deletes and then fails to send its alert."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("must be a URL such as https://api.telegram.org (a bad port)") from None
+    host = parts.hostname or ""
+    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
+        raise ValueError(
+            "must use https:// (http:// only to localhost, which would send the token in clear)"
+        )
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError("must be an https:// URL with a host, such as https://api.telegram.org")
+    if "@" in parts.netloc or parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError(
+            "must be a base URL without user name, password, query or fragment, such as "
+            "https://api.telegram.org"
+        )
+    if re.search(r"/bot[^/]*:", parts.path):
+        raise ValueError("must be the base URL only: the bot token is added to it, not part of it")
+    return value
+
+
 def _timezone(value: str | None) -> str | None:
     if value is None:
         return None
@@ -363,7 +392,9 @@ class Settings(BaseModel):
     telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
     telegram_bot_token_parameter: str | None = Field(None, alias="TELEGRAM_BOT_TOKEN_PARAMETER")
     telegram_chat_id: str | None = Field(None, alias="TELEGRAM_CHAT_ID")
-    telegram_api_url: str = Field("https://api.telegram.org", alias="TELEGRAM_API_URL")
+    telegram_api_url: Annotated[str, AfterValidator(_telegram_api_url)] = Field(
+        "https://api.telegram.org", alias="TELEGRAM_API_URL"
+    )
     telegram_notify_dry_run: bool = Field(False, alias="TELEGRAM_NOTIFY_DRY_RUN")
     telegram_timeout_s: float = Field(10.0, gt=0, le=60, alias="TELEGRAM_TIMEOUT_S")
 

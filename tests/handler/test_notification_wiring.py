@@ -63,3 +63,18 @@ def test_scheduled_run_checks_in_to_sentry_crons(
         e.get("message") or e.get("logentry", {}).get("message") for e in sentry_endpoint.events()
     ]
     assert "WhatsApp session keys cleanup completed" in messages
+
+
+@pytest.mark.parametrize("api_url", ["api.telegram.org", "htps://api.telegram.org"])
+def test_a_broken_telegram_api_url_stops_a_live_run_before_it_deletes(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, api_url: str
+) -> None:
+    """Accepted, the live run deleted and then the alert failed: the failure went unsaid."""
+    monkeypatch.setenv("TELEGRAM_API_URL", api_url)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+    before = mixed.key_set()
+    with pytest.raises(ConfigError, match="TELEGRAM_API_URL") as info:
+        invoke({"dry_run": False})
+    assert TOKEN not in str(info.value)
+    assert mixed.key_set() == before

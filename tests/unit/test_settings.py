@@ -55,3 +55,41 @@ def test_unknown_time_zone_is_refused_naming_the_setting_and_the_closest_zone() 
 def test_the_opt_out_refuses_a_name_that_is_not_a_builtin_protected_type() -> None:
     with pytest.raises(ConfigError, match=r"CLEANUP_UNPROTECT_KEY_TYPES.*lid-maping"):
         Settings.from_env({"CLEANUP_UNPROTECT_KEY_TYPES": "lid-maping"})
+
+
+TOKEN_CANARY = "987654321:TOKENCANARY_7f3a9c1e5b2d4f6a8c0e1b3d5f7"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "api.telegram.org",  # no scheme
+        "htps://api.telegram.org",  # the scheme misspelt
+        "http://api.telegram.org",  # plain HTTP off this machine: the token in clear
+        "https://",  # no host
+        "https://user:pw@api.telegram.org",  # userinfo
+        "https://api.telegram.org/?x=1",  # a query
+        "https://api.telegram.org/#frag",  # a fragment
+        f"https://api.telegram.org/bot{TOKEN_CANARY}",  # the token pasted in
+        "https://api.telegram.org:99999",  # a bad port
+    ],
+)
+def test_a_broken_telegram_api_url_is_refused_naming_the_setting(url: str) -> None:
+    with pytest.raises(ConfigError, match="TELEGRAM_API_URL") as info:
+        Settings.from_env({"TELEGRAM_API_URL": url, "TELEGRAM_BOT_TOKEN": TOKEN_CANARY})
+    assert "TOKENCANARY" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.telegram.org",
+        "https://api.telegram.org/",
+        "https://telegram-proxy.example.com:8443/base",
+        "http://127.0.0.1:8080",  # a local fake server (the tests' own)
+        "http://localhost:8080",
+        "http://[::1]:8080",
+    ],
+)
+def test_a_telegram_api_url_over_https_or_to_this_machine_is_accepted(url: str) -> None:
+    assert Settings.from_env({"TELEGRAM_API_URL": url}).telegram_api_url == url
