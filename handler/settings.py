@@ -223,6 +223,8 @@ def _retention_map(value: Any) -> Any:
         key_type, sep, days = item.partition("=")
         if not sep or not key_type.strip() or not days.strip():
             raise ValueError("must be a comma-separated list of key-type=days")
+        if key_type.strip() in result:
+            raise ValueError(f"names {key_type.strip()[:64]} twice: give each type one value")
         result[key_type.strip()] = days.strip()
     return result
 

@@ -93,3 +93,12 @@ def test_a_broken_telegram_api_url_is_refused_naming_the_setting(url: str) -> No
 )
 def test_a_telegram_api_url_over_https_or_to_this_machine_is_accepted(url: str) -> None:
     assert Settings.from_env({"TELEGRAM_API_URL": url}).telegram_api_url == url
+
+
+@pytest.mark.parametrize("value", ["pre-key=90,session=45,pre-key=14", "session=45, session =45"])
+def test_a_type_named_twice_in_the_retention_map_is_refused_naming_it(value: str) -> None:
+    """The last value silently won: pre-key's 90 days became 14."""
+    with pytest.raises(ConfigError, match="CLEANUP_TYPE_RETENTION_DAYS") as info:
+        Settings.from_env({"CLEANUP_TYPE_RETENTION_DAYS": value})
+    assert "twice" in str(info.value)
+    assert value.split("=", maxsplit=1)[0] in str(info.value)
