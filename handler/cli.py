@@ -45,6 +45,8 @@ from handler.settings import Flags, Settings
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+# history --days: 100 years; far more is a PostgreSQL "interval out of range" error.
+MAX_HISTORY_DAYS = 36500
 
 
 class _Parser(argparse.ArgumentParser):
@@ -269,7 +271,9 @@ def build_admin_parser(command: str) -> argparse.ArgumentParser:
     parser = _Parser(prog=f"keys-cleanup {command}", description=descriptions[command])
     parser.add_argument("--database-url", metavar="URL", help=DATABASE_HELP)
     if command == "history":
-        parser.add_argument("--days", type=int, default=30, help="how far back (default 30)")
+        parser.add_argument(
+            "--days", type=int, default=30, help="how far back, 1 to 36500 (default 30)"
+        )
         parser.add_argument("--json", action="store_true", help="print JSON")
         parser.add_argument(
             "--all-tables",
@@ -302,8 +306,8 @@ def init_db(args: argparse.Namespace, stdout: TextIO) -> int:
 
 
 def history(args: argparse.Namespace, stdout: TextIO) -> int:
-    if args.days < 1:
-        raise ConfigError("--days takes a positive number")
+    if not 1 <= args.days <= MAX_HISTORY_DAYS:
+        raise ConfigError(f"--days takes 1 to {MAX_HISTORY_DAYS} (100 years)")
     settings, conn = _admin_connection(args)
     schema, name = settings.history_table_parts
     with conn:

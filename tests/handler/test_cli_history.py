@@ -116,3 +116,29 @@ def test_history_of_a_table_that_does_not_exist_names_it(
     err = capsys.readouterr().err
     assert "keys_gone" in err
     assert "--all-tables" in err
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "36501", "100000000", "3000000000"])
+def test_history_days_out_of_range_is_bad_input_naming_the_flag(
+    history_table: PgSchema,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    days: str,
+) -> None:
+    """100,000,000 days was a database error (interval out of range), exit 1."""
+    history_table.use_env(monkeypatch)
+    assert main(["init-db"]) == EXIT_OK
+    capsys.readouterr()
+    code = main(["history", "--days", days])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT, f"exit {code}: {err}"
+    assert "--days" in err
+    assert err.count("\n") == 1
+
+
+def test_history_days_at_the_bound_is_accepted(
+    history_table: PgSchema, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history_table.use_env(monkeypatch)
+    assert main(["init-db"]) == EXIT_OK
+    assert main(["history", "--days", "36500"]) == EXIT_OK
