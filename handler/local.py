@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -71,6 +72,10 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+# Lambda's own bounds: a function's timeout is more than 0 and at most 900 seconds.
+MAX_TIMEOUT_S = 900.0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m handler.app --event FILE`: the Lambda handler, run here with a fake context.
 
@@ -87,10 +92,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--event", "-e", default=None, help="event JSON file, or - for stdin (default: {})"
     )
     parser.add_argument(
-        "--timeout", type=float, default=900.0, help="seconds the fake context grants (900)"
+        "--timeout",
+        type=float,
+        default=MAX_TIMEOUT_S,
+        help="seconds the fake context grants, more than 0 and at most 900 (900)",
     )
     parser.add_argument("--text", action="store_true", help="print the report as text")
     args = parser.parse_args(argv)
+    # nan or inf is no deadline at all; Lambda grants more than 0 and at most 900 seconds.
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT_S):
+        sys.stderr.write(
+            f"error: --timeout takes seconds, more than 0 and at most {MAX_TIMEOUT_S:.0f} "
+            "(Lambda's limits)\n"
+        )
+        return 2
     try:
         event = {} if args.event is None else _load_event(args.event)
     except OSError as exc:

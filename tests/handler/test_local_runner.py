@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.db import PgSchema
 from tests.support.handler import FRESH, PROTECTED, REPO, SETTING_VARS, idents
 
@@ -58,3 +60,16 @@ def test_local_invoke_text_output(mixed: PgSchema) -> None:
     proc = run_local(mixed, "--text")
     assert proc.returncode == 0, proc.stderr
     assert "DRY RUN" in proc.stdout
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-inf", "0", "-5", "901"])
+def test_local_invoke_timeout_that_is_no_lambda_timeout_exits_2_naming_it(
+    mixed: PgSchema, timeout: str
+) -> None:
+    """nan and inf were a bare Python error and exit 1."""
+    proc = run_local(mixed, "--event", "events/live.json", "--timeout", timeout)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert "--timeout" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert mixed.count() == 235
