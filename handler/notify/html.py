@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
+
+from handler.errors import ConfigError
 from handler.notify.secrets import redact
 from handler.report import (
     BUCKET_LABELS,
@@ -31,7 +35,7 @@ from handler.report import (
     share_percent,
     trend_lines,
 )
-from handler.settings import Settings
+from handler.settings import Settings, format_validation_error
 
 MAX_MESSAGE = 4096  # https://core.telegram.org/bots/api#sendmessage
 _MAX_REASON = 500
@@ -494,12 +498,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("report", nargs="?", help="report JSON file (default: stdin)")
     parser.add_argument("--html", action="store_true", help="print the HTML that is sent")
     args = parser.parse_args(argv)
-    if args.report:
-        with open(args.report, encoding="utf-8") as source:
-            raw = source.read()
-    else:
-        raw = sys.stdin.read()
-    threshold = Settings.from_env().warning_threshold
-    message = render_summary(Report.model_validate_json(raw), warning_threshold=threshold)
+    try:
+        report = _read_report(args.report)
+        threshold = Settings.from_env().warning_threshold
+    except ConfigError as exc:  # one line naming the problem, never the input's values
+        sys.stderr.write(f"{parser.prog}: error: {exc}\n")
+        return 2
+    message = render_summary(report, warning_threshold=threshold)
     sys.stdout.write((message if args.html else to_plain_text(message)) + "\n")
     return 0
+
+
+def _read_report(path: str | None) -> Report:
+    """The report from `path` (or stdin), or a ConfigError saying why it is none."""
+    where = path or "stdin"
+    try:
+        if path:
+            with open(path, encoding="utf-8") as source:
+                raw = source.read()
+        else:
+            raw = sys.stdin.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text") from None
+    try:
+        json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where} is not JSON ({exc.msg}, line {exc.lineno}): pipe in `keys-cleanup --json`"
+            if isinstance(exc, json.JSONDecodeError)
+            else f"{where} is not JSON: pipe in `keys-cleanup --json`"
+        ) from None
+    try:
+        return Report.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        if len(problems) > 300:
+            problems = problems[:300] + " ..."
+        raise ConfigError(
+            f"{where} is JSON but not a report ({exc.error_count()} problems: {problems}): "
+            "pipe in `keys-cleanup --json`"
+        ) from None

@@ -5,6 +5,7 @@ with retries, timeouts and deadlines.
 from __future__ import annotations
 
 import html
+import json
 import socket
 import threading
 import time
@@ -411,6 +412,48 @@ def test_preview_prints_the_summary_as_displayed(
     assert preview([str(path), "--html"]) == 0
     expected = render_summary(make_report(), warning_threshold=1000)
     assert capsys.readouterr().out == expected + "\n"
+
+
+VALUE_CANARY = "inputcanary_5c2e"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        # `keys-cleanup --demo --execute` without --json: the text report piped in.
+        ("WhatsApp keys cleanup · LIVE · completed\nDeleted: 15,728\n", "not JSON"),
+        (json.dumps({"status": VALUE_CANARY, "deleted": VALUE_CANARY}), "not a report"),
+        ("[1, 2]", "not a report"),
+        ("", "not JSON"),
+    ],
+    ids=["text-report", "wrong-fields", "json-array", "empty"],
+)
+def test_preview_refuses_input_that_is_no_report_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, problem: str
+) -> None:
+    """A pydantic traceback, with the input's values, was printed instead."""
+    path = tmp_path / "report.txt"
+    path.write_text(content)
+    assert preview([str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1, captured.err
+    assert problem in captured.err
+    assert VALUE_CANARY not in captured.err
+
+
+def test_preview_refuses_a_missing_file_or_bad_settings_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert preview([str(tmp_path / "missing.json")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    path = tmp_path / "report.json"
+    path.write_text(make_report().model_dump_json())
+    monkeypatch.setenv("CLEANUP_WARNING_THRESHOLD", "many")
+    assert preview([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "CLEANUP_WARNING_THRESHOLD" in err
 
 
 # --- the warning icon, the trend, dry runs, the listing ----------------------------------------
