@@ -11,8 +11,10 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import botocore.session
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config  # botocore comes with boto3, which the runtime ships
+from botocore.exceptions import BotoCoreError, NoRegionError
 from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -33,10 +35,24 @@ AWS_CONFIG = Config(
 
 # A Secrets Manager ARN in any partition: aws, aws-cn, aws-us-gov, aws-iso, ...
 _SECRETS_MANAGER_ARN = re.compile(r"arn:aws[a-z-]*:secretsmanager:")
+# arn:<partition>:secretsmanager:<region>:<account>:secret:<name>
+_ARN_REGION = re.compile(r"arn:aws[a-z-]*:secretsmanager:([a-z]{2}(?:-[a-z]+)+-\d+):")
 
 
 def is_secrets_manager(reference: str) -> bool:
     return _SECRETS_MANAGER_ARN.match(reference) is not None
+
+
+def region_of(reference: str) -> str | None:
+    """The region a Secrets Manager ARN names, or None (a secret's name names none)."""
+    match = _ARN_REGION.match(reference)
+    return match.group(1) if match else None
+
+
+def _configured_region() -> str | None:
+    """The region boto3 would use: AWS_REGION, AWS_DEFAULT_REGION or the AWS config file."""
+    region = botocore.session.get_session().get_config_variable("region")
+    return region if isinstance(region, str) and region else None
 
 
 class _Providers:
@@ -47,14 +63,18 @@ class _Providers:
     """
 
     def __init__(self) -> None:
-        self._secrets: parameters.SecretsProvider | None = None
+        self._secrets: dict[str | None, parameters.SecretsProvider] = {}
         self._ssm: parameters.SSMProvider | None = None
 
-    @property
-    def secrets(self) -> parameters.SecretsProvider:
-        if self._secrets is None:
-            self._secrets = parameters.SecretsProvider(boto_config=AWS_CONFIG)
-        return self._secrets
+    def secrets_for(self, arn: str) -> parameters.SecretsProvider:
+        """The Secrets Manager provider for `arn`: in the configured region (the Lambda always
+        has one), else in the region the ARN names, as on a laptop without an AWS region.
+        botocore's errors (NoRegionError, ...) reach the caller."""
+        region = None if _configured_region() else region_of(arn)
+        if region not in self._secrets:
+            config = AWS_CONFIG if region is None else AWS_CONFIG.merge(Config(region_name=region))
+            self._secrets[region] = parameters.SecretsProvider(boto_config=config)
+        return self._secrets[region]
 
     @property
     def ssm(self) -> parameters.SSMProvider:
@@ -64,14 +84,15 @@ class _Providers:
 
     def reset(self) -> None:
         """Forget the providers and their cached values (a new container, for the tests)."""
-        self._secrets = self._ssm = None
+        self._secrets = {}
+        self._ssm = None
 
 
 PROVIDERS = _Providers()
 
 
 def get_secret(arn: str, max_age: int) -> str | bytes:
-    value = PROVIDERS.secrets.get(arn, max_age=max_age)
+    value = PROVIDERS.secrets_for(arn).get(arn, max_age=max_age)
     return value if isinstance(value, str | bytes) else ""
 
 
@@ -131,7 +152,18 @@ def read_secret(arn: str) -> Mapping[str, Any]:
     """The secret's JSON object (Powertools' json transform), cached for SECRET_MAX_AGE_S
     across warm invocations."""
     try:
-        data = PROVIDERS.secrets.get(arn, max_age=SECRET_MAX_AGE_S, transform="json")
+        provider = PROVIDERS.secrets_for(arn)
+    except BotoCoreError as exc:  # no region anywhere, a broken AWS config: no secret in it
+        hint = (
+            " (set AWS_REGION, or give the secret's full ARN, which names its region)"
+            if isinstance(exc, NoRegionError)
+            else ""
+        )
+        raise SecretError(
+            f"DATABASE_SECRET_ARN: could not read the secret: {type(exc).__name__}: {exc}{hint}"
+        ) from None
+    try:
+        data = provider.get(arn, max_age=SECRET_MAX_AGE_S, transform="json")
     except parameters.exceptions.TransformParameterError:
         raise ConfigError("DATABASE_SECRET_ARN: the secret is not JSON") from None
     except parameters.exceptions.GetParameterError as exc:

@@ -23,6 +23,8 @@ from pytest_httpserver import HTTPServer
 from handler import notify
 from handler import secrets as db_secrets
 from handler.app import lambda_handler
+from handler.cli import EXIT_FAILURE
+from handler.cli import main as cli_main
 from handler.local import LocalContext
 from handler.notify import secrets as notify_secrets
 from handler.secrets import (
@@ -246,6 +248,67 @@ def test_handler_connects_with_the_secret_to_a_real_postgres(
     assert (result["status"], result["deleted"]) == ("completed", 1)
     assert pg.key_set() == {("c1", "session", "new")}
     assert NASTY_PASSWORD not in json.dumps(result)
+
+
+@pytest.fixture
+def no_region(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A laptop whose AWS configuration names no region (README step 1 runs the CLI there)."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    PROVIDERS.reset()
+    yield
+    PROVIDERS.reset()
+
+
+def test_the_cli_reads_the_secret_in_its_arns_region_when_none_is_configured(
+    pg: PgSchema,
+    no_region: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`DATABASE_SECRET_ARN=<ARN> uv run keys-cleanup init-db` with no AWS region configured
+    was "unexpected failure: NoRegionError"; the ARN names the region (eu-west-1)."""
+    server = conninfo_to_dict(pg.dsn)
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name=REGION)
+        arn = client.create_secret(
+            Name="whatsapp-keys-cleanup/db",
+            SecretString=json.dumps(
+                rds_secret(
+                    host=server.get("host", "127.0.0.1"),
+                    port=int(server.get("port", 5432)),
+                    username=server.get("user", "postgres"),
+                    password=NASTY_PASSWORD,
+                    dbname=server["dbname"],
+                    sslmode="disable",
+                )
+            ),
+        )["ARN"]
+        assert f":{REGION}:" in arn
+        monkeypatch.setenv("DATABASE_SECRET_ARN", arn)
+        monkeypatch.setenv("CLEANUP_HISTORY_TABLE", f"{pg.schema}.keys_cleanup_runs")
+        code = cli_main(["init-db"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "created" in captured.out
+
+
+def test_a_secret_without_any_region_is_one_line_naming_the_setting(
+    no_region: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A secret's name (not an ARN) carries no region: say so, not "NoRegionError"."""
+    monkeypatch.setenv("DATABASE_SECRET_ARN", "whatsapp-keys-cleanup/db")
+    code = cli_main(["init-db"])
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILURE, err
+    assert "unexpected failure" not in err
+    assert "DATABASE_SECRET_ARN" in err
+    assert "region" in err.lower()
+    assert err.count("\n") == 1
 
 
 @pytest.fixture
