@@ -32,7 +32,7 @@ from handler.deleteloop import Progress
 from handler.notify import secrets as notify_secrets
 from handler.report import TrendPoint, trend_lines
 from handler.secrets import PROVIDERS, conninfo_from_secret
-from tests.support.db import KeyRow, PgSchema
+from tests.support.db import KeyRow, PgSchema, baileys_creds
 from tests.support.demo import run_demo_json
 
 
@@ -375,6 +375,8 @@ def secret_arn(cli_seeded: PgSchema, monkeypatch: pytest.MonkeyPatch) -> Iterato
     }
     if "port" in server:
         secret["port"] = int(str(server["port"]))
+    # The auth table the settings below name: the creds are read, so old sessions go.
+    cli_seeded.add_auth({"c1": baileys_creds(1)})
     PROVIDERS.reset()
     with mock_aws():
         client = boto3.client("secretsmanager", region_name=REGION)
