@@ -467,8 +467,9 @@ def _totals(p: _Pass) -> list[sql.Composable]:
         total("fresh", "fresh"),
         total("CASE WHEN p THEN 0 ELSE xts END", "xts"),
         *(total(f"CASE WHEN p THEN 0 ELSE xn{i} END", f"xn{i}") for i in edges),
+        # Kept by the lifecycle: not in a tenant the orphan rule takes (those keys go with it).
         *(
-            total(f"CASE WHEN p THEN 0 ELSE k{code} END", f"k{code}")
+            total(f"CASE WHEN p OR lost THEN 0 ELSE k{code} END", f"k{code}")
             for code in range(1, len(p.reasons) + 1)
         ),
     ]

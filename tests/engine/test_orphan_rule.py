@@ -351,3 +351,20 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
     }
     assert report.protected == len(kept)
     assert sum(t.eligible for t in report.by_type.values()) == report.eligible
+
+
+def test_keys_the_orphan_rule_deletes_are_not_also_reported_as_kept(keys_table: PgSchema) -> None:
+    """c logged out: its 40-day pre-key, which the key lifecycle would keep (no creds), goes
+    with the orphan rule. It is counted gone (orphaned, deleted), never also kept."""
+    insert(keys_table, ORPHAN_KEYS)
+    create_auth(keys_table, "a", "b")
+    seed_candidates(keys_table, "c", "d")  # a run two hours ago found both without creds
+    settings = on(keys_table, CLEANUP_AUTH_TABLE="whatsapp_auth")
+    dry = run_cleanup(settings, Flags(dry_run=True))
+    report = run_cleanup(settings, Flags(dry_run=False, verbose=True))
+    assert report.orphan_rule == "applied"
+    assert ("c", "pre-key", "c-old") not in keys_table.key_set()
+    assert report.by_type["pre-key"].deleted == 1
+    for r in (dry, report):
+        assert r.kept == [], r.kept
+        assert r.by_type["pre-key"].kept == 0
