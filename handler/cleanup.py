@@ -365,8 +365,8 @@ def _deleted_by_type(
     Counted by RETURNING when the loop asked for it. Otherwise they follow exactly from the
     measurement when every key the run could delete was deleted. Timestamps only move forward
     (Baileys' trigger sets updated_at = NOW()), so the run can delete no key outside the
-    measured eligible set and the `follows` own sender keys (kept by a memory row that is
-    itself due, deleted once it is gone): equal totals then mean equal sets, type by type. With
+    measured eligible set and the `follows` own sender keys (kept by their group's memory row,
+    deleted once a batch has deleted it): equal totals then mean equal sets, type by type. With
     `follows`, a total of `eligible` alone could be some of them and not some eligible keys.
     """
     if stats.deleted_by_type is not None:

@@ -26,7 +26,6 @@ KeepReason = Literal[
     "own_session",
     "own_unknown",
     "own_sender_key",
-    "own_sender_key_follows",
     "index",
 ]
 

@@ -42,11 +42,6 @@ KEEP_REASONS: dict[KeepReason, tuple[str, str]] = {
         "sender-key",
         "our own sender keys whose group still has its sender-key-memory row",
     ),
-    "own_sender_key_follows": (
-        "sender-key",
-        "our own sender keys whose group's sender-key-memory row is itself due: each goes "
-        "after it, in a later batch of this run or on the next run",
-    ),
     "index": ("tctoken", "Baileys' token index (__index)"),
 }
 

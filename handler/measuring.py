@@ -60,8 +60,9 @@ class MeasuredRun:
     # the pass counted before those pages.
     starts: dict[int, int] | None = None
     head_eligible: int = 0
-    # Our own sender keys kept only by a memory row that is itself due: each may be deleted
-    # later in this run, once a batch has deleted its memory row (docs/key-lifecycle.md).
+    # Our own sender keys kept by their group's memory row: where that row is itself due, a
+    # batch may delete it and a later batch the key, in the same run (docs/key-lifecycle.md).
+    # An upper bound of those (telling them apart would read every memory row's heap).
     follows: int = 0
 
     @property
@@ -260,9 +261,7 @@ def measured_run(
         newest=max((c.newest for c in counts if c.newest), default=None),
         kept=kept(counts, policy),
         follows=sum(
-            c.kept.get("own_sender_key_follows", 0)
-            for c in counts
-            if c.key_type not in policy.protected
+            c.kept.get("own_sender_key", 0) for c in counts if c.key_type not in policy.protected
         ),
         rules=rule_figures(
             settings, target, measured, total, bucket_edges, orphan_run, verbose=verbose

@@ -313,7 +313,7 @@ def _source(p: _Pass) -> sql.Composable:
     head = sql.SQL(", {} AS hd").format(_head(p)) if p.heads else sql.SQL("")
     # Only the rows the age or TTL rule would take are given a reason to be kept (kc).
     due = _due(target, p.policy)
-    join = memory_join(target, p.policy, due)
+    join = memory_join(target, due)
     if target.partitioned and join is None:
         # PostgreSQL computes a partitioned table's projection in each leaf's scan, and with it
         # the sender-key rule's hashed subquery over the whole table: once per leaf (7 x

@@ -463,55 +463,26 @@ def _own_user(tenant: sql.Composable, user: sql.Composable) -> sql.Composable:
     return sql.SQL("({own} ? split_part({user}, '_', 1))").format(own=own, user=user)
 
 
-def memory_due(target: Target, policy: Policy) -> sql.Composable:
-    """TRUE for a sender-key-memory row this run may delete by age or TTL (unprotected): its
-    columns unqualified, so inside a subquery they name the memory row. Memory rows have no
-    lifecycle branch of their own, and the orphan rule takes a tenant's keys whole."""
-    return sql.SQL("coalesce(({aged} OR {expired}) AND NOT {protected}, false)").format(
-        aged=aged(target, policy), expired=expired(target, policy), protected=_protected(target)
-    )
-
-
-# A sender key's memory-row facts read from the join (`memory_join`): TRUE when its group has a
-# memory row, and TRUE when it has one this run will not delete.
-MemoryFacts = tuple[sql.Composable, sql.Composable]
-
-
 def _sender_key_branch(
-    target: Target,
-    policy: Policy,
-    kid: sql.Composable,
-    tenant: sql.Composable,
-    memory: MemoryFacts | None,
+    target: Target, kid: sql.Composable, tenant: sql.Composable, memory: sql.Composable | None
 ) -> list[tuple[KeepReason, sql.Composable]]:
     """Our own sender key, while its group's sender-key-memory row is there. Unknown own users
     (no creds): every sender key might be ours, so each waits for its group's memory row.
-
-    Two reasons, first match wins: the memory row stays this run (`own_sender_key`), or every
-    memory row of the group is itself due (`own_sender_key_follows`): the key goes once a
-    batch has deleted it, later in this run or on the next one. The run's bound and the
-    report count those apart. `memory`: the facts read from a join (`memory_join`) instead of
-    a lookup per key."""
+    Once a batch deletes that row (by age), a later batch of the same run may take the key:
+    the run's bound and its per-type counts allow for it (`MeasuredRun.follows`). `memory`:
+    TRUE when that row is there, read from a join (`memory_join`) instead of a lookup per key.
+    """
     mine = sql.SQL("coalesce({}, true)").format(
         _own_user(tenant, sql.SQL("split_part({}, '::', 2)").format(kid))
     )
-    if memory is not None:
-        present, stays = memory
-        return [
-            ("own_sender_key", sql.SQL("({} AND {} AND {})").format(mine, present, stays)),
-            ("own_sender_key_follows", sql.SQL("({} AND {})").format(mine, present)),
-        ]
-
-    def lookup(extra: sql.Composable) -> sql.Composable:
-        return sql.SQL(
-            "({mine} AND EXISTS (SELECT 1 FROM {table} AS kc_m WHERE {row}{extra}))"
-        ).format(mine=mine, table=target.whole_ident, row=_memory_row(target, kid), extra=extra)
-
-    stays = sql.SQL(" AND NOT {}").format(memory_due(target, policy))
-    return [
-        ("own_sender_key", lookup(stays)),
-        ("own_sender_key_follows", lookup(sql.SQL(""))),
-    ]
+    there = (
+        memory
+        if memory is not None
+        else sql.SQL("EXISTS (SELECT 1 FROM {table} AS kc_m WHERE {row})").format(
+            table=target.whole_ident, row=_memory_row(target, kid)
+        )
+    )
+    return [("own_sender_key", sql.SQL("({} AND {})").format(mine, there))]
 
 
 def _memory_row(target: Target, kid: sql.Composable) -> sql.Composable:
@@ -570,7 +541,7 @@ def _session_prefix(target: Target) -> sql.Composable:
 
 
 def lifecycle_branches(
-    target: Target, policy: Policy, memory: MemoryFacts | None = None
+    target: Target, policy: Policy, memory: sql.Composable | None = None
 ) -> Branches:
     """Per key type, the conditions under which Baileys still needs a key of that type, each
     with its reason (docs/key-lifecycle.md); {} when the lifecycle does not apply.
@@ -596,7 +567,7 @@ def lifecycle_branches(
         *_unknown_own(lc, tenant),
     ]
     branches["sender-key"] = _sender_key_branch(
-        target, policy, _key_id(target, "sender-key"), tenant, memory
+        target, _key_id(target, "sender-key"), tenant, memory
     )
     tc_kid = _key_id(target, "tctoken")
     # coalesce: a NULL id (a table that allows one) is not the index, in the DELETE's NOT as
@@ -612,16 +583,17 @@ MEMORY_ROWS = "kc_mem"
 
 
 def memory_join(
-    target: Target, policy: Policy, due: sql.Composable
-) -> tuple[sql.Composable, MemoryFacts] | None:
+    target: Target, due: sql.Composable
+) -> tuple[sql.Composable, sql.Composable] | None:
     """For a scan of every row (the measuring pass) of a table with a key-type column: a LEFT
     JOIN to the sender-key-memory rows, one per tenant and group, matched to each sender key's
-    group, and the facts that read it (its memory row is there; one of them stays this run).
-    The same answers as the lookups per key in `_sender_key_branch`, compared in the same
-    types, but one a parallel plan can run; None for the encoded layout (its memory rows have
-    no column of their own to read them by). The join matches at most one row per key: by the
-    primary key when it is made of the tenant, type and id columns (then the workers can share
-    one hash of the memory rows), else by grouping (each worker builds its own).
+    group, and the condition that reads it (TRUE: the key's memory row is there). The same
+    answer as the lookup per key in `_sender_key_branch`, compared in the same types, but one
+    a parallel plan can run; None for the encoded layout (its memory rows have no column of
+    their own to read them by). The join matches at most one row per key: by the primary key
+    when it is made of the tenant, type and id columns (then the workers can share one hash
+    of the memory rows), else by DISTINCT (each worker builds its own). It reads no memory
+    row's other columns: the index holds what it needs (an index-only scan).
 
     `due`: TRUE for a row whose memory row the caller reads (the pass reads it only for a key
     the age or TTL rule would take): only those sender keys are matched, so the others skip
@@ -644,19 +616,13 @@ def memory_join(
         if target.tenant_column is not None
         else sql.SQL("")
     )
-    stays = sql.SQL("NOT {}").format(memory_due(target, policy))
     join = sql.SQL(
-        " LEFT JOIN (SELECT {tenant}{kid_col}::text AS kc_mg, {stays} AS kc_ms FROM {table} "
-        "WHERE {kt_col}::text = 'sender-key-memory'{per_tenant}{group}) AS {m} "
+        " LEFT JOIN (SELECT {distinct}{tenant}{kid_col}::text AS kc_mg FROM {table} "
+        "WHERE {kt_col}::text = 'sender-key-memory'{per_tenant}) AS {m} "
         "ON {same_tenant}{m}.kc_mg = CASE WHEN {kt} = 'sender-key' AND {due} "
         "THEN split_part({kid}, '::', 1) END"
     ).format(
-        stays=stays if unique else sql.SQL("bool_or({})").format(stays),
-        group=sql.SQL("")
-        if unique
-        else sql.SQL(" GROUP BY {}").format(
-            sql.SQL("kc_mt, kc_mg" if target.tenant_column is not None else "kc_mg")
-        ),
+        distinct=sql.SQL("" if unique else "DISTINCT "),
         tenant=tenant,
         kid_col=sql.Identifier(target.key_id_column or ""),
         table=target.whole_ident,
@@ -668,11 +634,7 @@ def memory_join(
         due=due,
         kid=kid,
     )
-    m = sql.Identifier(MEMORY_ROWS)
-    return join, (
-        sql.SQL("({}.kc_mg IS NOT NULL)").format(m),
-        sql.SQL("coalesce({}.kc_ms, false)").format(m),
-    )
+    return join, sql.SQL("({}.kc_mg IS NOT NULL)").format(sql.Identifier(MEMORY_ROWS))
 
 
 def _per_tenant(target: Target) -> sql.Composable:

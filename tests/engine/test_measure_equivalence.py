@@ -226,7 +226,6 @@ def test_measuring_pass_equals_a_row_by_row_count(
         assert figures == ref, key_type
     # The random tables reach the interesting cases.
     assert sum(c.kept.get("own_sender_key", 0) for c in measured.types) > 0
-    assert sum(c.kept.get("own_sender_key_follows", 0) for c in measured.types) > 0
     assert sum(c.kept.get("prekey_window", 0) for c in measured.types) > 0
     assert sum(c.kept.get("prekey_no_creds", 0) for c in measured.types) > 0
     assert sum(c.kept.get("own_unknown", 0) for c in measured.types) > 0
