@@ -78,3 +78,37 @@ def test_a_broken_telegram_api_url_stops_a_live_run_before_it_deletes(
         invoke({"dry_run": False})
     assert TOKEN not in str(info.value)
     assert mixed.key_set() == before
+
+
+def test_a_run_refused_for_its_settings_alerts_telegram_and_still_raises(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
+) -> None:
+    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+    monkeypatch.setenv("SENTRY_ENVIRONMENT", "staging")
+    monkeypatch.setenv("CLEANUP_RETENTION_DAYS", "zero")
+    with pytest.raises(ConfigError, match="CLEANUP_RETENTION_DAYS"):
+        invoke(scheduled_event())
+    (alert,) = bot.texts
+    assert "failed" in alert
+    assert "CLEANUP_RETENTION_DAYS" in alert
+    assert "staging" in alert
+    assert "zero" not in alert  # a bad value is never echoed (it may be a secret)
+
+
+def test_a_run_refused_for_its_database_url_alerts_without_the_password(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
+) -> None:
+    password = "pw@canary_3e9b1d"  # an unencoded '@': the URL is refused at load
+    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://cleanup:{password}@127.0.0.1:1/app")
+    with pytest.raises(ConfigError, match="DATABASE_URL") as info:
+        invoke({"dry_run": False})
+    (alert,) = bot.texts
+    assert "DATABASE_URL" in alert
+    for text in (alert, str(info.value)):
+        assert "canary_3e9b1d" not in text
+        assert TOKEN not in text

@@ -16,10 +16,11 @@ from pytest_httpserver import HTTPServer
 
 from handler import __version__, notify
 from handler.notify import sentry as sentry_module
-from handler.settings import Settings
+from handler.settings import ConfigError, Settings
 from tests.support.db import PgSchema
 from tests.support.handler import (
     UNREACHABLE,
+    captured_logs,
     invoke,
     scheduled_event,
 )
@@ -333,6 +334,115 @@ def test_a_failed_scheduled_run_checks_in_an_error(
     assert [c["status"] for c in checkins] == ["in_progress", "error"]
     assert checkins[0]["check_in_id"] == checkins[1]["check_in_id"]
     assert checkins[1]["duration"] >= 0
+
+
+# --- a scheduled run that fails before the cleanup starts -------------------------------------
+# The schedule fired and the run failed: the monitor must hear an error, never nothing (which it
+# reports as a *missed* run ten minutes later, pointing the on-call at EventBridge).
+
+
+def assert_failed_with_one_error(sentry: SentryEndpoint) -> None:
+    assert [e["level"] for e in sentry.events()] == ["error"]
+    checkins = sentry.checkins()
+    assert [c["status"] for c in checkins] == ["in_progress", "error"]
+    assert checkins[0]["check_in_id"] == checkins[1]["check_in_id"]
+
+
+def test_a_scheduled_run_refused_for_its_event_checks_in_an_error(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    with pytest.raises(ConfigError, match="dry_run"):
+        invoke(scheduled_event(dry_run="yes"))
+    assert_failed_with_one_error(sentry)
+
+
+def test_a_scheduled_run_refused_for_its_settings_reports_the_error_and_checks_in_an_error(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    monkeypatch.setenv("SENTRY_MONITOR_SLUG", "keys-cleanup-test")
+    monkeypatch.setenv("CLEANUP_RETENTION_DAYS", "zero")  # one bad value; SENTRY_* are fine
+    with pytest.raises(ConfigError, match="CLEANUP_RETENTION_DAYS"):
+        invoke(scheduled_event())
+    assert_failed_with_one_error(sentry)
+    (event,) = sentry.events()
+    assert event["tags"]["mode"] == "live"
+    assert "CLEANUP_RETENTION_DAYS" in event["exception"]["values"][0]["value"]
+    checkins = sentry.checkins()
+    assert {c["monitor_slug"] for c in checkins} == {"keys-cleanup-test"}
+    assert checkins[0]["monitor_config"] == EXPECTED_MONITOR
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A moto Secrets Manager, and Powertools' cache emptied before and after."""
+    from moto import mock_aws  # noqa: PLC0415 - moto is slow to import; only this test needs it
+
+    from handler.secrets import PROVIDERS  # noqa: PLC0415
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    PROVIDERS.reset()
+    with mock_aws():
+        yield
+    PROVIDERS.reset()
+
+
+def test_a_scheduled_run_whose_database_secret_cannot_be_read_checks_in_an_error(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint, aws: None
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.setenv(
+        "DATABASE_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gone-AbCdEf"
+    )
+    with pytest.raises(Exception, match="DATABASE_SECRET_ARN"):
+        invoke(scheduled_event())
+    assert_failed_with_one_error(sentry)
+
+
+def test_a_run_by_hand_refused_for_its_settings_is_reported_without_a_check_in(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    monkeypatch.setenv("CLEANUP_RETENTION_DAYS", "zero")
+    with pytest.raises(ConfigError, match="CLEANUP_RETENTION_DAYS"):
+        invoke({"dry_run": True})
+    (event,) = sentry.events()
+    assert event["level"] == "error"
+    assert event["tags"]["mode"] == "dry_run"
+    assert sentry.checkins() == []
+
+
+def test_a_broken_telegram_setting_still_lets_sentry_report_the_scheduled_failure(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    monkeypatch.setenv("TELEGRAM_API_URL", "api.telegram.org")  # no scheme: refused
+    with captured_logs() as logs, pytest.raises(ConfigError, match="TELEGRAM_API_URL"):
+        invoke(scheduled_event())
+    assert_failed_with_one_error(sentry)
+    (off,) = [r for r in logs() if r["message"] == "notification settings invalid"]
+    assert off["channel"] == "telegram"
+    assert "TELEGRAM_API_URL" in off["error"]
+
+
+def test_broken_sentry_settings_are_logged_and_the_run_fails_as_before(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, sentry: SentryEndpoint
+) -> None:
+    monkeypatch.setenv("SENTRY_DSN", sentry.dsn)
+    monkeypatch.setenv("SENTRY_CHECKIN_MARGIN_MINUTES", "soon")
+    with captured_logs() as logs, pytest.raises(ConfigError, match="SENTRY_CHECKIN_MARGIN"):
+        invoke(scheduled_event())
+    # Sentry stays off: nothing to check in with, nothing sent.
+    assert sentry.events() == []
+    assert sentry.checkins() == []
+    (off,) = [r for r in logs() if r["message"] == "notification settings invalid"]
+    assert off["channel"] == "sentry"
+    assert DSN_KEY not in str(logs())
 
 
 def test_sentry_events_carry_the_release_of_the_build(
