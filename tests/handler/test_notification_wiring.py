@@ -94,6 +94,7 @@ def test_a_run_refused_for_its_settings_alerts_telegram_and_still_raises(
     assert "failed" in alert
     assert "CLEANUP_RETENTION_DAYS" in alert
     assert "staging" in alert
+    assert "nothing was deleted" in alert  # no table, no batches: the run never began
     assert "zero" not in alert  # a bad value is never echoed (it may be a secret)
 
 

@@ -141,16 +141,28 @@ def test_import_without_a_usable_dsn_leaves_sentry_off_and_the_run_unharmed(
     assert outcome == {"initialised_at_import": False, "status": "completed"}
 
 
-def test_bad_settings_at_import_are_reported_by_the_invocation_not_the_import(
+def test_bad_settings_at_import_start_sentry_all_the_same_and_the_invocation_reports_them(
     sentry: SentryEndpoint,
 ) -> None:
     outcome = cold_invocation(
         {"dry_run": True},
         {
             "SENTRY_DSN": sentry.dsn,
-            "DATABASE_URL": "postgresql://x@127.0.0.1:1/app",
+            "DATABASE_URL": f"postgresql://x:{DB_PASSWORD}@127.0.0.1:1/app",
             "CLEANUP_RETENTION_DAYS": "zero",
         },
     )
-    # The import survived; the invocation failed with the settings error, as without Sentry.
-    assert outcome == {"initialised_at_import": False, "error": "ConfigError"}
+    # Sentry starts from its own settings (SENTRY_*), the import survives, and the invocation
+    # fails with the settings error, as without Sentry.
+    assert outcome == {"initialised_at_import": True, "error": "ConfigError"}
+    (event,) = sentry.events()
+    assert event["level"] == "error"
+    (exception,) = event["exception"]["values"]
+    assert exception["type"] == "ConfigError"
+    assert "CLEANUP_RETENTION_DAYS" in exception["value"]
+    assert event["tags"]["mode"] == "dry_run"
+    assert lambda_extra(event)["function_name"] == "keys-cleanup-local"
+    assert sentry.checkins() == []  # a run by hand never checks in
+    payloads = sentry.payloads()
+    assert DB_PASSWORD not in payloads
+    assert DSN_KEY not in payloads

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from handler.settings import ConfigError, Settings
+from handler.settings import ConfigError, Settings, notification_settings
 
 
 def test_rule_settings_defaults_empty_values_and_bad_values() -> None:
@@ -102,3 +102,50 @@ def test_a_type_named_twice_in_the_retention_map_is_refused_naming_it(value: str
         Settings.from_env({"CLEANUP_TYPE_RETENTION_DAYS": value})
     assert "twice" in str(info.value)
     assert value.split("=", maxsplit=1)[0] in str(info.value)
+
+
+def test_notification_settings_are_read_apart_from_the_cleanup_settings() -> None:
+    env = {
+        "CLEANUP_RETENTION_DAYS": "zero",  # breaks Settings, not the notifiers
+        "SENTRY_DSN": "https://key@sentry.example/1",
+        "SENTRY_MONITOR_SLUG": "nightly",
+        "SENTRY_ENVIRONMENT": " ",  # empty is unset: the default
+        "TELEGRAM_CHAT_ID": "-100",
+        "TELEGRAM_BOT_TOKEN": "123:secret-token-value",
+    }
+    with pytest.raises(ConfigError):
+        Settings.from_env(env)
+    notice, problems = notification_settings(env)
+    assert problems == {}
+    assert notice.sentry_monitor_slug == "nightly"
+    assert notice.sentry_environment == "production"
+    assert notice.telegram_chat_id == "-100"
+    assert not hasattr(notice, "retention_days")
+
+
+@pytest.mark.parametrize(
+    ("broken", "off", "kept"),
+    [
+        ({"TELEGRAM_API_URL": "ftp://tg.example.net"}, "telegram", "sentry"),
+        ({"SENTRY_MAX_RUNTIME_MINUTES": "-5"}, "sentry", "telegram"),
+    ],
+)
+def test_a_channel_with_an_invalid_setting_is_left_off_and_the_other_kept(
+    broken: dict[str, str], off: str, kept: str
+) -> None:
+    """The same validators as Settings; the problem names the variable, never its value."""
+    env = {
+        "SENTRY_DSN": "https://key@sentry.example/1",
+        "TELEGRAM_CHAT_ID": "-100",
+        "TELEGRAM_BOT_TOKEN": "123:secret-token-value",
+        **broken,
+    }
+    notice, problems = notification_settings(env)
+    (name,) = broken
+    assert list(problems) == [off]
+    assert name in problems[off]
+    assert broken[name] not in problems[off]
+    on = {"sentry": notice.sentry_dsn is not None, "telegram": notice.telegram_chat_id is not None}
+    assert on == {off: False, kept: True}
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env)
