@@ -34,7 +34,7 @@ from handler.deleteloop import Progress
 from handler.errors import ConfigError
 from handler.observability import logger, publish_failure, publish_report, report_fields
 from handler.secrets import with_database_url
-from handler.settings import Flags, Settings
+from handler.settings import Flags, NotifySettings, Settings
 
 # Sentry starts here, at import, so its Lambda integration wraps the first (cold) invocation
 # too; see notify.init_from_env.
@@ -176,25 +176,31 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         logger.set_correlation_id(context.aws_request_id)
     mode = requested_mode(event)
     settings: Settings | None = None
+    notice: NotifySettings | None = None  # the notifiers' own settings, read apart
     notify.start_invocation()
     try:
-        settings = Settings.from_env()
-        request = _requested(event, settings)
-        mode = request.mode
-        settings = _with_database(settings)
-        deadline = min(
-            lambda_end - settings.deadline_margin_ms / 1000,
-            notify_deadline - NOTIFY_MIN_BUDGET_S,
-        )
-        logger.info(
-            "cleanup started",
-            budget_ms=round((deadline - time.monotonic()) * 1000),
-            margin_ms=settings.deadline_margin_ms,
-        )
-        # Only the schedule checks in to the Crons monitor: a run by hand (a dry run from the
-        # console, a failing experiment) must not mark the scheduled job missed or failed.
-        monitor = notify.cron_monitor(settings) if request.scheduled else contextlib.nullcontext()
-        with monitor:
+        with contextlib.ExitStack() as monitor:
+            # Only the schedule checks in to the Crons monitor: a run by hand (a dry run from
+            # the console, a failing experiment) must not mark the scheduled job missed or
+            # failed. It checks in first, from the Sentry settings alone, so that a run that
+            # fails on its settings, its event or its database secret is an error in Crons,
+            # not a missed run.
+            if is_scheduled_event(event):
+                notice = notify.read_settings()
+                monitor.enter_context(notify.cron_monitor(notice))
+            settings = Settings.from_env()
+            request = _requested(event, settings)
+            mode = request.mode
+            settings = _with_database(settings)
+            deadline = min(
+                lambda_end - settings.deadline_margin_ms / 1000,
+                notify_deadline - NOTIFY_MIN_BUDGET_S,
+            )
+            logger.info(
+                "cleanup started",
+                budget_ms=round((deadline - time.monotonic()) * 1000),
+                margin_ms=settings.deadline_margin_ms,
+            )
             report = run_cleanup(
                 settings,
                 request.flags,
@@ -207,8 +213,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # async retry and on-failure destination take over.
         logger.error("run failed", mode=mode, error_type=type(exc).__name__, error=str(exc))
         publish_failure(mode)
-        if settings is not None:
-            notify.on_failure(exc, settings, deadline=notify_deadline, mode=mode)
+        # Settings that did not load are reported with the notifiers' own settings.
+        reporting: NotifySettings = settings or notice or notify.read_settings()
+        notify.on_failure(exc, reporting, deadline=notify_deadline, mode=mode)
         raise
     logger.info("run finished", **report_fields(report))
     publish_report(report)

@@ -271,10 +271,52 @@ RetentionDays = Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)]
 Identifier = Annotated[str, AfterValidator(_identifier)]
 
 
-class Settings(BaseModel):
-    """Every setting, read from the environment once. Field aliases are the variable names."""
+# Every settings model: aliases are the variable names, others are ignored, values are final.
+SETTINGS_CONFIG = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+class SentrySettings(BaseModel):
+    """The SENTRY_* settings: errors, run messages and the Crons monitor."""
+
+    model_config = SETTINGS_CONFIG
+
+    sentry_dsn: SecretStr | None = Field(None, alias="SENTRY_DSN")
+    sentry_dsn_parameter: str | None = Field(None, alias="SENTRY_DSN_PARAMETER")
+    sentry_environment: str = Field("production", alias="SENTRY_ENVIRONMENT")
+    sentry_monitor_slug: str = Field("whatsapp-keys-cleanup", alias="SENTRY_MONITOR_SLUG")
+    sentry_schedule: str = Field("0 3 * * *", alias="SENTRY_CRON_SCHEDULE")
+    sentry_checkin_margin_min: int = Field(10, ge=1, alias="SENTRY_CHECKIN_MARGIN_MINUTES")
+    sentry_max_runtime_min: int = Field(16, ge=1, alias="SENTRY_MAX_RUNTIME_MINUTES")
+
+
+class TelegramSettings(BaseModel):
+    """The TELEGRAM_* settings: the chat that gets the summaries and alerts."""
+
+    model_config = SETTINGS_CONFIG
+
+    telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
+    telegram_bot_token_parameter: str | None = Field(None, alias="TELEGRAM_BOT_TOKEN_PARAMETER")
+    telegram_chat_id: str | None = Field(None, alias="TELEGRAM_CHAT_ID")
+    telegram_api_url: Annotated[str, AfterValidator(_telegram_api_url)] = Field(
+        "https://api.telegram.org", alias="TELEGRAM_API_URL"
+    )
+    telegram_notify_dry_run: bool = Field(False, alias="TELEGRAM_NOTIFY_DRY_RUN")
+    telegram_timeout_s: float = Field(10.0, gt=0, le=60, alias="TELEGRAM_TIMEOUT_S")
+
+
+class NotifySettings(SentrySettings, TelegramSettings):
+    """What the notifiers need, and nothing of the cleanup's: Settings is one of these.
+
+    `notification_settings()` reads it on its own, so that a scheduled run checks in before the
+    full settings are read, and a run whose full settings fail to load is still reported.
+    """
+
+
+class Settings(NotifySettings):
+    """Every setting, read from the environment once. Field aliases are the variable names.
+
+    The Sentry and Telegram fields come from NotifySettings (SentrySettings, TelegramSettings).
+    """
 
     # Target
     database_url: Annotated[SecretStr | None, AfterValidator(_database_url)] = Field(
@@ -380,25 +422,6 @@ class Settings(BaseModel):
     history_table: Annotated[str, AfterValidator(_table)] = Field(
         "keys_cleanup_runs", alias="CLEANUP_HISTORY_TABLE"
     )
-
-    # Sentry
-    sentry_dsn: SecretStr | None = Field(None, alias="SENTRY_DSN")
-    sentry_dsn_parameter: str | None = Field(None, alias="SENTRY_DSN_PARAMETER")
-    sentry_environment: str = Field("production", alias="SENTRY_ENVIRONMENT")
-    sentry_monitor_slug: str = Field("whatsapp-keys-cleanup", alias="SENTRY_MONITOR_SLUG")
-    sentry_schedule: str = Field("0 3 * * *", alias="SENTRY_CRON_SCHEDULE")
-    sentry_checkin_margin_min: int = Field(10, ge=1, alias="SENTRY_CHECKIN_MARGIN_MINUTES")
-    sentry_max_runtime_min: int = Field(16, ge=1, alias="SENTRY_MAX_RUNTIME_MINUTES")
-
-    # Telegram
-    telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
-    telegram_bot_token_parameter: str | None = Field(None, alias="TELEGRAM_BOT_TOKEN_PARAMETER")
-    telegram_chat_id: str | None = Field(None, alias="TELEGRAM_CHAT_ID")
-    telegram_api_url: Annotated[str, AfterValidator(_telegram_api_url)] = Field(
-        "https://api.telegram.org", alias="TELEGRAM_API_URL"
-    )
-    telegram_notify_dry_run: bool = Field(False, alias="TELEGRAM_NOTIFY_DRY_RUN")
-    telegram_timeout_s: float = Field(10.0, gt=0, le=60, alias="TELEGRAM_TIMEOUT_S")
 
     # Set by from_env, not by a variable: unknown CLEANUP_* names, with the closest known one.
     config_warnings: tuple[str, ...] = ()
@@ -517,10 +540,8 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Validate the process environment (or `environ`) into Settings, or raise ConfigError."""
         env = os.environ if environ is None else environ
-        names = {field.alias for field in cls.model_fields.values() if field.alias}
-        values: dict[str, Any] = {name: env[name] for name in names if name in env}
-        # An empty value means "not set", everywhere (`none` says "no column" where it may).
-        values = {k: v for k, v in values.items() if v.strip() != ""}
+        names = variables_of(cls)
+        values: dict[str, Any] = given(env, names)
         values["config_warnings"] = (*unknown_variables(env, names), *half_configured(values))
         try:
             return cls.model_validate(values)
@@ -555,6 +576,49 @@ _FIELD_OF = {
     "CLEANUP_KEY_TYPE_COLUMN": "key_type_column",
     "CLEANUP_KEY_ID_COLUMN": "key_id_column",
 }
+
+
+def variables_of(model: type[BaseModel]) -> set[str]:
+    """The variables a settings model reads: its fields' aliases."""
+    return {field.alias for field in model.model_fields.values() if field.alias}
+
+
+def given(env: Mapping[str, str], names: set[str]) -> dict[str, str]:
+    """The variables among `names` that are set. An empty value means "not set", everywhere
+    (`none` says "no column" where it may)."""
+    return {name: env[name] for name in names if name in env and env[name].strip() != ""}
+
+
+NOTIFY_CHANNELS: dict[str, type[BaseModel]] = {
+    "sentry": SentrySettings,
+    "telegram": TelegramSettings,
+}
+
+
+def notification_settings(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[NotifySettings, dict[str, str]]:
+    """The notifiers' settings read on their own (the SENTRY_* and TELEGRAM_* variables), with
+    the problems of each channel whose variables are invalid.
+
+    For what must work before, or without, the full settings: a scheduled run's Crons check-in
+    opens before they are read, and a run whose settings fail to load is still reported. Each
+    channel is validated apart, with the very fields and validators of Settings: a channel with
+    an invalid variable is left off (its variables ignored), and the other one still works.
+    The problems name the variables, never their values. Raises nothing that validation raises.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for channel, model in NOTIFY_CHANNELS.items():
+        own = given(env, variables_of(model))
+        try:
+            model.model_validate(own)
+        except ValidationError as exc:
+            problems[channel] = format_validation_error(exc)
+        else:
+            values.update(own)
+    return NotifySettings.model_validate(values), problems
 
 
 def half_configured(values: Mapping[str, Any]) -> list[str]:

@@ -1,21 +1,24 @@
 """Notifications: Sentry (messages, exceptions, Crons check-ins) and Telegram.
 
 Contract used by handler.app: every function here is safe to call when nothing is
-configured. `after_run` and `on_failure` never raise, and `cron_monitor` raises only what the
-wrapped block raised: a failed notification is logged (and reported to Sentry when Sentry
-itself works) and never changes the outcome of a run.
+configured. `read_settings`, `after_run` and `on_failure` never raise, and `cron_monitor`
+raises only what the wrapped block raised: a failed notification is logged (and reported to
+Sentry when Sentry itself works) and never changes the outcome of a run.
 
     notify.init_from_env()          # at import: Lambda's init phase, before the first event
-    notify.init(settings)
+    notice = notify.read_settings() # SENTRY_* and TELEGRAM_* alone
+    settings = None
     try:
-        with notify.cron_monitor(settings):
+        with notify.cron_monitor(notice):   # a scheduled run only, before anything can fail
+            settings = Settings.from_env()
+            notify.init(settings)
             report = run_cleanup(settings, flags, deadline=deadline)
     except Exception as exc:
-        notify.on_failure(
-            exc, settings, deadline=deadline, mode="dry_run" if flags.dry_run else "live"
-        )
+        notify.on_failure(exc, settings or notice, deadline=deadline, mode=mode)
         raise
     notify.after_run(report, settings, deadline=deadline)
+
+Only `after_run` needs the full Settings; the rest takes NotifySettings, which Settings is.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from handler.errors import ConfigError
 from handler.notify import html, secrets, sentry, telegram
 from handler.observability import logger
 from handler.report import Report
-from handler.settings import Settings
+from handler.settings import NotifySettings, Settings, notification_settings
 
 __all__ = [
     "after_run",
@@ -37,6 +40,7 @@ __all__ = [
     "init_from_env",
     "logger",
     "on_failure",
+    "read_settings",
     "start_invocation",
 ]
 
@@ -52,7 +56,26 @@ def start_invocation() -> None:
     _dsn_unreadable = False
 
 
-def init(settings: Settings) -> None:
+def read_settings() -> NotifySettings:
+    """The notifiers' own settings (the SENTRY_* and TELEGRAM_* variables), read without the
+    cleanup's. Never raises.
+
+    For what must not wait for, or depend on, the full settings: a scheduled run's check-in,
+    and the report of a run whose settings fail to load. A channel whose variables are invalid
+    stays off, logged as `notification settings invalid` naming the variables (never their
+    values); the full settings then fail on the same variables, as the run's own error.
+    """
+    try:
+        notice, problems = notification_settings()
+    except Exception as exc:  # a side channel: its failure must not change the run's
+        logger.error("notification settings invalid", channel="all", error_type=type(exc).__name__)
+        return NotifySettings()
+    for channel, problem in problems.items():
+        logger.error("notification settings invalid", channel=channel, error=problem)
+    return notice
+
+
+def init(settings: NotifySettings) -> None:
     """Initialise Sentry once per process when a DSN is configured. Never raises.
 
     A DSN that cannot be read (parameter missing, no permission) or parsed leaves Sentry off
@@ -62,7 +85,7 @@ def init(settings: Settings) -> None:
     # Known secrets are redacted from every alert and error text, with or without Sentry.
     if settings.telegram_bot_token is not None:
         secrets.register(settings.telegram_bot_token.get_secret_value())
-    if settings.database_url is not None:
+    if isinstance(settings, Settings) and settings.database_url is not None:
         secrets.register_conninfo(settings.database_url.get_secret_value())
     global _dsn_unreadable  # noqa: PLW0603 - see start_invocation
     if sentry.enabled() or not (settings.sentry_dsn or settings.sentry_dsn_parameter):
@@ -92,18 +115,20 @@ def init_from_env() -> None:
     AwsLambdaIntegration wraps the runtime's event handling when the SDK initialises, so only
     an init before the first event covers the first invocation, and a daily job nearly always
     runs on a cold start. With SENTRY_DSN_PARAMETER this reads the parameter (cached for the
-    invocations). Bad settings are left for the invocation to report; a DSN that cannot be
-    read is logged, and `init` tries again during the invocation.
+    invocations). When the full settings are bad, Sentry starts from its own settings (SENTRY_*)
+    all the same, and the invocation reports the bad settings; a DSN that cannot be read is
+    logged, and `init` tries again during the invocation.
     """
+    settings: NotifySettings
     try:
         settings = Settings.from_env()
     except ConfigError:
-        return
+        settings, _ = notification_settings()  # the invocation logs what is wrong with them
     init(settings)
 
 
 @contextmanager
-def cron_monitor(settings: Settings) -> Iterator[None]:
+def cron_monitor(settings: NotifySettings) -> Iterator[None]:
     """Sentry Crons check-ins around a scheduled run: in_progress, then ok, or error (re-raised).
 
     Without Sentry this is a no-op. The SDK's own `monitor` sends the check-ins (and times the
@@ -147,10 +172,11 @@ def after_run(report: Report, settings: Settings, *, deadline: float | None) -> 
 
 
 def on_failure(
-    exc: BaseException, settings: Settings, *, deadline: float | None, mode: str
+    exc: BaseException, settings: NotifySettings, *, deadline: float | None, mode: str
 ) -> None:
     """Capture a failed run in Sentry and alert Telegram, each saying the run's `mode`
-    (`dry_run` or `live`). Never raises; the caller re-raises."""
+    (`dry_run` or `live`). `settings` are the full Settings, or only the notifiers' own
+    (`read_settings`) when the full ones failed to load. Never raises; the caller re-raises."""
     try:
         init(settings)
         if sentry.enabled():
@@ -195,7 +221,7 @@ def _after_run(report: Report, settings: Settings, deadline: float | None) -> No
     _flush(deadline)
 
 
-def _send_telegram(settings: Settings, kind: str, text: str, deadline: float | None) -> None:
+def _send_telegram(settings: NotifySettings, kind: str, text: str, deadline: float | None) -> None:
     has_token = settings.telegram_bot_token is not None or settings.telegram_bot_token_parameter
     if not settings.telegram_chat_id or not has_token:
         logger.debug("telegram skipped", reason="not configured")

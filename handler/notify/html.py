@@ -35,7 +35,7 @@ from handler.report import (
     share_percent,
     trend_lines,
 )
-from handler.settings import Settings, format_validation_error
+from handler.settings import NotifySettings, Settings, format_validation_error
 
 MAX_MESSAGE = 4096  # https://core.telegram.org/bots/api#sendmessage
 _MAX_REASON = 500
@@ -453,12 +453,18 @@ def render_guard_abort(report: Report, settings: Settings, *, now: datetime | No
 
 
 def render_failure(
-    exc: BaseException, settings: Settings, *, mode: str, now: datetime | None = None
+    exc: BaseException, settings: NotifySettings, *, mode: str, now: datetime | None = None
 ) -> str:
     """The alert for a run that raised: its mode (`dry_run` or `live`, as Report.mode), the
-    exception type and message, redacted and escaped."""
+    exception type and message, redacted and escaped. With only the notifiers' settings (the
+    full ones failed to load) the table is unknown, and nothing was deleted."""
     message = _clip(redact(str(exc)).strip() or "(no message)", _MAX_ERROR)
-    if mode == "live":
+    where = f"environment {esc(settings.sentry_environment)}"
+    if isinstance(settings, Settings):
+        where = f"Table <code>{esc(settings.table)}</code> · {where}"
+    if not isinstance(settings, Settings):
+        outcome = "The settings did not load: nothing was deleted."
+    elif mode == "live":
         outcome = (
             "Batches committed before the failure stay deleted; the next run picks up the rest."
         )
@@ -470,8 +476,7 @@ def render_failure(
                 [
                     "🚨 <b>WhatsApp keys cleanup failed</b>"
                     f" · <b>{esc(_MODE_LABEL.get(mode, mode))}</b>",
-                    f"Table <code>{esc(settings.table)}</code> · "
-                    f"environment {esc(settings.sentry_environment)}",
+                    where,
                 ]
             ),
             f"<code>{esc(type(exc).__name__)}</code>: {esc(message)}",

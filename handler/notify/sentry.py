@@ -23,7 +23,7 @@ from sentry_sdk.integrations.logging import LoggingIntegration
 from handler import __version__
 from handler.notify import secrets
 from handler.report import Report, sentry_fields
-from handler.settings import Settings
+from handler.settings import NotifySettings, Settings
 
 if TYPE_CHECKING:
     from sentry_sdk._types import MonitorConfig
@@ -54,7 +54,7 @@ def release() -> str:
     return f"keys-cleanup@{__version__}" + (f"+{commit}" if commit else "")
 
 
-def init(settings: Settings, dsn: str) -> None:
+def init(settings: NotifySettings, dsn: str) -> None:
     """Initialise the SDK for this process. The caller resolves the DSN and checks idempotence."""
     secrets.register_url(dsn, with_user=True)  # a DSN's user part is its key
     sentry_sdk.init(
@@ -144,7 +144,7 @@ def capture_notification_failure(channel: str, kind: str, problem: str) -> str |
     )
 
 
-def monitor_config(settings: Settings) -> MonitorConfig:
+def monitor_config(settings: NotifySettings) -> MonitorConfig:
     return {
         "schedule": {"type": "crontab", "value": settings.sentry_schedule},
         "timezone": "UTC",
@@ -156,7 +156,7 @@ def monitor_config(settings: Settings) -> MonitorConfig:
     }
 
 
-def monitor(settings: Settings) -> sentry_sdk.monitor:
+def monitor(settings: NotifySettings) -> sentry_sdk.monitor:
     """The SDK's check-in context manager for the scheduled job's monitor."""
     return sentry_sdk.monitor(
         monitor_slug=settings.sentry_monitor_slug, monitor_config=monitor_config(settings)
