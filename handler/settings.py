@@ -2,6 +2,9 @@
 
 `Settings.from_env()` validates every variable once and raises `ConfigError`, whose message
 names each bad variable and never echoes its value (a value may be a secret).
+`notification_settings()` reads the notifiers' variables alone (SENTRY_*, TELEGRAM_*), with
+the same fields: Settings extends NotifySettings. It serves what must not depend on the rest:
+a scheduled run's first check-in, and the report of settings that fail to load.
 """
 
 from __future__ import annotations
