@@ -331,7 +331,7 @@ class _Run:
             vacuumed=vacuumed,
             keys=[_entry(target, item) for item in stats.listing],
             keys_omitted=max(0, stats.deleted - len(stats.listing)) if flags.verbose else 0,
-            remaining=max(0, m.eligible - stats.deleted),
+            remaining=_remaining(m.eligible, stats),
             drain=drain,
         )
 
@@ -350,6 +350,21 @@ class _Run:
             since=earlier.since if earlier and earlier.since else m.now,
             resume=resume.points(m.leaves or [], stats.reached) if partial else [],
         )
+
+
+def _remaining(eligible: int, stats: LoopStats) -> int:
+    """The backlog: eligible keys left for a later run.
+
+    A loop that completed without skipping a page walked every page that could hold an
+    eligible key (a resumed run leaves out only what its own measuring pass counted empty), and
+    keys do not become eligible during a run (fixed cutoffs, timestamps only move forward):
+    none is left. The measured keys it did not delete were refreshed or removed by the
+    application, and are no backlog. Otherwise (stopped, or pages skipped for a row lock) the
+    measured keys not deleted are the estimate: some may have been refreshed meanwhile.
+    """
+    if stats.status == "completed" and not stats.skipped_pages:
+        return 0
+    return max(0, eligible - stats.deleted)
 
 
 # Up to this many keys to delete (eligible and following), a run whose own sender keys may
