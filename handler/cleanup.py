@@ -9,9 +9,10 @@ history (history.py).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -20,7 +21,7 @@ from handler.authtable import find_auth, read_lifecycle
 from handler.checks import TargetChecks, resolve
 from handler.deleteloop import DeleteLoop, LoopStats, Measured, ProgressFn
 from handler.errors import CleanupError as CleanupError  # noqa: PLC0414 - re-exported
-from handler.history import History
+from handler.history import History, failed_row
 from handler.measuring import MeasuredRun, after_stats, measured_run
 from handler.orphans import OrphanRun
 from handler.report import (
@@ -38,6 +39,8 @@ from handler.settings import (
     check_database_url,
 )
 from handler.vacuum import vacuum
+
+_log = logging.getLogger(__name__)
 
 
 class _Run:
@@ -67,6 +70,10 @@ class _Run:
         self.history = History(conn, settings, self.notes)
         self.orphans = OrphanRun(settings, flags, self.history, self.notes)
         self.drain: Drain | None = None  # the drain this run continues (handler/resume.py)
+        # What a failed run's history row says (`_record_failure`): the measurement, the loop.
+        self.measured: MeasuredRun | None = None
+        self.loop: DeleteLoop | None = None
+        self.failure_note: str | None = None  # why a failed run's row could not be recorded
 
     def _base(self, target: db.Target | None) -> dict[str, object]:
         s = self.settings
@@ -131,10 +138,70 @@ class _Run:
                         f"{done_at.isoformat(timespec='seconds')}; not run again"
                     ),
                 )
-        report = self._locked(conn, target)
-        report = self.history.count_stalls(report, readable=history)
-        report = self.history.record(report, self.orphans.candidates) if history else report
+        try:
+            report = self._locked(conn, target)
+            report = self.history.count_stalls(report, readable=history)
+            report = self.history.record(report, self.orphans.candidates) if history else report
+        except Exception as exc:
+            if history:
+                self._record_failure(conn, target, exc)
+            raise
         return self.history.with_trend(report) if s.history_enabled else report
+
+    def _record_failure(self, conn: db.Conn, target: db.Target, exc: Exception) -> None:
+        """A live run raised under the table's lock: record a `failed` row with what is known
+        (the keys its committed batches deleted, the error's type, the drain carried on), over
+        this run's connection or, when that one is broken, a fresh one (bounded by the connect
+        timeout). Failing to record never replaces the run's error: it becomes
+        `failure_note`, logged with it."""
+        try:
+            row = self._failed_row(target, type(exc).__name__)
+            if not conn.closed and not conn.broken:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                self.history.record_failed(row)
+                return
+            s = self.settings
+            with open_database(s) as fresh:
+                db.set_timeouts(
+                    fresh, statement_ms=s.statement_timeout_ms, lock_ms=s.lock_timeout_ms
+                )
+                History(fresh, s, []).record_failed(row)
+        except Exception as problem:  # the run's own error goes on, whatever this was
+            # A CleanupError's message holds no secret (open_database); others: the type only.
+            why = str(problem) if isinstance(problem, CleanupError) else type(problem).__name__
+            self.failure_note = f"run history not recorded for this failed run ({why})"
+            _log.warning(self.failure_note)
+
+    def _failed_row(self, target: db.Target, error: str) -> db.HistoryRow:
+        """The failed run's row: what its loop's committed batches deleted, and, when the loop
+        ran, the drain carried on (a drain counts the runs that ran the loop: a run that failed
+        before it records none, and the next run continues the earlier drain). Where the next
+        run starts: the start of the segment the loop was in when it failed, the end of those
+        it finished (`so_far().reached`), never a page past one not done; the next run's
+        measuring pass decides as always whether the pages before that start are walked."""
+        m, earlier = self.measured, self.drain
+        stats = self.loop.so_far() if self.loop is not None else None
+        deleted = stats.deleted if stats else 0
+        drain = None
+        if stats is not None and m is not None:
+            drain = Drain(
+                runs=earlier.runs + 1 if earlier else 1,
+                deleted=(earlier.deleted if earlier else 0) + deleted,
+                since=earlier.since if earlier and earlier.since else m.now,
+                resume=resume.points(m.leaves or [], stats.reached),
+            )
+        return failed_row(
+            event_id=self.event_id,
+            table=target.qualified,
+            started_at=m.now if m else datetime.now(UTC),
+            error=error,
+            eligible=m.eligible if m else None,
+            deleted=deleted,
+            batches=stats.batches if stats else 0,
+            drain=drain,
+            duration_ms=int((time.monotonic() - self.started) * 1000),
+        )
 
     def _policy(
         self, conn: db.Conn, target: db.Target
@@ -218,7 +285,7 @@ class _Run:
 
     def _locked(self, conn: db.Conn, target: db.Target) -> Report:
         flags = self.flags
-        m = self._measure(conn, target)
+        m = self.measured = self._measure(conn, target)
         eligible, keys = m.eligible, m.before.keys
         guard = (
             None
@@ -272,7 +339,7 @@ class _Run:
         of_orphans = sum(t.eligible + t.orphan_extra for t in self.orphans.orphaned)
         others = m.eligible - of_orphans + m.follows
         applied = db.applies_orphans(target, m.policy)
-        stats = DeleteLoop(
+        self.loop = DeleteLoop(
             conn,
             target,
             m.policy,
@@ -295,7 +362,8 @@ class _Run:
             verbose=flags.verbose,
             starts=m.starts,
             head_eligible=m.head_eligible,
-        ).run()
+        )
+        stats = self.loop.run()
         self.notes.extend(stats.notes)
         drain = self._drained(m, stats)
         deleted_by_type = _deleted_by_type(stats, m.by_type, m.eligible, m.follows)
@@ -476,5 +544,10 @@ def run_cleanup(
             report = run.execute(conn)
     except psycopg.Error as exc:
         detail = db.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "", dsn)
-        raise CleanupError(f"database error ({type(exc).__name__}): {detail}") from None
+        also = f"; {run.failure_note}" if run.failure_note else ""
+        raise CleanupError(f"database error ({type(exc).__name__}): {detail}{also}") from None
+    except Exception as exc:
+        if run.failure_note:
+            exc.add_note(run.failure_note)
+        raise
     return report

@@ -371,6 +371,12 @@ class DeleteLoop:
             )
         return self.tally.freeze()
 
+    def so_far(self) -> LoopStats:
+        """The figures up to now: after `run()` raised, what its committed batches did (each
+        batch is counted once its transaction committed) and, in `reached`, pages every batch
+        before them covered: a relation's start until its walk to the end was done."""
+        return self.tally.freeze()
+
     def _loop(self) -> None:
         t = self.tally
         for seg in self.plan:

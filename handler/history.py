@@ -7,6 +7,7 @@ re-raised: that is the run's failure, not the history's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -48,6 +49,53 @@ def history_row(report: Report, orphan_candidates: list[str] | None = None) -> d
         duration_ms=report.duration_ms,
         report_json=report.model_dump_json(),
         orphan_candidates=orphan_candidates,
+    )
+
+
+def failed_row(
+    *,
+    event_id: str | None,
+    table: str,
+    started_at: datetime,
+    error: str,
+    eligible: int | None,
+    deleted: int,
+    batches: int,
+    drain: Drain | None,
+    duration_ms: int,
+) -> db.HistoryRow:
+    """The row of a live run that raised: what is known of it. `error` is the exception's type,
+    never its message (a database error may quote a value or a connection string). No sizes:
+    they were not measured after the run, so the trend leaves the row out; `deleted` is what the
+    loop's committed batches deleted, and `drain` carries the drain on."""
+    report: dict[str, object] = {
+        "status": "failed",
+        "dry_run": False,
+        "table": table,
+        "event_id": event_id,
+        "started_at": started_at.isoformat(),
+        "error": error,
+        "eligible": eligible,
+        "deleted": deleted,
+        "batches": batches,
+        "remaining": None,
+        "duration_ms": duration_ms,
+    }
+    if drain is not None:
+        report["drain"] = drain.model_dump(mode="json")
+    return db.HistoryRow(
+        event_id=event_id,
+        target_table=table,
+        started_at=started_at,
+        status="failed",
+        keys_before=None,
+        keys_after=None,
+        total_bytes_before=None,
+        total_bytes_after=None,
+        eligible=eligible or 0,
+        deleted=deleted,
+        duration_ms=duration_ms,
+        report_json=json.dumps(report),
     )
 
 
@@ -148,16 +196,24 @@ class History:
             )
         return report
 
+    def record_failed(self, row: db.HistoryRow) -> None:
+        """Add a failed run's row (`failed_row`), creating the table when the role may. Errors
+        are the caller's: the run's own error goes on whatever happens here."""
+        if not db.history_exists(self.conn, self.schema, self.name):
+            db.create_history(self.conn, self.schema, self.name)
+        db.insert_history(self.conn, self.schema, self.name, row)
+
     def drain(self, table: str) -> tuple[Drain | None, str | None]:
         """The drain in progress: the last run that ran the delete loop, when it ended
-        `partial` (else a new drain begins); and why a recorded one cannot be used."""
+        `partial` or `failed` (else a new drain begins); and why a recorded one cannot be
+        used."""
         last, note = self._read(
             lambda: db.last_drain(self.conn, self.schema, self.name, table),
             problem="run history not readable ({error}): the loop starts at page 0",
         )
         if note:
             return None, note
-        if last is None or last[0] != "partial":
+        if last is None or last[0] not in ("partial", "failed"):
             return None, None
         return resume.read_drain(last[1])
 

@@ -212,7 +212,9 @@ def history_trend(
     conn: Conn, schema: str | None, name: str, days: int, target_table: str | None
 ) -> list[DayTrend]:
     """Per day and table, newest first: runs, the last run's keys and size after, deleted and
-    time; of `target_table` only, or of every table when None."""
+    time; of `target_table` only, or of every table when None. A failed run counts in the runs,
+    statuses, deleted and time; it measured no sizes nor backlog after itself, so the keys,
+    size and backlog are the day's last other run's."""
     table_filter = sql.SQL("AND target_table = %(target)s") if target_table else sql.SQL("")
     query = sql.SQL(
         """
@@ -220,14 +222,17 @@ def history_trend(
                target_table AS "table",
                count(*) AS runs,
                string_agg(DISTINCT status, ',' ORDER BY status) AS statuses,
-               (array_agg(coalesce(keys_after, keys_before) ORDER BY started_at DESC))[1] AS keys,
+               (array_agg(coalesce(keys_after, keys_before) ORDER BY started_at DESC)
+                  FILTER (WHERE status <> 'failed'))[1] AS keys,
                (array_agg(coalesce(total_bytes_after, total_bytes_before)
-                          ORDER BY started_at DESC))[1] AS total_bytes,
+                          ORDER BY started_at DESC) FILTER (WHERE status <> 'failed'))[1]
+                 AS total_bytes,
                sum(deleted)::bigint AS deleted,
                sum(duration_ms)::bigint AS duration_ms,
                (array_agg(CASE WHEN jsonb_typeof(report -> 'remaining') = 'number'
                                THEN (report ->> 'remaining')::numeric::bigint END
-                          ORDER BY started_at DESC))[1] AS remaining
+                          ORDER BY started_at DESC) FILTER (WHERE status <> 'failed'))[1]
+                 AS remaining
         FROM {table}
         WHERE started_at >= now() - make_interval(days => %(days)s) {table_filter}
         GROUP BY 1, 2

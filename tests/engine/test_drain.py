@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from handler import deleteloop
-from handler.cleanup import run_cleanup
+from handler.cleanup import CleanupError, run_cleanup
 from handler.deleteloop import Progress
 from handler.report import Report, render_text
 from handler.schema import hash_partitions
@@ -300,3 +300,86 @@ def test_a_completed_run_leaves_no_backlog_for_keys_the_application_refreshed(
     assert report.remaining == 0
     assert report.trend[-1].remaining == 0
     assert "backlog" not in render_text(report)
+
+
+def test_drain_totals_count_the_keys_a_failed_run_of_the_drain_deleted(
+    keys_table: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg = keys_table
+    pg.insert_keys([KeyRow("c0", "session", f"k{i}", (40, 5)[i % 2], BIG) for i in range(2400)])
+    settings = pg.settings(**NO_GUARD)
+
+    # Run 1: its deadline after 2 batches -> partial, recorded with where it stopped.
+    first, _ = _run(pg, monkeypatch, after=2, flags=LIVE)
+    monkeypatch.undo()
+    assert first.status == "partial"
+
+    # Run 2: its connection is killed after 2 committed batches -> failed; they stay deleted.
+    committed: list[int] = []
+
+    def kill_after_second_batch(p: Progress) -> None:
+        committed.append(p.deleted)
+        if p.batches == 2:
+            with pg.connect() as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pg.cleanup_backend(),))
+
+    with pytest.raises(CleanupError):
+        run_cleanup(settings, LIVE, progress=kill_after_second_batch)
+    assert committed[-1] > 0
+    with pg.connect() as conn:
+        failed = conn.execute(
+            "SELECT status, deleted, report->>'error' FROM keys_cleanup_runs ORDER BY id"
+        ).fetchall()[-1]
+    assert failed == ("failed", committed[-1], "AdminShutdown")  # its type, not its message
+    # Its loop failed within the segment it started at the first run's point: the next run
+    # starts there again, not past pages it may not have done.
+    assert first.drain is not None
+    with pg.connect() as conn:
+        row = conn.execute(
+            "SELECT report -> 'drain' -> 'resume' FROM keys_cleanup_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert row is not None
+    assert [p["block"] for p in row[0]] == [p.block for p in first.drain.resume]
+
+    # Run 3 finishes the drain: no page the failed run left is skipped.
+    last = run_cleanup(settings, LIVE)
+    assert last.status == "completed"
+    assert first.deleted + committed[-1] + last.deleted == first.eligible == 1200
+    assert pg.key_set() == {("c0", "session", f"k{i}") for i in range(1, 2400, 2)}
+    assert last.drain is not None
+    # drain.deleted is "exact: each run's deleted summed", the failed run's included.
+    assert (last.drain.runs, last.drain.deleted) == (3, 1200), last.drain
+    assert last.drain.since == first.drain.since
+
+
+def test_a_run_that_fails_before_its_loop_leaves_the_drain_where_it_was(
+    keys_table: PgSchema, rows: list[KeyRow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg = keys_table
+    first, clock1 = _run(pg, monkeypatch, after=4, flags=LIVE)
+    monkeypatch.undo()
+    assert first.status == "partial"
+    assert first.drain is not None
+    stopped = clock1.ranges()[-1][2]
+
+    def no_loop(*_: object, **__: object) -> None:
+        raise RuntimeError("the loop could not start")
+
+    monkeypatch.setattr(deleteloop._WalPace, "__init__", no_loop)
+    with pytest.raises(RuntimeError):
+        run_cleanup(pg.settings(**NO_GUARD), LIVE)
+    monkeypatch.undo()
+    with pg.connect() as conn:
+        recorded = conn.execute(
+            "SELECT status, deleted, report ? 'drain' FROM keys_cleanup_runs ORDER BY id"
+        ).fetchall()
+    assert recorded == [("partial", first.deleted, True), ("failed", 0, False)]
+
+    # The next run resumes at the first run's point, and its drain counts the runs that ran
+    # the loop.
+    last, clock3 = _run(pg, monkeypatch)
+    assert last.status == "completed"
+    assert clock3.ranges()[0][1] == stopped
+    assert pg.key_set() == _survivors(rows, 30)
+    assert last.drain is not None
+    assert (last.drain.runs, last.drain.deleted) == (2, first.deleted + last.deleted)

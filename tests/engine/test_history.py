@@ -4,11 +4,14 @@ create or read is a note.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from handler.cleanup import run_cleanup
+from handler import db
+from handler.cleanup import CleanupError, run_cleanup
+from handler.deleteloop import Progress
 from handler.settings import Flags, Settings
 from tests.support.db import KeyRow, PgSchema
 from tests.support.history import history_rows, init_history
@@ -140,3 +143,86 @@ def test_unreadable_history_is_a_note_and_the_scheduled_run_goes_on(
     assert report.deleted == 3
     assert any("run history not readable (InsufficientPrivilege)" in n for n in report.notes)
     assert any("run history not recorded" in n for n in report.notes)
+
+
+BIG = {"v": "x" * 300}  # ~20 rows a page: batches of a few pages each delete a few rows
+SMALL_BATCHES = {"CLEANUP_GUARD_MIN_KEYS": "1000000", "CLEANUP_BATCH_SIZE": "40"}
+
+
+def _big_table(pg: PgSchema) -> None:
+    pg.create_reference_table()
+    pg.insert_keys([KeyRow("c0", "session", f"k{i}", (40, 5)[i % 2], BIG) for i in range(600)])
+
+
+def _kill_after_batch(pg: PgSchema, n: int, deleted: list[int]) -> Callable[[Progress], None]:
+    def progress(p: Progress) -> None:
+        deleted.append(p.deleted)
+        if p.batches == n:
+            with pg.connect() as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pg.cleanup_backend(),))
+
+    return progress
+
+
+def test_a_failed_live_run_adds_a_failed_row_with_the_keys_it_deleted(pg: PgSchema) -> None:
+    _big_table(pg)
+    deleted: list[int] = []
+    with pytest.raises(CleanupError, match="AdminShutdown"):
+        run_cleanup(pg.settings(**SMALL_BATCHES), LIVE, progress=_kill_after_batch(pg, 2, deleted))
+    assert 0 < deleted[-1] == 600 - pg.count() < 300
+    with pg.connect() as conn:
+        row = conn.execute(
+            "SELECT status, deleted, eligible, keys_before, report FROM keys_cleanup_runs"
+        ).fetchone()
+        assert row is not None
+        status, recorded, eligible, keys_before, report = row
+        (day,) = db.history_trend(conn, None, "keys_cleanup_runs", 1, None)
+    assert (status, recorded, eligible, keys_before) == ("failed", deleted[-1], 300, None)
+    # The error's type only: its message could quote what the server said.
+    assert report["error"] == "AdminShutdown"
+    assert "terminat" not in json.dumps(report).lower()
+    assert report["drain"]["runs"] == 1
+    assert report["drain"]["deleted"] == deleted[-1]
+    # `keys-cleanup history`: the day shows the failed status and counts its deleted keys.
+    assert (day.runs, day.statuses, day.deleted) == (1, "failed", deleted[-1])
+
+
+def test_a_run_that_raises_on_a_working_connection_records_its_row_there(
+    history_table: PgSchema,
+) -> None:
+    def boom(_: Progress) -> None:
+        raise RuntimeError("a bug, not the database")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cleanup(history_table.settings(), LIVE, progress=boom, event_id="evt-1")
+    # The batch committed before the callback raised: its 7 keys are counted.
+    assert history_rows(history_table) == [("evt-1", "failed", 7, None, None, "failed")]
+    # The lock was released: the next run goes on, and its drain counts the failed run.
+    report = run_cleanup(history_table.settings(), LIVE)
+    assert report.status == "completed"
+    assert report.drain is not None
+    assert (report.drain.runs, report.drain.deleted) == (2, 7)
+
+
+def test_a_failed_run_whose_row_cannot_be_recorded_keeps_its_own_error(
+    pg: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _big_table(pg)
+    deleted: list[int] = []
+    kill = _kill_after_batch(pg, 1, deleted)
+
+    def kill_and_refuse_connections(p: Progress) -> None:
+        kill(p)
+
+        def refuse(*_: object, **__: object) -> db.Conn:
+            raise db.DatabaseError("connection refused")
+
+        monkeypatch.setattr(db, "connect", refuse)
+
+    with pytest.raises(CleanupError) as raised:
+        run_cleanup(pg.settings(**SMALL_BATCHES), LIVE, progress=kill_and_refuse_connections)
+    message = str(raised.value)
+    assert message.startswith("database error (AdminShutdown)")
+    assert "run history not recorded for this failed run (connection refused)" in message
+    with pg.connect() as conn:
+        assert conn.execute("SELECT to_regclass('keys_cleanup_runs')").fetchone() == (None,)
