@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from handler import db
+from handler import cleanup, db
 from handler.cleanup import CleanupError, run_cleanup
 from handler.deleteloop import Progress
 from handler.settings import Flags, Settings
@@ -226,3 +226,25 @@ def test_a_failed_run_whose_row_cannot_be_recorded_keeps_its_own_error(
     assert "run history not recorded for this failed run (connection refused)" in message
     with pg.connect() as conn:
         assert conn.execute("SELECT to_regclass('keys_cleanup_runs')").fetchone() == (None,)
+
+
+def test_the_days_keys_and_backlog_are_the_last_measured_runs_not_a_failed_ones(
+    history_table: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = run_cleanup(history_table.settings(), LIVE)
+    assert done.after is not None
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("after the loop")
+
+    monkeypatch.setattr(cleanup, "after_stats", broken)
+    with pytest.raises(RuntimeError):
+        run_cleanup(history_table.settings(), LIVE)
+    with history_table.connect() as conn:
+        (day,) = db.history_trend(conn, None, "keys_cleanup_runs", 1, None)
+    assert (day.runs, day.statuses, day.deleted) == (2, "completed,failed", 7)
+    assert (day.keys, day.total_bytes, day.remaining) == (
+        done.after.keys,
+        done.after.total_bytes,
+        0,
+    )
