@@ -203,8 +203,10 @@ class Report(_Model):
     # run history's earlier runs of this table); 0 when this run deleted or did not stop.
     # From STALLED_ALERT_RUNS on, an alarm and Telegram say the job is stuck.
     stalled_runs: int = 0
-    # The backlog: eligible keys this run measured and did not delete (null: no live run of
-    # the delete loop); `drain`: the runs so far since the last completed one, with their total.
+    # The backlog: eligible keys left for a later run, 0 when the loop completed without
+    # skipping a page, else those it measured and did not delete (null: no live run of the
+    # delete loop); `drain`: the runs so far since the last completed one (failed ones that ran
+    # the loop included), with their total.
     remaining: int | None = None
     drain: Drain | None = None
     trend: list[TrendPoint] = Field(default_factory=list)  # last runs, oldest first

@@ -96,7 +96,8 @@ def plan(
 
 
 def points(leaves: Sequence[db.Leaf], reached: Mapping[int, int]) -> list[ResumePoint]:
-    """The resume points a partial run records: per relation, the page the next run starts at."""
+    """The resume points a partial (or failed) run records: per relation, the page the next
+    run starts at."""
     return [
         ResumePoint(oid=leaf.oid, relfilenode=leaf.relfilenode, block=reached[leaf.oid])
         for leaf in leaves
