@@ -483,6 +483,19 @@ class Settings(NotifySettings):
                 )
         if self.layout == "encoded":
             self._coherent_encoded()
+        else:
+            self._coherent_columns()
+
+    def _coherent_columns(self) -> None:
+        """The columns layout: the encoded layout's own settings refused, one line each. Set,
+        they most likely mean CLEANUP_LAYOUT=encoded was forgotten or misspelt, and the table
+        would be read with the columns layout's defaults instead."""
+        for name in ENCODED_ONLY:
+            if _FIELD_OF[name] in self.model_fields_set:
+                raise ValueError(
+                    f"{name} has no use in the columns layout (the default): it is a setting of "
+                    "CLEANUP_LAYOUT=encoded; set that, or unset it"
+                )
 
     def _coherent_encoded(self) -> None:
         """The encoded layout: the settings of the columns layout refused, one line each."""
@@ -574,6 +587,10 @@ class Settings(NotifySettings):
 
 
 _FIELD_OF = {
+    "CLEANUP_KEY_COLUMN": "key_column",
+    "CLEANUP_KEY_SESSION_SEPARATOR": "session_separator",
+    "CLEANUP_VALUE_COLUMN": "value_column",
+    "CLEANUP_CREDS_KEY": "creds_key",
     "CLEANUP_AUTH_TABLE": "auth_table",
     "CLEANUP_AUTH_TENANT_COLUMN": "auth_tenant_column",
     "CLEANUP_KEY_TYPE_COLUMN": "key_type_column",
@@ -622,6 +639,15 @@ def notification_settings(
         else:
             values.update(own)
     return NotifySettings.model_validate(values), problems
+
+
+# The encoded layout's own settings (docs/layouts.md): refused in the columns layout.
+ENCODED_ONLY = (
+    "CLEANUP_KEY_COLUMN",
+    "CLEANUP_KEY_SESSION_SEPARATOR",
+    "CLEANUP_VALUE_COLUMN",
+    "CLEANUP_CREDS_KEY",
+)
 
 
 def half_configured(values: Mapping[str, Any]) -> list[str]:

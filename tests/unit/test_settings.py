@@ -149,3 +149,26 @@ def test_a_channel_with_an_invalid_setting_is_left_off_and_the_other_kept(
     assert on == {off: False, kept: True}
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLEANUP_KEY_SESSION_SEPARATOR", ":"),
+        ("CLEANUP_VALUE_COLUMN", "data"),
+        ("CLEANUP_CREDS_KEY", "auth-creds"),
+        ("CLEANUP_KEY_COLUMN", "k"),
+    ],
+)
+def test_an_encoded_only_setting_in_the_columns_layout_is_refused_naming_it(
+    name: str, value: str
+) -> None:
+    """CLEANUP_LAYOUT=encoded forgotten (or misspelt): the encoded layout's own settings would
+    be ignored and the table read as the columns layout; refused like the reverse."""
+    with pytest.raises(ConfigError, match=f"{name} has no use in the columns layout") as info:
+        Settings.from_env({name: value})
+    assert "CLEANUP_LAYOUT=encoded" in str(info.value)
+    if len(value) > 2:
+        assert value not in str(info.value)
+    # Encoded, they are the layout's own settings.
+    Settings.from_env({name: value, "CLEANUP_LAYOUT": "encoded", "CLEANUP_TENANT_COLUMN": "none"})
