@@ -7,6 +7,7 @@ can); anything else is a note on the report.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -65,6 +66,9 @@ class TargetChecks:
         """Every check before the lock; True when a dry run found that a live run would fail
         for a missing privilege."""
         self.rule_columns(target)
+        if target.encoded is not None:
+            # The types are parsed from the keys, as Baileys spells them: no other can match.
+            self.misspelt_types(())
         self.untimed(target)
         self.zone_name(conn)
         self.timezone(target)
@@ -139,12 +143,15 @@ class TargetChecks:
         (`App-State-Sync-Key`). Protection would then match nothing, so a live run refuses
         (unless forced). A table of sessions and pre-keys alone (a new account) passes: its
         protected keys, once written, are spelt like the others. The column's values are not
-        shown: a wrong column may hold secrets."""
+        shown: a wrong column may hold secrets. Where it does hold Baileys' types, a configured
+        type that is none of them and names no key is refused in a live run (misspelt_types)."""
         present = {t for t in key_types if t is not None}
-        if present & set(DEFAULT_PROTECTED_KEY_TYPES):
-            return True
         respelt = {t for t in present if normalised_type(t) in DEFAULT_PROTECTED_KEY_TYPES}
-        if present & BAILEYS_KEY_TYPES and not respelt:
+        if present & set(DEFAULT_PROTECTED_KEY_TYPES) or (
+            present & BAILEYS_KEY_TYPES and not respelt
+        ):
+            # The column holds Baileys' types: a configured type of another name is a typo.
+            self.misspelt_types(present)
             return True
         problem = (
             f"column {target.qualified}.{target.key_type_column} (CLEANUP_KEY_TYPE_COLUMN) "
@@ -159,6 +166,24 @@ class TargetChecks:
             raise ConfigError(f"{problem}; a live run refuses (--force overrides)")
         self.notes.append(f"{problem}; a live run refuses unless forced")
         return False
+
+    def misspelt_types(self, existing: Collection[str]) -> None:
+        """A live run refuses a configured key type that Baileys never writes and that names
+        no key in the table, where the table's types are Baileys' own: `sesion=90` or
+        `sessions` would keep nothing it was meant to keep, and the default would delete.
+        --force does not override (it is for the guard's numbers, not for a typo); a dry run
+        goes on, its note on the unmatched type saying a live run refuses. A Baileys type the
+        table holds no key of yet (no lid-mapping rows on a new account) passes."""
+        if self.flags.dry_run:
+            return
+        problems = self.settings.misspelt_key_types(existing)
+        if problems:
+            raise ConfigError(
+                "refusing a live run: "
+                + "; ".join(problems)
+                + "; it would keep nothing it was meant to keep: correct or unset it (a dry run "
+                "only notes it; --force does not override)"
+            )
 
     def zone_name(self, conn: db.Conn) -> None:
         """Refuse a CLEANUP_TIMESTAMP_TIMEZONE that PostgreSQL reads as a fixed-offset

@@ -17,7 +17,7 @@ from handler import db, lifecycle, rules
 from handler.deleteloop import type_name
 from handler.orphans import OrphanRun
 from handler.report import KeptKeys, OrphanRule, TableStats, TenantStats, TypeStats
-from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, Settings
+from handler.settings import BAILEYS_KEY_TYPES, DEFAULT_PROTECTED_KEY_TYPES, Settings
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,7 @@ def type_figures(
                     "CLEANUP_TYPE_RETENTION_DAYS": list(s.type_retention_days),
                 },
                 [t for t in types if t is not None],
+                BAILEYS_KEY_TYPES,
             )
         )
     return {

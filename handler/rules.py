@@ -8,7 +8,7 @@ docs/rules.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
@@ -45,20 +45,27 @@ def guard_reason(eligible: int, keys: int, settings: Settings, *, dry_run: bool)
     )
 
 
-def unmatched_type_notes(configured: dict[str, list[str]], existing: list[str]) -> list[str]:
+def unmatched_type_notes(
+    configured: dict[str, list[str]], existing: list[str], known: Collection[str] = ()
+) -> list[str]:
     """A note for each configured key type that names no key in the table.
 
-    Matching stays exact: the note names the closest existing type, it never applies it.
+    Matching stays exact: the note names the closest existing type, it never applies it. A
+    name that is none of the `known` types either (Baileys' own, where the table holds them)
+    is a typo a live run refuses (handler/checks.py); the note says so, with the closest of
+    both.
     """
     notes = []
     for setting, names in configured.items():
         for name in names:
             if name in existing:
                 continue
-            hint = closest(name, existing)
+            typo = bool(known) and name not in known
+            hint = closest(name, sorted({*existing, *known}) if typo else existing)
             notes.append(
                 f"{setting}: key type {name!r} matches no key in the table"
                 + (f" (did you mean {hint!r}?)" if hint else "")
+                + ("; no key type Baileys writes either: a live run refuses it" if typo else "")
             )
     return notes
 

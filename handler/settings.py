@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -426,8 +426,10 @@ class Settings(NotifySettings):
         "keys_cleanup_runs", alias="CLEANUP_HISTORY_TABLE"
     )
 
-    # Set by from_env, not by a variable: unknown CLEANUP_* names, with the closest known one.
+    # Set by from_env, not by a variable: unknown CLEANUP_* names, with the closest known one
+    # (a warning; a live run refuses them, see check_flags), and settings left off.
     config_warnings: tuple[str, ...] = ()
+    unknown_settings: tuple[str, ...] = ()
 
     _split_lists = field_validator(
         "extra_protected_key_types", "unprotected_key_types", mode="before"
@@ -558,20 +560,58 @@ class Settings(NotifySettings):
         env = os.environ if environ is None else environ
         names = variables_of(cls)
         values: dict[str, Any] = given(env, names)
-        values["config_warnings"] = (*unknown_variables(env, names), *half_configured(values))
+        unknown = unknown_variables(env, names)
+        values["unknown_settings"] = tuple(f"{name}{hint}" for name, hint in unknown)
+        values["config_warnings"] = (
+            *(
+                f"unknown setting {name} ignored{hint}; a live run refuses it"
+                for name, hint in unknown
+            ),
+            *half_configured(values),
+        )
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError("invalid settings: " + format_validation_error(exc)) from None
 
     def check_flags(self, flags: Flags) -> None:
-        """Refuse flags these settings forbid: a retention below CLEANUP_MIN_RETENTION_DAYS."""
+        """Refuse flags these settings forbid: a retention below CLEANUP_MIN_RETENTION_DAYS, and
+        a live run with an unknown CLEANUP_* variable (forced or not: a misspelt setting is one
+        the operator meant to apply, such as a longer retention, and a dry run shows it)."""
         days = flags.retention_days
         if days is not None and days < self.min_retention_days:
             raise ConfigError(
                 f"invalid flags: retention_days: {days} is below "
                 f"CLEANUP_MIN_RETENTION_DAYS ({self.min_retention_days})"
             )
+        if self.unknown_settings and not flags.dry_run:
+            raise ConfigError(
+                "refusing a live run: unknown setting "
+                + ", ".join(self.unknown_settings)
+                + "; a misspelt setting is not applied, so correct or unset it (a dry run only "
+                "warns; --force does not override)"
+            )
+
+    def misspelt_key_types(self, existing: Collection[str]) -> list[str]:
+        """A configured key type (CLEANUP_TYPE_RETENTION_DAYS, CLEANUP_PROTECTED_KEY_TYPES) that
+        Baileys never writes and that names no key in `existing`: a typo that would keep
+        nothing it was meant to keep. Each names the closest type (names are not secrets)."""
+        problems = []
+        candidates = sorted(BAILEYS_KEY_TYPES | set(existing))
+        configured = {
+            "CLEANUP_TYPE_RETENTION_DAYS": list(self.type_retention_days),
+            "CLEANUP_PROTECTED_KEY_TYPES": list(self.extra_protected_key_types),
+        }
+        for setting, names in configured.items():
+            for name in names:
+                if name in BAILEYS_KEY_TYPES or name in existing:
+                    continue
+                hint = closest(name, candidates)
+                problems.append(
+                    f"{setting} names {name[:64]!r}: no key type Baileys writes, and no key in "
+                    "the table" + (f" (did you mean {hint!r}?)" if hint else "")
+                )
+        return problems
 
     @property
     def table_parts(self) -> tuple[str | None, str]:
@@ -664,16 +704,15 @@ def half_configured(values: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def unknown_variables(env: Mapping[str, str], known: set[str]) -> list[str]:
-    """A warning for each CLEANUP_* variable that is no setting, naming the closest one."""
-    warnings = []
+def unknown_variables(env: Mapping[str, str], known: set[str]) -> list[tuple[str, str]]:
+    """Each CLEANUP_* variable that is no setting, and " (did you mean <the closest one>?)"
+    or "" (never its value)."""
+    unknown = []
     ours = sorted(n for n in known if n.startswith(SETTINGS_PREFIX))
     for name in sorted(n for n in env if n.startswith(SETTINGS_PREFIX) and n not in known):
         hint = closest(name, ours)
-        warnings.append(
-            f"unknown setting {name} ignored" + (f" (did you mean {hint}?)" if hint else "")
-        )
-    return warnings
+        unknown.append((name, f" (did you mean {hint}?)" if hint else ""))
+    return unknown
 
 
 class Flags(BaseModel):

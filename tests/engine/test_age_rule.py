@@ -4,13 +4,14 @@ any table layout.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from handler.cleanup import run_cleanup
-from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, Flags
+from handler.settings import DEFAULT_PROTECTED_KEY_TYPES, ConfigError, Flags
 from tests.support.db import KeyRow, PgSchema
-from tests.support.tables import AGE_CREDS, FORCE, LIVE, TYPES, expected_survivors, kinds
+from tests.support.tables import AGE_CREDS, DRY, FORCE, LIVE, TYPES, expected_survivors, kinds
 
 
 def test_live_run_deletes_exactly_old_unprotected_keys(pg: PgSchema, table: list[KeyRow]) -> None:
@@ -120,11 +121,17 @@ def test_property_exactly_expected_rows_survive(
 def test_a_retention_override_for_no_existing_type_is_noted_and_not_applied(
     app_state: PgSchema,
 ) -> None:
-    # `sesion=90` would keep the 60-day sessions if it were matched loosely: it is not.
-    report = run_cleanup(app_state.settings(CLEANUP_TYPE_RETENTION_DAYS="sesion=90"), FORCE)
-    assert kinds(app_state)["session"] == 3
+    # `sesion=90` would keep the 60-day sessions if it were matched loosely: it is not. The
+    # dry run counts them eligible and says why; a live run refuses the typo (forced too).
+    settings = app_state.settings(CLEANUP_TYPE_RETENTION_DAYS="sesion=90")
+    report = run_cleanup(settings, DRY)
+    assert report.by_type["session"].eligible == 3
     assert any(
         "CLEANUP_TYPE_RETENTION_DAYS: key type 'sesion' matches no key" in note
         and "did you mean 'session'?" in note
+        and "a live run refuses it" in note
         for note in report.notes
     )
+    with pytest.raises(ConfigError, match=r"CLEANUP_TYPE_RETENTION_DAYS names 'sesion'"):
+        run_cleanup(settings, FORCE)
+    assert kinds(app_state)["session"] == 6

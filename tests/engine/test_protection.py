@@ -35,14 +35,21 @@ def test_misspelt_protected_types_leave_the_builtin_protection_in_place(
     app_state: PgSchema,
 ) -> None:
     settings = app_state.settings(CLEANUP_PROTECTED_KEY_TYPES="app-state-sync-keys,lid-maping")
-    report = run_cleanup(settings, FORCE)
-    assert kinds(app_state) == {"app-state-sync-key": 3, "lid-mapping": 3, "session": 3}
-    assert report.deleted == 3
+    # The dry run: only the three old sessions are eligible, the built-in types stay protected.
+    report = run_cleanup(settings, DRY)
+    assert report.eligible == 3
+    assert report.protected == 6
     notes = "\n".join(report.notes)
     assert "'app-state-sync-keys' matches no key" in notes
     assert "did you mean 'app-state-sync-key'?" in notes
     assert "'lid-maping' matches no key" in notes
     assert "did you mean 'lid-mapping'?" in notes
+    assert "a live run refuses it" in notes
+    # Live, forced or not, the typos are refused before anything is deleted.
+    before = app_state.key_set()
+    with pytest.raises(ConfigError, match=r"'app-state-sync-keys'.*'lid-maping'"):
+        run_cleanup(settings, FORCE)
+    assert app_state.key_set() == before
     # The same notes in the human output and the log line.
     assert "lid-maping" in render_text(report)
     assert any("lid-maping" in note for note in report_fields(report)["notes"])

@@ -151,17 +151,22 @@ def test_hostile_key_types_are_parameters_not_sql(
     canary: PgSchema, half_old_table: list[KeyRow]
 ) -> None:
     hostile = "x'); DROP TABLE canary; --"
+    retained = f"{hostile.replace(',', '')}2"
+    # One young key of each hostile type: a type the table holds is no typo (a live run refuses
+    # a configured type that matches no key and that Baileys never writes).
+    own = [KeyRow("t0", hostile, "h1", 1), KeyRow("t0", retained, "h2", 1)]
+    canary.insert_keys(own)
     settings = canary.settings(
         CLEANUP_PROTECTED_KEY_TYPES=hostile,
-        CLEANUP_TYPE_RETENTION_DAYS=f"{hostile.replace(',', '')}2=40",
+        CLEANUP_TYPE_RETENTION_DAYS=f"{retained}=40",
         CLEANUP_GUARD_MIN_KEYS="100000",
     )
     report = run_cleanup(settings, LIVE)
     assert report.status == "completed"
     assert canary_rows(canary) == (1,)
-    # The hostile strings were compared as values: they matched no key, so the run deleted
-    # exactly the keys past the default retention, as without them.
-    assert canary.key_set() == half_old_survivors(half_old_table)
+    # The hostile strings were compared as values: they matched only their own young keys, so
+    # the run deleted exactly the keys past the default retention, as without them.
+    assert canary.key_set() == half_old_survivors(half_old_table) | {k.ident for k in own}
     assert report.deleted == len(half_old_table) - len(half_old_survivors(half_old_table))
 
 

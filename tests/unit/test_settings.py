@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from handler.settings import ConfigError, Settings, notification_settings
+from handler.settings import ConfigError, Flags, Settings, notification_settings
 
 
 def test_rule_settings_defaults_empty_values_and_bad_values() -> None:
@@ -172,3 +172,16 @@ def test_an_encoded_only_setting_in_the_columns_layout_is_refused_naming_it(
         assert value not in str(info.value)
     # Encoded, they are the layout's own settings.
     Settings.from_env({name: value, "CLEANUP_LAYOUT": "encoded", "CLEANUP_TENANT_COLUMN": "none"})
+
+
+def test_a_live_run_refuses_an_unknown_cleanup_variable_and_a_dry_run_does_not() -> None:
+    settings = Settings.from_env({"CLEANUP_RETENTON_DAYS": "90", "CLEANUP_TABEL": "x"})
+    settings.check_flags(Flags(dry_run=True))
+    with pytest.raises(ConfigError) as info:
+        settings.check_flags(Flags(dry_run=False, force=True))
+    message = str(info.value)
+    assert "CLEANUP_RETENTON_DAYS" in message
+    assert "CLEANUP_RETENTION_DAYS" in message
+    assert "CLEANUP_TABEL" in message
+    assert "CLEANUP_TABLE" in message
+    assert "90" not in message
