@@ -31,7 +31,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from handler import notify
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
-from handler.errors import ConfigError
+from handler.errors import ConfigError, error_text
 from handler.observability import logger, publish_failure, publish_report, report_fields
 from handler.secrets import with_database_url
 from handler.settings import Flags, NotifySettings, Settings
@@ -211,7 +211,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     except Exception as exc:
         # Count and report the failure, then let it fail: Lambda records the error and its
         # async retry and on-failure destination take over.
-        logger.error("run failed", mode=mode, error_type=type(exc).__name__, error=str(exc))
+        logger.error("run failed", mode=mode, error_type=type(exc).__name__, error=error_text(exc))
         publish_failure(mode)
         # Settings that did not load are reported with the notifiers' own settings.
         reporting: NotifySettings = settings or notice or notify.read_settings()

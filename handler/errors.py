@@ -38,3 +38,16 @@ class TelegramError(Exception):
 
 class DemoUnavailableError(RuntimeError):
     """The embedded PostgreSQL for the demo could not be started."""
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception's message with the notes added to it (`add_note`, as a failed run's "run
+    history not recorded" is), as logs and alerts show it. The notes are this job's own, safe
+    to log like its messages."""
+    return "; ".join([str(exc), *getattr(exc, "__notes__", ())])
+
+
+def refused(exc: BaseException) -> bool:
+    """True for a run refused before it deleted anything: bad settings, flags, event, target
+    or secret (each checked before the first batch)."""
+    return isinstance(exc, ConfigError | SecretError)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from handler.errors import ConfigError
+from handler.errors import ConfigError, error_text, refused
 from handler.notify.secrets import redact
 from handler.report import (
     BUCKET_LABELS,
@@ -458,12 +458,14 @@ def render_failure(
     """The alert for a run that raised: its mode (`dry_run` or `live`, as Report.mode), the
     exception type and message, redacted and escaped. With only the notifiers' settings (the
     full ones failed to load) the table is unknown, and nothing was deleted."""
-    message = _clip(redact(str(exc)).strip() or "(no message)", _MAX_ERROR)
+    message = _clip(redact(error_text(exc)).strip() or "(no message)", _MAX_ERROR)
     where = f"environment {esc(settings.sentry_environment)}"
     if isinstance(settings, Settings):
         where = f"Table <code>{esc(settings.table)}</code> · {where}"
     if not isinstance(settings, Settings):
         outcome = "The settings did not load: nothing was deleted."
+    elif refused(exc):
+        outcome = "The run was refused before it began: nothing was deleted."
     elif mode == "live":
         outcome = (
             "Batches committed before the failure stay deleted; the next run picks up the rest."

@@ -9,12 +9,14 @@ import threading
 import time
 import uuid
 
+import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from handler import app
+from handler import app, cleanup
 from handler.cleanup import CleanupError
 from handler.deleteloop import Progress
+from handler.history import History
 from handler.notify.sentry import MESSAGE as SENTRY_RUN_MESSAGE
 from tests.support.db import PgSchema
 from tests.support.faults import (
@@ -32,7 +34,7 @@ from tests.support.faults import (
     slow_batches,
     terminate,
 )
-from tests.support.handler import SETTING_VARS
+from tests.support.handler import SETTING_VARS, invoke
 from tests.support.notify import (
     FakeBot,
     SentryEndpoint,
@@ -247,3 +249,26 @@ def test_unavailable_database_fails_within_the_connect_timeout_and_alerts(
         "logs": "\n".join(logged),
     }.items():
         assert password not in text, where
+
+
+def test_a_failed_history_record_is_in_the_run_failed_message_for_any_error(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """operations.md: when the failed row cannot be recorded, 'the run's own error is still
+    what it raises, with `run history not recorded for this failed run (...)` appended to the
+    `run failed` message'. For an error that is not a psycopg.Error (a bug, a ConfigError or
+    CleanupError raised under the lock) the note goes to exc.add_note only: str(exc), which is
+    what the `run failed` line, Sentry's message and the Telegram alert show, lacks it."""
+
+    def boom(self: object, conn: object, target: object) -> object:
+        raise RuntimeError("a bug under the lock")
+
+    def cannot_record(self: object, row: object) -> None:
+        raise psycopg.errors.InsufficientPrivilege("permission denied for table keys_cleanup_runs")
+
+    monkeypatch.setattr(cleanup._Run, "_locked", boom)
+    monkeypatch.setattr(History, "record_failed", cannot_record)
+    with capture_logs() as lines, pytest.raises(RuntimeError):
+        invoke({"dry_run": False})
+    (failed,) = find_log(lines(), "run failed")
+    assert "run history not recorded for this failed run" in failed["error"], failed

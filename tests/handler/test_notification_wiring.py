@@ -113,3 +113,39 @@ def test_a_run_refused_for_its_database_url_alerts_without_the_password(
     for text in (alert, str(info.value)):
         assert "canary_3e9b1d" not in text
         assert TOKEN not in text
+
+
+def _telegram(monkeypatch: pytest.MonkeyPatch, bot: FakeBot) -> None:
+    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+
+
+@pytest.mark.parametrize(
+    ("env", "event"),
+    [
+        ({"CLEANUP_RETENTON_DAYS": "90"}, scheduled_event()),  # check_flags refusal (15f3e74)
+        ({}, {**scheduled_event(), "dry_run": True}),  # unknown top-level key (61b4956)
+    ],
+    ids=["misspelt-variable", "unknown-event-key"],
+)
+def test_a_live_run_refused_before_it_starts_is_not_alerted_as_having_deleted(
+    mixed: PgSchema,
+    monkeypatch: pytest.MonkeyPatch,
+    bot: FakeBot,
+    env: dict[str, str],
+    event: dict[str, object],
+) -> None:
+    """A live run refused for a misspelt setting or a bad event never touched the table: its
+    alert must say nothing was deleted (as the bad-settings alert does since 0a9bd14), not that
+    "batches committed before the failure stay deleted; the next run picks up the rest"."""
+    _telegram(monkeypatch, bot)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    before = mixed.key_set()
+    with pytest.raises(ConfigError):
+        invoke(event)
+    assert mixed.key_set() == before
+    (alert,) = bot.texts
+    assert "stay deleted" not in alert, alert
+    assert "nothing was deleted" in alert.lower(), alert
