@@ -399,7 +399,7 @@ class _Run:
             vacuumed=vacuumed,
             keys=[_entry(target, item) for item in stats.listing],
             keys_omitted=max(0, stats.deleted - len(stats.listing)) if flags.verbose else 0,
-            remaining=_remaining(m.eligible, stats),
+            remaining=_remaining(m.eligible, stats, rechecked=_rechecks_creds(m.policy)),
             drain=drain,
         )
 
@@ -420,17 +420,24 @@ class _Run:
         )
 
 
-def _remaining(eligible: int, stats: LoopStats) -> int:
+def _rechecks_creds(policy: db.Policy) -> bool:
+    """True when each DELETE checks the creds rows again (no timestamp column): a pre-key may
+    then be kept for this run only, its session's creds having changed, and stays eligible."""
+    return policy.lifecycle is not None and policy.lifecycle.recheck is not None
+
+
+def _remaining(eligible: int, stats: LoopStats, *, rechecked: bool = False) -> int:
     """The backlog: eligible keys left for a later run.
 
     A loop that completed without skipping a page walked every page that could hold an
     eligible key (a resumed run leaves out only what its own measuring pass counted empty), and
     keys do not become eligible during a run (fixed cutoffs, timestamps only move forward):
     none is left. The measured keys it did not delete were refreshed or removed by the
-    application, and are no backlog. Otherwise (stopped, or pages skipped for a row lock) the
-    measured keys not deleted are the estimate: some may have been refreshed meanwhile.
+    application, and are no backlog. Otherwise (stopped, pages skipped for a row lock, or
+    pre-keys kept for this run by the creds recheck: `rechecked`) the measured keys not deleted
+    are the estimate: some may have been refreshed meanwhile.
     """
-    if stats.status == "completed" and not stats.skipped_pages:
+    if stats.status == "completed" and not stats.skipped_pages and not rechecked:
         return 0
     return max(0, eligible - stats.deleted)
 

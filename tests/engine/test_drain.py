@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from handler import deleteloop
 from handler.cleanup import CleanupError, run_cleanup
@@ -14,7 +15,7 @@ from handler.deleteloop import Progress
 from handler.report import Report, render_text
 from handler.schema import hash_partitions
 from handler.settings import Flags, Settings
-from tests.support.db import KeyRow, PgSchema
+from tests.support.db import KeyRow, PgSchema, baileys_creds
 from tests.support.progress import AfterFirstBatch
 from tests.support.tables import DRY, LIVE
 
@@ -383,3 +384,39 @@ def test_a_run_that_fails_before_its_loop_leaves_the_drain_where_it_was(
     assert pg.key_set() == _survivors(rows, 30)
     assert last.drain is not None
     assert (last.drain.runs, last.drain.deleted) == (2, first.deleted + last.deleted)
+
+
+def test_a_completed_run_whose_prekeys_were_kept_for_a_creds_recheck_reports_their_backlog(
+    pg: PgSchema,
+) -> None:
+    """494bd6d: a completed run that skipped no page reports remaining 0, on the ground that
+    the measured keys it did not delete 'were refreshed or removed by the application'. Without
+    a timestamp column a DELETE also keeps pre-keys whose session's creds row changed during the
+    run (`prekey_creds_changed`: 'checked again next run'): those keys are still there, still
+    eligible, and the next run deletes them. The report says no backlog."""
+    pg.create_reference_table()
+    pg.add_auth({"a": baileys_creds(6001)})
+    with pg.connect() as conn:
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
+            "SELECT 'a', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, 6000) g"
+        )
+
+    def touch_creds() -> None:  # Baileys saves its creds often: same counters, another field
+        with pg.connect() as conn:
+            conn.execute(
+                "UPDATE whatsapp_auth SET creds = %s WHERE company_id = 'a'",
+                (Jsonb({**baileys_creds(6001), "lastAccountSyncTimestamp": 1}),),
+            )
+
+    done = AfterFirstBatch(touch_creds)
+    settings = pg.settings(
+        CLEANUP_TIMESTAMP_COLUMN="none", CLEANUP_GUARD_MIN_KEYS="100000", CLEANUP_BATCH_SIZE="100"
+    )
+    report = run_cleanup(settings, LIVE, progress=done)
+    assert done.seen
+    assert report.status == "completed"
+    assert report.deleted < report.eligible  # the recheck kept the rest
+    left = run_cleanup(settings, DRY).eligible  # still there and eligible: the backlog
+    assert left > 0
+    assert report.remaining == left, (report.remaining, left, report.deleted, report.eligible)
