@@ -54,7 +54,8 @@ def _creds_problem(
     if auth is None:
         return f"no auth table {auth_table_name(s, target)} (CLEANUP_AUTH_TABLE)"
     if target.tenant_column is None:
-        return f"{target.qualified} has no tenant column {s.tenant_column}"
+        named = s.tenant_column or "none"
+        return f"{target.qualified} has no tenant column (CLEANUP_TENANT_COLUMN={named})"
     tenant_setting = (
         "CLEANUP_AUTH_TENANT_COLUMN" if s.auth_tenant_column else "CLEANUP_TENANT_COLUMN"
     )
@@ -131,8 +132,14 @@ def read_lifecycle(
         path_in_sql=json_column,
     )
     # An auth table is there (or named) but its creds were not read: no tenant's own devices
-    # are known, so no session goes this run. Without one, sessions go by the retention.
-    unread = problem is not None and (auth is not None or s.auth_table is not None)
+    # are known, so no session goes this run. Without one, sessions go by the retention; so
+    # they do in a key table without a tenant column (columns layout), whose keys no creds row
+    # can be matched to (a table of one session).
+    unread = (
+        problem is not None
+        and (auth is not None or s.auth_table is not None)
+        and (target.encoded is not None or target.tenant_column is not None)
+    )
     if unread:
         facts = replace(facts, own_unread=True)
     if target.timestamp_column is None:

@@ -21,6 +21,7 @@ from handler.authtable import find_auth, read_lifecycle
 from handler.checks import TargetChecks, resolve
 from handler.deleteloop import DeleteLoop, LoopStats, Measured, ProgressFn
 from handler.errors import CleanupError as CleanupError  # noqa: PLC0414 - re-exported
+from handler.errors import refused
 from handler.history import History, failed_row
 from handler.measuring import MeasuredRun, after_stats, measured_run
 from handler.orphans import OrphanRun
@@ -143,7 +144,9 @@ class _Run:
             report = self.history.count_stalls(report, readable=history)
             report = self.history.record(report, self.orphans.candidates) if history else report
         except Exception as exc:
-            if history:
+            # A refusal (a setting found wrong under the lock, such as a misspelt key type)
+            # deleted nothing and is no failed run: like one refused before the lock, no row.
+            if history and not refused(exc):
                 self._record_failure(conn, target, exc)
             raise
         return self.history.with_trend(report) if s.history_enabled else report

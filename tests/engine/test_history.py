@@ -12,8 +12,8 @@ import pytest
 from handler import cleanup, db
 from handler.cleanup import CleanupError, run_cleanup
 from handler.deleteloop import Progress
-from handler.settings import Flags, Settings
-from tests.support.db import KeyRow, PgSchema
+from handler.settings import ConfigError, Flags, Settings
+from tests.support.db import KeyRow, PgSchema, baileys_creds
 from tests.support.history import history_rows, init_history
 from tests.support.tables import FORCE
 
@@ -248,3 +248,31 @@ def test_the_days_keys_and_backlog_are_the_last_measured_runs_not_a_failed_ones(
         done.after.total_bytes,
         0,
     )
+
+
+def test_a_live_run_refused_for_a_misspelt_type_adds_no_failed_history_row(pg: PgSchema) -> None:
+    """operations.md (run history): 'A run that fails before it holds the lock (bad settings,
+    the database unreachable, the table not found) adds no row', and safety.md: a misspelt type
+    'stops a live run ... before anything is deleted' like an unknown variable (which adds none).
+    The type check runs in the measuring pass, under the lock, so _record_failure writes a
+    `failed` row for a refused setting: the history and its daily trend count a failed run
+    (and it breaks the stalled-runs chain) for what is a bad setting."""
+    pg.create_reference_table()
+    pg.add_auth({"a": baileys_creds(10)})
+    with pg.connect() as conn:
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, updated_at) "
+            "SELECT 'a', 'session', g::text || '.0', '{}'::jsonb, now() - interval '60 days' "
+            "FROM generate_series(1, 10) g"
+        )
+    settings = pg.settings(CLEANUP_TYPE_RETENTION_DAYS="sesion=90")
+    with pytest.raises(ConfigError, match="sesion"):
+        run_cleanup(settings, LIVE)
+    with pg.connect() as conn:
+        exists = conn.execute("SELECT to_regclass('keys_cleanup_runs') IS NOT NULL").fetchone()
+        rows = (
+            conn.execute("SELECT status, report->>'error' FROM keys_cleanup_runs").fetchall()
+            if exists and exists[0]
+            else []
+        )
+    assert rows == [], rows

@@ -464,3 +464,23 @@ def test_per_type_counts_are_never_inferred_wrongly_when_our_sender_keys_follow(
         assert live.by_type["sender-key"].deleted is None
         assert live.by_type["session"].deleted is None
         assert any("not necessarily the same ones" in n for n in live.notes), live.notes
+
+
+def test_a_single_tenant_table_beside_an_auth_table_still_deletes_old_sessions(
+    pg: PgSchema,
+) -> None:
+    """29aa09a keeps every session when 'an auth table could not be read'. A key table without
+    a tenant column (CLEANUP_TENANT_COLUMN=none, a single-tenant deployment) beside the default
+    whatsapp_auth gives the creds problem 'has no tenant column', so own_unread is set and no
+    session of the table is ever deleted again (before the change: by the retention). The docs
+    list locked, unreadable or misnamed creds settings, not this layout."""
+    pg.create_reference_table()
+    pg.add_auth({"a": baileys_creds(10)})
+    with pg.connect() as conn:
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, updated_at) "
+            "SELECT 'a', 'session', '4915' || g::text || '.0', '{}'::jsonb, "
+            "now() - interval '90 days' FROM generate_series(1, 20) g"
+        )
+    report = run_cleanup(pg.settings(CLEANUP_TENANT_COLUMN="none"), LIVE)
+    assert report.deleted == 20, (report.deleted, report.kept, report.notes)
