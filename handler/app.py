@@ -45,6 +45,7 @@ SCHEDULED_DETAIL_TYPE = "Scheduled Event"
 # The EventBridge envelope: a scheduled event's flags go in its detail, never beside it.
 EVENT_ENVELOPE_KEYS = frozenset(
     {"version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail"}
+    | {"replay-name"}  # added to an event replayed from an archive
 )
 # Notifications must end before Lambda's hard timeout; this much is left for the metrics
 # flush and the return. The engine's own margin (CLEANUP_DEADLINE_MARGIN_MS) is far larger.

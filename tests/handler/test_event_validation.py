@@ -122,6 +122,17 @@ def test_a_scheduled_events_unknown_top_level_key_is_refused_naming_it(
     assert mixed.key_set() == before
 
 
+def test_a_replayed_scheduled_event_is_accepted(mixed: PgSchema) -> None:
+    """EventBridge adds `replay-name` to an event replayed from an archive: part of the
+    envelope, not an unknown key. The replay runs like the schedule (here a dry run)."""
+    event = scheduled_event(dry_run=True)
+    event["replay-name"] = "after-the-outage"
+    before = mixed.key_set()
+    result = invoke(event)
+    assert result["status"] == "completed"
+    assert mixed.key_set() == before
+
+
 def test_other_eventbridge_events_are_refused(mixed: PgSchema) -> None:
     event = scheduled_event()
     event["detail-type"] = "EC2 Instance State-change Notification"
