@@ -15,7 +15,7 @@ from handler import db
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
 from tests.support.db import KeyRow, PgSchema
-from tests.support.progress import AfterFirstBatch
+from tests.support.progress import refresh_last_old_key
 from tests.support.tables import LIVE, expected_survivors, half_old_survivors, slow_deletes
 
 
@@ -36,25 +36,8 @@ def test_second_run_is_skipped_while_another_holds_the_lock(
 
 
 def test_key_refreshed_during_the_run_survives(pg: PgSchema, table: list[KeyRow]) -> None:
-    with pg.connect() as conn:
-        last = conn.execute(
-            "SELECT company_id, key_type, key_id FROM whatsapp_keys "
-            "WHERE updated_at < now() - interval '30 days' "
-            "AND key_type NOT IN ('app-state-sync-key', 'lid-mapping') "
-            "ORDER BY ctid DESC LIMIT 1"
-        ).fetchone()
-    assert last is not None
+    last, refreshed = refresh_last_old_key(pg)
     settings = pg.settings(CLEANUP_BATCH_SIZE="5", CLEANUP_GUARD_MIN_KEYS="100000")
-
-    def refresh() -> None:  # after the first batch, the app touches a key in a later page
-        with pg.connect() as app:
-            app.execute(
-                "UPDATE whatsapp_keys SET value = value "
-                "WHERE company_id = %s AND key_type = %s AND key_id = %s",
-                last,
-            )
-
-    refreshed = AfterFirstBatch(refresh)
     report = run_cleanup(settings, LIVE, progress=refreshed)
     assert refreshed.seen
     assert report.deleted == report.eligible - 1

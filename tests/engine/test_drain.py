@@ -16,7 +16,7 @@ from handler.report import Report, render_text
 from handler.schema import hash_partitions
 from handler.settings import Flags, Settings
 from tests.support.db import KeyRow, PgSchema, baileys_creds
-from tests.support.progress import AfterFirstBatch
+from tests.support.progress import AfterFirstBatch, refresh_last_old_key
 from tests.support.tables import DRY, LIVE
 
 VERBOSE = Flags(dry_run=False, verbose=True)
@@ -274,25 +274,9 @@ def test_a_partitioned_table_resumes_leaf_by_leaf(
 def test_a_completed_run_leaves_no_backlog_for_keys_the_application_refreshed(
     pg: PgSchema, table: list[KeyRow]
 ) -> None:
-    with pg.connect() as conn:
-        last = conn.execute(
-            "SELECT company_id, key_type, key_id FROM whatsapp_keys "
-            "WHERE updated_at < now() - interval '30 days' "
-            "AND key_type NOT IN ('app-state-sync-key', 'lid-mapping') "
-            "ORDER BY ctid DESC LIMIT 1"
-        ).fetchone()
-    assert last is not None
+    _last, refreshed = refresh_last_old_key(pg)
     settings = pg.settings(CLEANUP_BATCH_SIZE="5", CLEANUP_GUARD_MIN_KEYS="100000")
-
-    def refresh() -> None:  # after the first batch, the app uses a key in a later page
-        with pg.connect() as app:
-            app.execute(
-                "UPDATE whatsapp_keys SET value = value "
-                "WHERE company_id = %s AND key_type = %s AND key_id = %s",
-                last,
-            )
-
-    report = run_cleanup(settings, LIVE, progress=AfterFirstBatch(refresh))
+    report = run_cleanup(settings, LIVE, progress=refreshed)
     assert report.status == "completed"
     assert report.skipped_pages == 0
     assert report.deleted == report.eligible - 1  # the refreshed key rightly stays

@@ -20,12 +20,16 @@ def bot(httpserver: HTTPServer) -> FakeBot:
     return FakeBot(httpserver).install()
 
 
-def test_failed_run_alerts_telegram_and_still_raises(
-    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
-) -> None:
+def _telegram(monkeypatch: pytest.MonkeyPatch, bot: FakeBot) -> None:
     monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
     monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+
+
+def test_failed_run_alerts_telegram_and_still_raises(
+    mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
+) -> None:
+    _telegram(monkeypatch, bot)
     monkeypatch.setenv("CLEANUP_TABLE", "no_such_table")
     with pytest.raises(ConfigError, match="no_such_table"):
         invoke({"dry_run": False})
@@ -36,9 +40,7 @@ def test_failed_run_alerts_telegram_and_still_raises(
 def test_live_run_sends_the_telegram_summary(
     mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
 ) -> None:
-    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
-    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
-    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+    _telegram(monkeypatch, bot)
     result = invoke({"dry_run": False})
     assert result["deleted"] == 70
     assert len(bot.texts) == 1
@@ -83,9 +85,7 @@ def test_a_broken_telegram_api_url_stops_a_live_run_before_it_deletes(
 def test_a_run_refused_for_its_settings_alerts_telegram_and_still_raises(
     mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
 ) -> None:
-    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
-    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
-    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+    _telegram(monkeypatch, bot)
     monkeypatch.setenv("SENTRY_ENVIRONMENT", "staging")
     monkeypatch.setenv("CLEANUP_RETENTION_DAYS", "zero")
     with pytest.raises(ConfigError, match="CLEANUP_RETENTION_DAYS"):
@@ -102,9 +102,7 @@ def test_a_run_refused_for_its_database_url_alerts_without_the_password(
     mixed: PgSchema, monkeypatch: pytest.MonkeyPatch, bot: FakeBot
 ) -> None:
     password = "pw@canary_3e9b1d"  # an unencoded '@': the URL is refused at load
-    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
-    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
-    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
+    _telegram(monkeypatch, bot)
     monkeypatch.setenv("DATABASE_URL", f"postgresql://cleanup:{password}@127.0.0.1:1/app")
     with pytest.raises(ConfigError, match="DATABASE_URL") as info:
         invoke({"dry_run": False})
@@ -113,12 +111,6 @@ def test_a_run_refused_for_its_database_url_alerts_without_the_password(
     for text in (alert, str(info.value)):
         assert "canary_3e9b1d" not in text
         assert TOKEN not in text
-
-
-def _telegram(monkeypatch: pytest.MonkeyPatch, bot: FakeBot) -> None:
-    monkeypatch.setenv("TELEGRAM_API_URL", bot.api_url)
-    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
-    monkeypatch.setenv("TELEGRAM_CHAT_ID", CHAT_ID)
 
 
 @pytest.mark.parametrize(
