@@ -91,6 +91,32 @@ def _recheck(
     )
 
 
+def _counted_windows(
+    conn: db.Conn,
+    target: db.Target,
+    facts: lifecycle.Lifecycle,
+    s: Settings,
+    notes: list[str],
+) -> dict[str, tuple[int, int]]:
+    """The pre-key windows, each reaching down to the CLEANUP_PREKEY_WINDOW highest ids the
+    table still holds below firstUnuploadedPreKeyId (`db.prekey_floors`): retry receipts move
+    that counter without an upload, so the ids below it are not all gone from the server."""
+    # prekey_window: the low end is firstUnuploadedPreKeyId - window.
+    firsts = {t: lo + s.prekey_window for t, (lo, _) in facts.windows.items()}
+    try:
+        floors = db.prekey_floors(conn, target, firsts, s.prekey_window)
+    except psycopg.Error as exc:
+        if conn.broken:
+            raise
+        # Without the count the windows could reach above the server's pool: no window, so
+        # every pre-key stays this run.
+        notes.append(f"pre-key ids not counted ({type(exc).__name__}): every pre-key is kept")
+        return {}
+    return {
+        t: (min(lo, floors[t]) if t in floors else lo, hi) for t, (lo, hi) in facts.windows.items()
+    }
+
+
 def read_lifecycle(
     conn: db.Conn,
     settings: Settings,
@@ -131,6 +157,8 @@ def read_lifecycle(
         path=s.creds_path,
         path_in_sql=json_column,
     )
+    if facts.windows and not s.prekey_age_only:
+        facts = replace(facts, windows=_counted_windows(conn, target, facts, s, notes))
     # An auth table is there (or named) but its creds were not read: no tenant's own devices
     # are known, so no session goes this run. Without one, sessions go by the retention; so
     # they do in a key table without a tenant column (columns layout), whose keys no creds row

@@ -41,7 +41,15 @@ SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 # Losing these breaks history sync and phone-number/LID mapping, and they are few. They stay
 # protected whatever CLEANUP_PROTECTED_KEY_TYPES says (a typo there must not strip protection);
 # only CLEANUP_UNPROTECT_KEY_TYPES, which accepts nothing but these names, lifts it.
-DEFAULT_PROTECTED_KEY_TYPES = ("app-state-sync-key", "app-state-sync-version", "lid-mapping")
+DEFAULT_PROTECTED_KEY_TYPES = (
+    "app-state-sync-key",
+    "app-state-sync-version",
+    # Read only by migrateSession, when a contact's LID is learnt, but written only when we
+    # fetch the contact's devices to send: a contact who writes to us looks idle here, and
+    # without the row its session is not moved to the LID (docs/key-lifecycle.md).
+    "device-list",
+    "lid-mapping",
+)
 # Every type Baileys writes (SignalDataTypeMap in src/Types/Auth.ts), spelt as it spells them.
 BAILEYS_KEY_TYPES = frozenset(KEY_TYPES)
 MAX_RETENTION_DAYS = 3650

@@ -31,6 +31,7 @@ from handler.db.predicates import (
     memory_join,
     no_auth_row,
     policy_params,
+    prekey_ids,
     prekeys_due,
     tenant_expr,
     tenant_ref,
@@ -734,6 +735,37 @@ def read_creds(
     )
     with conn.cursor(row_factory=dict_row) as cur:
         return [(r["tenant"], r["creds"], r["hash"]) for r in cur.execute(query).fetchall()]
+
+
+def prekey_floors(
+    conn: Conn, target: Target, firsts: Mapping[str, int], window: int
+) -> dict[str, int]:
+    """Per tenant (its firstUnuploadedPreKeyId in `firsts`): the lowest of the `window` highest
+    pre-key ids the table holds below that id (all of them when it holds fewer).
+
+    The server hands out the pool it was given; Baileys deletes a pre-key once a contact used
+    it, and a retry receipt takes the next id for one contact without uploading it
+    (messages-recv.ts sendRetryRequest -> getNextPreKeys(authState, 1)), which moves
+    firstUnuploadedPreKeyId past the pool. So the ids still in the table below it, newest
+    first, are the server's pool with the unused keys handed out directly: the window counts
+    those, not ids. One scan of the pre-key rows; {} without key types."""
+    if not firsts or not target.has_key_types:
+        return {}
+    query = sql.SQL(
+        """
+        SELECT tenant, min(k) AS floor FROM (
+          SELECT u.tenant, x.k,
+                 row_number() OVER (PARTITION BY u.tenant ORDER BY x.k DESC) AS rn
+          FROM {ids} AS x
+          JOIN unnest(%(tenants)s::text[], %(firsts)s::bigint[]) AS u(tenant, first)
+            ON u.tenant = x.tn AND x.k < u.first
+        ) AS ranked
+        WHERE rn <= %(window)s GROUP BY tenant
+        """
+    ).format(ids=prekey_ids(target))
+    params = {"tenants": list(firsts), "firsts": list(firsts.values()), "window": window}
+    with conn.cursor(row_factory=dict_row) as cur:
+        return {r["tenant"]: int(r["floor"]) for r in cur.execute(query, params).fetchall()}
 
 
 def list_eligible(conn: Conn, target: Target, policy: Policy, now: datetime, limit: int) -> Listing:

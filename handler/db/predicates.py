@@ -578,6 +578,24 @@ def lifecycle_branches(
     return branches
 
 
+def prekey_ids(target: Target) -> sql.Composable:
+    """The table's pre-keys as (tn: the tenant as the lifecycle's maps name it, k: the id as
+    a number, NULL when it is not one), as a subquery for `db.prekey_floors`."""
+    kid = _key_id(target, "pre-key")
+    kt = key_type_text(target, qualified=True)
+    return sql.SQL(
+        "(SELECT {tn} AS tn, CASE WHEN ltrim({kid}, '0123456789') = '' AND length({kid}) "
+        "BETWEEN 1 AND {digits} THEN {kid}::bigint END AS k FROM {table} "
+        "WHERE {kt} = 'pre-key')"
+    ).format(
+        tn=_tenant_text(target),
+        kid=kid,
+        digits=sql.Literal(MAX_ID_DIGITS),
+        table=target.whole_ident,
+        kt=kt,
+    )
+
+
 # The name of the memory-row join's relation and of its group column (memory_join).
 MEMORY_ROWS = "kc_mem"
 

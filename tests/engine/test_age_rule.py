@@ -102,7 +102,7 @@ def test_property_exactly_expected_rows_survive(
         conn.execute("DROP TABLE IF EXISTS whatsapp_auth")
     pg.create_reference_table()
     pg.add_auth({"c": AGE_CREDS["c0"]})
-    keys = [KeyRow("c", t, str(i), age) for i, (t, age) in enumerate(rows)]
+    keys = [KeyRow("c", t, str(i + 1), age) for i, (t, age) in enumerate(rows)]
     # Keep ages off the cutoff's edge: the run's now() is a few ms after the insert's.
     keys = [k for k in keys if abs(k.age - retention) > 0.001]
     pg.insert_keys(keys)

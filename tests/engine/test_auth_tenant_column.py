@@ -28,9 +28,10 @@ ENV = {
     "CLEANUP_CREDS_PATH": "auth.creds",
 }
 ORPHANS_ON = {"CLEANUP_ORPHAN_RULE": "true", "CLEANUP_MAX_ORPHAN_TENANT_FRACTION": "0.5"}
-# 1: creds at auth.creds (window 200..1199); 2: an auth row without the path; 3: no auth row
+# 1: creds at auth.creds (window 200..1199, all its ids held); 2: an auth row without the
+# path; 3: no auth row
 KEYS = [
-    *[(1, "pre-key", str(i)) for i in (1, 2, 3, 4, 5, 1195, 1199)],
+    *[(1, "pre-key", str(i)) for i in (1, 2, 3, 4, 5, *range(200, 1200))],
     (1, "session", "5511988887777.0"),
     *[(2, "pre-key", str(i)) for i in (1, 2, 3)],
     *[(3, "pre-key", str(i)) for i in (1, 2)],

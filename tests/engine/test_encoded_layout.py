@@ -26,12 +26,16 @@ DRY = Flags(dry_run=True)
 
 WAHA = Layout()  # (session_id, key, value jsonb)
 PREFIXED = Layout(session_column=None, separator=":", value_type="text", creds_key="auth_creds")
-PROTECTED = ["app-state-sync-key-AAAA", "app-state-sync-version-critical_block", "lid-mapping-123"]
+PROTECTED = [
+    "app-state-sync-key-AAAA",
+    "app-state-sync-version-critical_block",
+    "device-list-5511999",
+    "lid-mapping-123",
+]
 # Keys of other types, each a prefix trap: `sender-key-memory-` starts with `sender-key-`.
 OTHERS = [
     "sender-key-memory-120363@g.us",
     "session-5511999.0",
-    "device-list-5511999",
     "identity-key-5511999.0",
     "tctoken-5511999",
 ]

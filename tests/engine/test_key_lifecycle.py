@@ -91,9 +91,12 @@ def test_leftovers_of_an_earlier_registration_go_only_when_old(keys: PgSchema) -
 def test_non_numeric_prekey_ids_are_kept(keys: PgSchema) -> None:
     keys.add_auth({"a": baileys_creds(5001, 5001)})
     odd = ["pre-key:7", "-3", "1e3", "12345678901234567890", " 12"]
-    keys.insert_keys([KeyRow("a", "pre-key", i, OLD) for i in odd] + prekeys("a", range(1, 3), OLD))
+    # 1,002 numeric ids: the window keeps the 1,000 highest, 1 and 2 go; the odd ones stay.
+    keys.insert_keys(
+        [KeyRow("a", "pre-key", i, OLD) for i in odd] + prekeys("a", range(1, 1003), OLD)
+    )
     run(keys)
-    assert ids_left(keys, "a", "pre-key") == set(odd)
+    assert ids_left(keys, "a", "pre-key") == set(odd) | {str(i) for i in range(3, 1003)}
 
 
 @pytest.mark.parametrize(
@@ -484,3 +487,28 @@ def test_a_single_tenant_table_beside_an_auth_table_still_deletes_old_sessions(
         )
     report = run_cleanup(pg.settings(CLEANUP_TENANT_COLUMN="none"), LIVE)
     assert report.deleted == 20, (report.deleted, report.kept, report.notes)
+
+
+def test_prekeys_the_server_still_holds_stay_after_retry_receipts_moved_the_counter(
+    keys: PgSchema,
+) -> None:
+    """812 pre-keys uploaded (ids 1-812), 10 handed out and used (gone). Then 250 retry
+    receipts each took the next id for one contact without an upload (813-1062, used and
+    gone): firstUnuploadedPreKeyId is 1063, so a window of 1,000 ids starts at 63, above ids
+    11-62 that the server still hands out. The window counts the ids the table holds instead:
+    the 802 still there are all kept."""
+    keys.add_auth({"a": baileys_creds(1063, 1063)})
+    keys.insert_keys(prekeys("a", range(11, 813), OLD))
+    report = run(keys)
+    assert ids_left(keys, "a", "pre-key") == {str(i) for i in range(11, 813)}
+    assert report.deleted == 0
+
+
+def test_the_counted_window_still_lets_old_prekeys_go(keys: PgSchema) -> None:
+    """No gaps: ids 1-2000 all there, 2001 next. The 1,000 highest are kept, the rest go."""
+    keys.add_auth({"a": baileys_creds(2001, 2001)})
+    keys.insert_keys(prekeys("a", range(1, 2001), OLD))
+    dry = run(keys, DRY)
+    report = run(keys)
+    assert ids_left(keys, "a", "pre-key") == {str(i) for i in range(1001, 2001)}
+    assert report.deleted == dry.eligible == 1000

@@ -11,6 +11,7 @@ import json
 import pytest
 
 from tests.support.baileys_layouts import (
+    ALPHA_PREKEYS,
     BAILEYS_STORE,
     POSTGRES_BAILEYS,
     PROJECTS,
@@ -135,4 +136,4 @@ def test_the_one_blob_layout_holds_every_key_in_one_column(pg: PgSchema) -> None
     assert one_blob_rows(pg) == blobs
     alpha = json.loads(blobs[1])
     assert set(alpha) == {"creds", "keys"}
-    assert len(alpha["keys"]["preKeys"]) == 44
+    assert len(alpha["keys"]["preKeys"]) == len(ALPHA_PREKEYS)

@@ -292,7 +292,7 @@ def test_property_connected_tenants_and_live_keys_are_never_deleted(
         conn.execute("DROP TABLE IF EXISTS whatsapp_keys, whatsapp_auth, keys_cleanup_runs CASCADE")
         conn.execute("DROP FUNCTION IF EXISTS whatsapp_keys_touch() CASCADE")
     pg.create_reference_table()
-    keys = [Key(t, kt, str(i), age, exp) for i, (t, kt, age, exp) in enumerate(rows)]
+    keys = [Key(t, kt, str(i + 1), age, exp) for i, (t, kt, age, exp) in enumerate(rows)]
     # Keep ages and expiries off the edges: the run's now() is a few ms after the insert's.
     keys = [
         k

@@ -2,7 +2,7 @@
 
 tests/realclient/harness.mjs drives Baileys' own Signal code (npm `baileys` 7.0.0-rc14 and its
 `libsignal` 6.x) over a PostgreSQL key store in the reference schema. `setup` replays months of
-one schema's history for three tenants (rows stamped N days ago by the database clock):
+one schema's history for four tenants (rows stamped N days ago by the database clock):
 
 - `acct`: 812 pre-keys uploaded 60 days ago; 20 contacts started sessions on ids 1..20, ten of
   them talked until 10 days ago, ten went quiet 60 days ago; ten new contacts hold bundles with
@@ -13,6 +13,14 @@ one schema's history for three tenants (rows stamped N days ago by the database 
   that uploaded ids 1..812 again: 813..1624 are leftovers nobody can use.
 - `busy`: uploads at days -100, -80, -60 as Baileys' socket makes them; new contacts hold
   bundles from the server's current pool.
+- `retried`: 812 pre-keys uploaded 60 days ago, 10 used; then 250 retry receipts with keys
+  (`messages-recv.ts` `sendRetryRequest`), each taking the next id for one contact without an
+  upload, so `firstUnuploadedPreKeyId` moved 250 ids past the pool; new contacts hold bundles
+  from the pool (ids 11..15).
+- `acct` also has a contact that keeps writing to it (its PN session used 10 days ago) but
+  whose device list was written 40 days ago, when the account last sent to it; its LID is
+  learnt only at delivery (`migrateSession`); and a contact that reinstalls (a new identity)
+  after its identity-key row aged.
 
 Then the job runs once, live and forced, through an entry point with default settings, and
 `verify` delivers the messages held back. Every first message, every session used within the
@@ -27,6 +35,12 @@ own devices 0 of 2 (`No session record`: the 7-day TTL took them), G2 0 of 1. On
 every category that should decrypt does (49 of 49); the run deleted acct's 10 idle sessions,
 busy's 616 pre-keys below its window and repaired's 812 leftovers, and kept 1,771 pre-keys the
 server may still hand out.
+
+With the retry, device-list and reinstall cases (session 5): on the rules before them (the
+window of ids, `device-list` by age) retried's first messages 0 of 5 (`Invalid PreKey ID`: its
+pool's ids 11..62 were below the window) and the LID-migrated session 0 of 1 (`No session
+record`); now every category that should decrypt does (44 of 44, through the CLI and the
+Lambda handler), the 10 idle sessions failing as the retention means them to.
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ from handler import cli
 from handler.app import lambda_handler
 from handler.local import LocalContext
 from handler.schema import reference_auth_schema, reference_schema
+from tests.support.baileys_layouts import window_low
 from tests.support.db import PgSchema
 
 pytestmark = pytest.mark.slow
@@ -83,6 +98,9 @@ EXPECTED_ATTEMPTS = {
     "acct: G2 message from M (sender key 10 days old)": 1,
     "repaired: first message after the re-pair": 5,
     "busy: first message, pre-key from the current pool": 5,
+    "retried: first message, pre-key from the current pool": 5,
+    "acct: PN session used 10 days ago, LID learnt now": 1,
+    "acct: contact reinstalled after its identity-key aged": 1,
 }
 
 
@@ -310,7 +328,9 @@ def test_a_live_run_leaves_every_message_that_should_decrypt_decryptable(
             f"(ids {leftovers[0]}..{leftovers[-1]}, >= nextPreKeyId {next_id})"
         )
 
-    window_start = counters["busy"][1] - PREKEY_WINDOW
+    window_start = window_low(
+        (int(k[2]) for k in before if k[:2] == ("busy", "pre-key")), counters["busy"][1]
+    )
     below = [i for i in old_pre_keys("busy", after) if i < window_start]
     if below:
         problems.append(

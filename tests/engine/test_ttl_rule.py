@@ -16,7 +16,7 @@ from tests.support.tables import LIVE
 
 TTL_KEYS = [
     Key("a", "session", "young-expired", 2, -1),
-    Key("a", "device-list", "young-expired-2", 0.5, -0.01),
+    Key("a", "identity-key", "young-expired-2", 0.5, -0.01),
     Key("a", "session", "young-live", 2, 1),
     Key("a", "session", "young-no-ttl", 2),
     Key("a", "session", "old-live", 40, 10),  # the age rule takes it
@@ -37,7 +37,7 @@ def test_ttl_rule_deletes_expired_keys_whatever_their_age(keys_table: PgSchema) 
     assert report.expired == 3  # unprotected keys whose expiry passed
     assert report.protected == 2  # both protected keys: kept from the TTL (and age) rule
     assert report.by_type["session"].expired == 1
-    assert report.by_type["device-list"].expired == 1
+    assert report.by_type["identity-key"].expired == 1
     assert report.by_type["sender-key"].expired == 1
     assert report.by_type["session"].eligible == 2
     assert report.by_type["app-state-sync-key"].expired == 0

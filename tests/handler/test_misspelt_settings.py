@@ -144,9 +144,9 @@ def test_the_refusal_never_echoes_the_misspelt_variables_value(
 
 
 def test_a_baileys_type_the_table_does_not_hold_yet_does_not_refuse(app_state: PgSchema) -> None:
-    """No device-list or pre-key rows in this table: the settings are right, only early."""
+    """No identity-key or pre-key rows in this table: the settings are right, only early."""
     settings = app_state.settings(
-        CLEANUP_TYPE_RETENTION_DAYS="device-list=90", CLEANUP_PROTECTED_KEY_TYPES="pre-key"
+        CLEANUP_TYPE_RETENTION_DAYS="identity-key=90", CLEANUP_PROTECTED_KEY_TYPES="pre-key"
     )
     report = run_cleanup(settings, LIVE)
     assert report.status == "completed"

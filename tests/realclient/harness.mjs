@@ -23,11 +23,13 @@ import {
 	addTransactionCapability,
 	BufferJSON,
 	DEFAULT_CONNECTION_CONFIG,
+	encodeBigEndian,
 	encodeWAMessage,
 	getBinaryNodeChild,
 	getBinaryNodeChildBuffer,
 	getBinaryNodeChildren,
 	getBinaryNodeChildUInt,
+	getNextPreKeys,
 	getNextPreKeysNode,
 	initAuthCreds,
 	INITIAL_PREKEY_COUNT,
@@ -36,7 +38,9 @@ import {
 	newLTHashState,
 	parseAndInjectE2ESessions,
 	proto,
-	unpadRandomMax16
+	unpadRandomMax16,
+	xmppPreKey,
+	xmppSignedPreKey
 } from 'baileys'
 import { buildMergedTcTokenIndexWrite } from 'baileys/lib/Utils/tc-token-utils.js'
 import pg from 'pg'
@@ -578,7 +582,50 @@ async function receiveGroupMessage(recipient, myJid, group, sent, text) {
 const TENANTS = {
 	acct: { me: '5511000000001:12@s.whatsapp.net', lid: '100000000001:12@lid' },
 	repaired: { me: '5511000000002:7@s.whatsapp.net', lid: '100000000002:7@lid' },
-	busy: { me: '5511000000003:3@s.whatsapp.net', lid: '100000000003:3@lid' }
+	busy: { me: '5511000000003:3@s.whatsapp.net', lid: '100000000003:3@lid' },
+	retried: { me: '5511000000004:2@s.whatsapp.net', lid: '100000000004:2@lid' }
+}
+
+// src/Socket/messages-recv.ts sendRetryRequest: a retry receipt with keys
+// (retryCount > 1, forceIncludeKeys or shouldRecreateSession) takes getNextPreKeys(authState, 1)
+// inside a keys transaction and emits creds.update: one new pre-key id, handed to the contact
+// directly (not to the server's pool), and firstUnuploadedPreKeyId moves past it. The contact
+// rebuilds its session from that bundle and sends a pkmsg, which consumes the key (removePreKey).
+async function retryReceiptWithKeys(account, contact) {
+	const { keyId, key } = await account.keys.transaction(async () => {
+		const { update, preKeys } = await getNextPreKeys({ creds: account.creds, keys: account.keys }, 1)
+		Object.assign(account.creds, update)
+		const [keyId] = Object.keys(preKeys)
+		return { keyId: +keyId, key: preKeys[+keyId] }
+	}, account.creds.me.id)
+	await account.saveCreds()
+	const c = account.creds
+	const node = {
+		tag: 'iq',
+		attrs: { type: 'result' },
+		content: [
+			{
+				tag: 'list',
+				attrs: {},
+				content: [
+					{
+						tag: 'user',
+						attrs: { jid: account.jid },
+						content: [
+							{ tag: 'registration', attrs: {}, content: encodeBigEndian(c.registrationId) },
+							{ tag: 'type', attrs: {}, content: Buffer.from([5]) },
+							{ tag: 'identity', attrs: {}, content: c.signedIdentityKey.public },
+							xmppSignedPreKey(c.signedPreKey),
+							xmppPreKey(key, keyId)
+						]
+					}
+				]
+			}
+		]
+	}
+	await parseAndInjectE2ESessions(node, contact.repo)
+	await send(contact, contact.jid, account, account.jid, `resent after retry ${keyId}`)
+	return keyId
 }
 
 const pn = (n, device = 0) => `${n}${device ? `:${device}` : ''}@s.whatsapp.net`
@@ -705,12 +752,25 @@ async function setup(db, schema, statePath) {
 		await receiveGroupMessage(m, m.jid, G1, g1First, 'g1 first')
 	}
 
+	// device-list: day -40 the account starts a PN session with DL and sends to
+	// it; getUSyncDevices (src/Socket/messages-send.ts) stores DL's `device-list` row then.
+	// DL keeps writing (day -10), the account never sends again, so the device-list row is not
+	// rewritten. The LID of DL is learnt only at verify (storeMappingFromEnvelope).
+	const dl = addParty(Party.create('dl-contact', pn('5511900000099'), '300000000099@lid'))
+	server.register('dl-contact', [dl.jid])
+	await uploadPreKeys(server, 'dl-contact', dl, 10)
+	await assertSession(server, acct, dl.jid)
+	await acct.keys.set({ 'device-list': { '5511900000099': ['0'] } })
+	await send(acct, acct.jid, dl, dl.jid, 'hello dl')
+	await send(dl, dl.jid, acct, acct.jid, 'hello acct')
+
 	// Day -10: contacts 1-10 talk both ways; contact 1 (M) sends to G2 (SKDM + skmsg).
 	clock.daysAgo = 10
 	for (const c of contacts.slice(0, 10)) {
 		await send(c, c.jid, acct, acct.jid, `still here ${c.name}`)
 		await send(acct, acct.jid, c, c.jid, `me too ${c.name}`)
 	}
+	await send(dl, dl.jid, acct, acct.jid, 'dl still writing')
 	const m = contacts[0]
 	const g2First = await relayGroupMessage(server, m, { group: G2, addressing: 'pn', devices: [acct.jid], text: 'g2 first' })
 	await receiveGroupMessage(acct, acct.jid, G2, g2First, 'g2 first')
@@ -738,6 +798,11 @@ async function setup(db, schema, statePath) {
 		const text = `held from my phone to ${accountJid}`
 		const enc = await phone.repo.encryptMessage({ jid: accountJid, data: textMessage(text) })
 		held.push({ category: 'acct: own device, session 60 days old', tenant: 'acct', from: phoneJid, to: accountJid, enc, text })
+	}
+	{
+		const text = 'held from dl'
+		const enc = await dl.repo.encryptMessage({ jid: acct.jid, data: textMessage(text) })
+		held.push({ category: 'acct: PN session used 10 days ago, LID learnt now', tenant: 'acct', from: dl.jid, to: acct.jid, enc, text, lid: '300000000099@lid' })
 	}
 	for (let i = 1; i <= 10; i++) {
 		const c = addParty(Party.create(`new-contact-${i}`, pn(`55119100000${String(i).padStart(2, '0')}`)))
@@ -788,14 +853,38 @@ async function setup(db, schema, statePath) {
 		pending.push({ category: 'busy: first message, pre-key from the current pool', tenant: 'busy', party: c.name, preKeyId })
 	}
 
-	for (const a of [acct, repaired, busy]) {
+	// ---- tenant retried ---------------------------------------------------------------------
+	// Day -60: 812 pre-keys uploaded (ids 1..812). Few new contacts: 10 take ids 1..10 from the
+	// pool. Days -59..-1: 250 retry receipts with keys (about 4 a day: messages that failed
+	// twice, e.g. on sessions the job deleted), each minting one id past the pool.
+	clock.daysAgo = 60
+	const retried = newAccount(db, schema, 'retried')
+	registerAccount(server, retried)
+	await retried.saveCreds()
+	note('retried', 'upload', { daysAgo: 60, count: await uploadPreKeysToServerIfRequired(server, 'retried', retried) })
+	summary.drained.retried = { used: await drain(server, retried, 10, { useEvery: 1 }) }
+	const retryIds = []
+	for (let i = 0; i < 250; i++) {
+		clock.daysAgo = 59 - Math.floor((i * 59) / 250)
+		const c = Party.create(`retrier-${i}`, pn(`55117700${String(i).padStart(5, '0')}`))
+		retryIds.push(await retryReceiptWithKeys(retried, c))
+	}
+	summary.retried_retry_ids = [retryIds[0], retryIds[retryIds.length - 1]]
+	clock.daysAgo = 0
+	for (let i = 1; i <= 5; i++) {
+		const c = addParty(Party.create(`retried-new-${i}`, pn(`55119400000${String(i).padStart(2, '0')}`)))
+		const preKeyId = await assertSession(server, c, retried.jid)
+		pending.push({ category: 'retried: first message, pre-key from the current pool', tenant: 'retried', party: c.name, preKeyId })
+	}
+
+	for (const a of [acct, repaired, busy, retried]) {
 		summary[a.company] = {
 			nextPreKeyId: a.creds.nextPreKeyId,
 			firstUnuploadedPreKeyId: a.creds.firstUnuploadedPreKeyId,
 			onServer: server.count(a.company)
 		}
 	}
-	summary.pendingPreKeyIds = Object.fromEntries(['acct', 'repaired', 'busy'].map(t => [t, pending.filter(p => p.tenant === t).map(p => p.preKeyId)]))
+	summary.pendingPreKeyIds = Object.fromEntries(['acct', 'repaired', 'busy', 'retried'].map(t => [t, pending.filter(p => p.tenant === t).map(p => p.preKeyId)]))
 
 	const state = {
 		server,
@@ -841,8 +930,26 @@ async function verify(db, schema, statePath) {
 	const tally = new Tally()
 
 	for (const h of state.held) {
-		await tally.attempt(h.category, () => deliver(accounts[h.tenant], h.from, h.enc, h.text))
+		await tally.attempt(h.category, async () => {
+			if (h.lid) {
+				// src/Utils/decode-wa-message.ts: decryptionJid is computed first (the PN: no
+				// mapping yet), then storeMappingFromEnvelope stores the mapping and migrates.
+				const repo = accounts[h.tenant].repo
+				await repo.lidMapping.storeLIDPNMappings([{ lid: h.lid, pn: h.from }])
+				await repo.migrateSession(h.from, h.lid)
+			}
+			await deliver(accounts[h.tenant], h.from, h.enc, h.text)
+		})
 	}
+	// identity-key: contact-2 talked 10 days ago (session kept); its identity-key
+	// row was written 60 days ago and never rewritten. It reinstalls (new identity) and writes.
+	await tally.attempt('acct: contact reinstalled after its identity-key aged', async () => {
+		const fresh = Party.create('contact-2-reinstalled', parties['contact-2'].jid)
+		await assertSession(server, fresh, accounts.acct.jid)
+		await send(fresh, fresh.jid, accounts.acct, accounts.acct.jid, 'new phone, first')
+		await send(fresh, fresh.jid, accounts.acct, accounts.acct.jid, 'new phone, second')
+		await send(accounts.acct, accounts.acct.jid, fresh, fresh.jid, 'reply to new phone')
+	})
 	for (const p of state.pending) {
 		const c = parties[p.party]
 		const account = accounts[p.tenant]

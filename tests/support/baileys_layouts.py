@@ -152,11 +152,11 @@ def _prekeys(session: str, ids: Iterable[int]) -> list[LogicalKey]:
     return [LogicalKey(session, "pre-key", str(i), _key_pair(f"{session}-{i}")) for i in ids]
 
 
-# alpha: uploaded up to 1,289, generated up to 1,299: the window keeps 290..1,299. Ids 1..10 and
-# 280..289 are below it (20 go); 290..295 and 1,285..1,299 are in it; 1,300..1,302 are above
-# the newest id (kept: ABOVE_NEXT_DELETED).
+# alpha: uploaded up to 1,289, generated up to 1,299, and every id 290..1,289 held: the window
+# keeps 290..1,299 (the 1,000 highest ids held below 1,290). Ids 1..10 and 280..289 are below
+# it (20 go); 1,300..1,302 are above the newest id (kept: ABOVE_NEXT_DELETED).
 ALPHA_NEXT, ALPHA_FIRST = 1300, 1290
-ALPHA_PREKEYS = [*range(1, 11), *range(280, 296), *range(1285, 1303)]
+ALPHA_PREKEYS = [*range(1, 11), *range(280, 1303)]
 # beta: a young account, all 30 ids in its window: nothing of it goes.
 BETA_NEXT = 31
 BETA_PREKEYS = list(range(1, 31))
@@ -197,6 +197,14 @@ def logical_seed() -> Seed:
 ABOVE_NEXT_DELETED = False
 
 
+def window_low(held: Iterable[int], first: int, window: int = WINDOW) -> int:
+    """The pre-key window's low end as the job counts it (docs/key-lifecycle.md): the lower of
+    firstUnuploadedPreKeyId - window and the window-th highest id held below
+    firstUnuploadedPreKeyId (retry receipts move that counter without an upload)."""
+    top = sorted((i for i in held if i < first), reverse=True)[:window]
+    return min(first - window, *top[-1:])
+
+
 def deleted_keys(
     seed: Seed, *, window: int = WINDOW, orphans: bool, above_next: bool = ABOVE_NEXT_DELETED
 ) -> set[LogicalKey]:
@@ -204,6 +212,10 @@ def deleted_keys(
     above each newest id with `above_next`), and with `orphans` every key of a session without
     creds."""
     gone: set[LogicalKey] = set()
+    held: dict[str, list[int]] = {}
+    for key in seed.keys:
+        if key.key_type == "pre-key" and key.key_id.isdigit():
+            held.setdefault(key.session, []).append(int(key.key_id))
     for key in seed.keys:
         session_creds = seed.creds.get(key.session)
         if session_creds is None:
@@ -217,7 +229,8 @@ def deleted_keys(
         if not isinstance(first, int) or not isinstance(nxt, int):
             continue  # no counters: every pre-key stays
         key_id = int(key.key_id)
-        if key_id < first - window or (above_next and key_id > nxt - 1):
+        low = window_low(held.get(key.session, []), first, window)
+        if key_id < low or (above_next and key_id > nxt - 1):
             gone.add(key)
     return gone
 

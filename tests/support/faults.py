@@ -36,8 +36,8 @@ def key_rows(value: str = "secret") -> list[KeyRow]:
         KeyRow(
             "c1",
             "session" if i % 2 else "pre-key",
-            # Pre-key ids are numbers, far below the window of the creds (CREDS).
-            f"k{i:04d}" if i % 2 else str(i),
+            # Pre-key ids are numbers from 1, above the window of the creds (CREDS).
+            f"k{i:04d}" if i % 2 else str(i + 1),
             40 if i % EVERY == 0 else 3,
             {"k": f"{value}-{i}", "pad": PAD},
         )
@@ -51,8 +51,9 @@ def key_rows(value: str = "secret") -> list[KeyRow]:
     return rows
 
 
-# c1's creds: its pre-keys are all uploaded long ago, so their age decides.
-CREDS = {"c1": baileys_creds(100_000)}
+# c1's creds: a registration with no pre-key yet (counters at 1), so its pre-keys are
+# leftovers above the window and their age decides.
+CREDS = {"c1": baileys_creds(1)}
 
 
 ROWS = key_rows()

@@ -51,8 +51,9 @@ def scheduled_event(**detail: Any) -> dict[str, Any]:
 OLD = [KeyRow("c1", "session", f"old-s{i}", 60) for i in range(40)]
 
 
-# Pre-key ids as Baileys numbers them; c2's creds (seed_mixed) put the newest 1,000 uploaded
-# ids at 2,000..2,999, so these old ones go, and the fresh ones below stay by age.
+# Pre-key ids as Baileys numbers them; c2's creds (seed_mixed) are a registration with no
+# pre-key yet (counters at 1), so every id is a leftover above its window: these old ones go,
+# and the fresh ones below stay by age.
 OLD += [KeyRow("c2", "pre-key", str(i), 45) for i in range(1, 31)]
 
 
@@ -71,7 +72,7 @@ FRESH += [KeyRow("c2", "pre-key", str(1000 + i), 5) for i in range(50)]
 def seed_mixed(pg: PgSchema) -> None:
     """70 keys past the 30-day retention, 15 old but protected, 150 fresh: 30% eligible."""
     pg.create_reference_table()
-    pg.add_auth({"c1": baileys_creds(1), "c2": baileys_creds(3000)})
+    pg.add_auth({"c1": baileys_creds(1), "c2": baileys_creds(1)})
     pg.insert_keys(OLD + PROTECTED + FRESH)
 
 

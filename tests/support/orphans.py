@@ -85,9 +85,9 @@ def add_tenant(conn: psycopg.Connection, tenant: str, table: str = "whatsapp_aut
     )
 
 
-# Every connected tenant's creds: pre-keys uploaded up to 99,999, so the numeric pre-key ids
-# below are far from the window, and the rules under test decide.
-CREDS = baileys_creds(100_000)
+# Every connected tenant's creds: a registration with no pre-key yet (counters at 1), so the
+# numeric pre-key ids below are leftovers above its window, and the rules under test decide.
+CREDS = baileys_creds(1)
 
 
 def create_auth(pg: PgSchema, *tenants: str, table: str = "whatsapp_auth") -> None:

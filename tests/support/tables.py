@@ -16,7 +16,7 @@ TYPES = ("pre-key", "session", "sender-key", "app-state-sync-key", "lid-mapping"
 def mixed_rows(n: int = 300) -> list[KeyRow]:
     """Ages 0..59 days across types; with 30-day retention about half are past the cutoff.
 
-    Pre-key ids are numbers far below the creds' window (AGE_CREDS), so the age rule decides.
+    Pre-key ids are numbers above the creds' window (AGE_CREDS), so the age rule decides.
     """
     return [
         KeyRow(
@@ -29,8 +29,10 @@ def mixed_rows(n: int = 300) -> list[KeyRow]:
     ]
 
 
-# Every tenant's creds: uploaded pre-keys up to 99,999, so the window is 99,000..99,999.
-AGE_CREDS = {f"c{i}": baileys_creds(100_000) for i in range(3)}
+# Every tenant's creds: a registration with no pre-key yet (counters at 1), so every pre-key
+# id is above its window, a leftover that goes by age (the window counts the ids held below
+# firstUnuploadedPreKeyId: with counters far above these ids, it would keep them all).
+AGE_CREDS = {f"c{i}": baileys_creds(1) for i in range(3)}
 
 
 def expected_survivors(
