@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from handler import cleanup
+from handler import cleanup, db
 from handler.cleanup import run_cleanup
 from handler.lifecycle import KEEP_REASONS
 from handler.settings import ConfigError, Flags, Settings
@@ -512,3 +513,19 @@ def test_the_counted_window_still_lets_old_prekeys_go(keys: PgSchema) -> None:
     report = run(keys)
     assert ids_left(keys, "a", "pre-key") == {str(i) for i in range(1001, 2001)}
     assert report.deleted == dry.eligible == 1000
+
+
+def test_every_prekey_stays_when_the_held_ids_cannot_be_counted(
+    keys: PgSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the count, the window could reach above the server's pool: none that run."""
+
+    def cannot_count(*_args: object, **_kwargs: object) -> dict[str, int]:
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(db, "prekey_floors", cannot_count)
+    keys.add_auth({"a": baileys_creds(2001, 2001)})
+    keys.insert_keys(prekeys("a", range(1, 2001), OLD))
+    report = run(keys)
+    assert len(ids_left(keys, "a", "pre-key")) == 2000
+    assert any(n.startswith("pre-key ids not counted (QueryCanceled)") for n in report.notes)
