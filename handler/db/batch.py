@@ -148,7 +148,10 @@ def lock_shared_then_row_wait(conn: Conn, table: sql.Composable, *, row_wait_ms:
 
 
 def vacuum_analyze(conn: Conn, target: Target) -> list[str]:
-    """VACUUM (ANALYZE) the table; returns the server's notices (e.g. a permission skip)."""
+    """VACUUM (ANALYZE) the table, without truncating its heap; returns the server's notices
+    (e.g. a permission skip). Truncation takes ACCESS EXCLUSIVE on the live key table, which
+    every reader and writer waits for, and hot standbys replay that lock against their queries:
+    it is left to autovacuum, and the freed pages are reused by the table's next writes."""
     notices: list[str] = []
 
     def collect(diag: psycopg.errors.Diagnostic) -> None:
@@ -157,7 +160,7 @@ def vacuum_analyze(conn: Conn, target: Target) -> list[str]:
 
     conn.add_notice_handler(collect)
     try:
-        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(target.ident))
+        conn.execute(sql.SQL("VACUUM (ANALYZE, TRUNCATE false) {}").format(target.ident))
     finally:
         conn.remove_notice_handler(collect)
     return notices

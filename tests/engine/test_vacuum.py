@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from handler.cleanup import run_cleanup
 from handler.settings import Flags
 from tests.support.db import KeyRow, PgSchema
 from tests.support.history import history, init_history
+from tests.support.layouts import seed
 
 
 def test_vacuum_flag_runs_vacuum_and_reports_it(pg: PgSchema, table: list[KeyRow]) -> None:
@@ -71,3 +74,50 @@ def test_session_timeouts_are_restored_after_a_deadline_shortened_vacuum(
     )
     with app_state.connect() as conn:
         assert conn.execute("SELECT seen_timeout FROM keys_cleanup_runs").fetchall() == [("5min",)]
+
+
+def test_the_vacuum_option_takes_no_access_exclusive_lock_on_the_key_table(
+    pg: PgSchema,
+) -> None:
+    """`--vacuum` runs `VACUUM (ANALYZE)`: with the deleted keys at the end of the heap its
+    truncation phase takes ACCESS EXCLUSIVE on the live key table (PostgreSQL docs, VACUUM
+    TRUNCATE), the one lock every reader and writer of the sessions waits for; it is also
+    WAL-logged and replayed on hot standbys, where it conflicts with every query on the table.
+    Proven from the WAL the run wrote (pg_walinspect): a Standby LOCK record for the table."""
+    seed(pg, "tail", rows=20_000, old_share=0.5)  # the old keys fill the end of the heap
+    with pg.connect() as conn:
+        if not conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_walinspect'"
+        ).fetchone():
+            pytest.skip("pg_walinspect is not available on this server")
+        conn.execute(f"CREATE EXTENSION IF NOT EXISTS pg_walinspect SCHEMA {pg.schema}")
+        oid, before = conn.execute(
+            "SELECT 'whatsapp_keys'::regclass::oid, pg_current_wal_insert_lsn()"
+        ).fetchone()  # type: ignore[misc]
+    report = run_cleanup(
+        pg.settings(CLEANUP_GUARD_MIN_KEYS="1000000", CLEANUP_HISTORY="false"),
+        Flags(dry_run=False, vacuum=True),
+    )
+    assert report.status == "completed"
+    assert report.vacuumed
+    with pg.connect() as conn:
+        conn.execute("SELECT txid_current()")  # a commit: the run's WAL is flushed
+        locks = [
+            r[0]
+            for r in conn.execute(
+                "SELECT description FROM pg_get_wal_records_info_till_end_of_wal(%s) "
+                "WHERE resource_manager = 'Standby' AND record_type = 'LOCK'",
+                (before,),
+            )
+            if f"rel {oid}" in r[0]
+        ]
+        truncated = conn.execute(
+            "SELECT count(*) FROM pg_get_wal_records_info_till_end_of_wal(%s) "
+            "WHERE resource_manager = 'Storage' AND record_type = 'TRUNCATE'",
+            (before,),
+        ).fetchone()[0]  # type: ignore[index]
+    assert report.released_bytes is not None
+    assert locks == [], (
+        f"ACCESS EXCLUSIVE on whatsapp_keys logged {len(locks)} time(s) ({locks[0]}); heap "
+        f"truncations: {truncated}; released {report.released_bytes:,} bytes"
+    )
