@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Literal
 
 from psycopg import errors as pg_errors
+from psycopg import sql
 
 from handler import db, pacing, resume
 from handler.domain import TableName
@@ -31,6 +32,25 @@ MIN_BATCH_BUDGET_MS = 20
 # time.monotonic (remaining_ms), as the callers set them.
 monotonic = time.monotonic
 sleep = time.sleep
+
+
+# A batch whose locks took longer than this sets its statement timeout again before the
+# DELETE (one more round trip), so that the lock wait and the DELETE together keep within
+# the batch's budget.
+LOCK_WAIT_RECHECK_MS = 20
+
+
+def _auth_read(target: db.Target, policy: db.Policy) -> tuple[sql.Composable, str] | None:
+    """The auth table each batch's DELETE reads, as (identifier, name): the orphan rule's (its
+    NOT EXISTS), or the creds recheck's (no timestamp column). A reload of it in one
+    transaction is then waited for as a table lock, not taken for a row conflict."""
+    if db.applies_orphans(target, policy) and policy.orphans is not None:
+        return policy.orphans.ident, policy.orphans.qualified
+    lc = policy.lifecycle
+    if lc is not None and lc.recheck is not None and lc.recheck.auth is not None:
+        schema, table, _tenant, _creds = lc.recheck.auth
+        return sql.Identifier(schema, table), f"{schema}.{table}"
+    return None
 
 
 def margin(measured: int) -> int:
@@ -326,8 +346,9 @@ class DeleteLoop:
             else None
         )
         self.measured = measured or Measured(eligible)
-        # The auth table the batches read, when the orphan rule takes tenants this run.
-        self.auth = policy.orphans if db.applies_orphans(target, policy) else None
+        # The auth table the batches read (ident, name): when the orphan rule takes tenants
+        # this run, or when each DELETE checks the creds rows again (no timestamp column).
+        self.auth = _auth_read(target, policy)
         self.count_by_type = count_by_type
         self.settings = settings
         self.deadline = deadline
@@ -562,7 +583,17 @@ class DeleteLoop:
 
     def _lock(self, budget_ms: float) -> frozenset[int] | None:
         """A batch's settings and locks, inside its transaction; a partitioned target's leaves
-        as the catalog has them under its lock (else None)."""
+        as the catalog has them under its lock (else None). The statement timeout holds for each
+        statement: after a lock wait, the DELETE gets only what is left of the batch's budget."""
+        started = monotonic()
+        leaves = self._settings_and_locks(budget_ms)
+        waited_ms = (monotonic() - started) * 1000
+        if waited_ms > LOCK_WAIT_RECHECK_MS:
+            left = int(min(self.settings.batch_timeout_ms, budget_ms) - waited_ms)
+            db.set_local(self.conn, statement_timeout=f"{max(1, left)}ms")
+        return leaves
+
+    def _settings_and_locks(self, budget_ms: float) -> frozenset[int] | None:
         s, conn = self.settings, self.conn
         # Losing the last batches to a crash only means the next run redoes them, so there is
         # no need to wait for each commit's WAL flush. With replicas attached, though, WAL left
@@ -591,10 +622,11 @@ class DeleteLoop:
         except pg_errors.LockNotAvailable as exc:
             raise TableLockWait(self.target.qualified) from exc
         if self.auth is not None:
+            ident, name = self.auth
             try:
-                db.lock_shared_then_row_wait(conn, self.auth.ident, row_wait_ms=row_wait)
+                db.lock_shared_then_row_wait(conn, ident, row_wait_ms=row_wait)
             except pg_errors.LockNotAvailable as exc:
-                raise TableLockWait(self.auth.qualified) from exc
+                raise TableLockWait(name) from exc
         return leaves
 
     def _same_partitions(self, now: frozenset[int] | None) -> None:

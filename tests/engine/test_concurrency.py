@@ -11,11 +11,14 @@ import sys
 import threading
 import time
 
+import psycopg
+from psycopg.types.json import Jsonb
+
 from handler import db
 from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
-from tests.support.db import KeyRow, PgSchema
-from tests.support.progress import refresh_last_old_key
+from tests.support.db import KeyRow, PgSchema, baileys_creds
+from tests.support.progress import AfterFirstBatch, refresh_last_old_key
 from tests.support.tables import LIVE, expected_survivors, half_old_survivors, slow_deletes
 
 
@@ -201,3 +204,53 @@ def _deadlock_with_the_application(pg: PgSchema, role: str, a: KeyRow, b: KeyRow
         app.close()
         runner.join(30)
     return outcome
+
+
+def test_an_auth_table_reloaded_in_one_transaction_is_waited_for_by_the_creds_recheck(
+    pg: PgSchema,
+) -> None:
+    """Without a timestamp column each DELETE re-reads the auth table (the creds recheck).
+    docs/engine.md: a reload of the auth table in one transaction (TRUNCATE and INSERT, as
+    docs/rules.md advises) is waited for with CLEANUP_LOCK_TIMEOUT_MS, not taken for a row
+    conflict. Here the batch meets that lock under the 100 ms row wait instead: pages are
+    skipped as if the application held rows there, and their keys are left."""
+    pg.create_reference_table()
+    pg.add_auth({"a": baileys_creds(6001)})
+    with pg.connect() as conn:
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
+            "SELECT 'a', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, 6000) g"
+        )
+    reloads: list[psycopg.Connection[tuple[object, ...]]] = []
+
+    def reload_auth() -> None:  # the application refills its auth table in one transaction
+        app = psycopg.connect(pg.dsn)
+        reloads.append(app)
+        app.execute("TRUNCATE whatsapp_auth")
+
+        def refill() -> None:
+            app.execute(
+                "INSERT INTO whatsapp_auth (company_id, creds) VALUES ('a', %s)",
+                (Jsonb(baileys_creds(6001)),),
+            )
+            app.commit()
+
+        threading.Timer(0.8, refill).start()  # well within CLEANUP_LOCK_TIMEOUT_MS (2 s)
+
+    reload = AfterFirstBatch(reload_auth)
+    settings = pg.settings(
+        CLEANUP_TIMESTAMP_COLUMN="none",
+        CLEANUP_GUARD_MIN_KEYS="100000",
+        CLEANUP_BATCH_SIZE="100",
+        CLEANUP_LOCK_TIMEOUT_MS="2000",
+    )
+    try:
+        report = run_cleanup(settings, LIVE, progress=reload)
+    finally:
+        time.sleep(1.0)
+        for app in reloads:
+            app.close()
+    assert reload.seen
+    assert report.status == "completed"
+    assert report.skipped_pages == 0, report.notes
+    assert report.deleted == report.eligible == 5000
