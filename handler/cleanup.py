@@ -10,6 +10,7 @@ history (history.py).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ import psycopg
 from handler import db, resume, rules
 from handler.authtable import find_auth, read_lifecycle
 from handler.checks import TargetChecks, resolve
-from handler.deleteloop import DeleteLoop, LoopStats, Measured, ProgressFn
+from handler.deleteloop import DeleteLoop, LoopStats, Measured, ProgressFn, remaining_ms
 from handler.errors import CleanupError as CleanupError  # noqa: PLC0414 - re-exported
 from handler.errors import refused
 from handler.history import History, failed_row
@@ -42,6 +43,9 @@ from handler.settings import (
 from handler.vacuum import vacuum
 
 _log = logging.getLogger(__name__)
+
+# However close the deadline, the statements after the loop get at least this long each.
+POST_LOOP_MIN_MS = 100
 
 
 class _Run:
@@ -150,6 +154,23 @@ class _Run:
                 self._record_failure(conn, target, exc)
             raise
         return self.history.with_trend(report) if s.history_enabled else report
+
+    def _cap_timeouts(self, conn: db.Conn) -> None:
+        """After the loop, the run's last statements (the sizes, the history and its trend)
+        get at most what is left before the deadline, each: the deadline stops batches, and a
+        table another session locks (the history table during a migration) must not carry the
+        run past it, and past the notifications' own deadline. A statement cut short is a note,
+        as any failure of these steps is."""
+        left = remaining_ms(self.deadline)
+        if math.isinf(left):
+            return
+        ms = max(POST_LOOP_MIN_MS, int(left))
+        s = self.settings
+        db.set_timeouts(
+            conn,
+            statement_ms=min(s.statement_timeout_ms, ms),
+            lock_ms=min(s.lock_timeout_ms, ms),
+        )
 
     def _record_failure(self, conn: db.Conn, target: db.Target, exc: Exception) -> None:
         """A live run raised under the table's lock: record a `failed` row with what is known
@@ -378,6 +399,7 @@ class _Run:
         vacuumed = flags.vacuum and vacuum(
             conn, target, s, status=stats.status, deadline=self.deadline, notes=self.notes
         )
+        self._cap_timeouts(conn)
         after = after_stats(conn, target, m.before, stats.deleted, notes=self.notes)
         return self._report(
             target,

@@ -4,9 +4,11 @@ notifications are still sent.
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
-from handler import app
+from handler import app, db
+from handler.deleteloop import Progress
 from handler.notify.sentry import MESSAGE as SENTRY_RUN_MESSAGE
 from tests.support.db import PgSchema
 from tests.support.faults import (
@@ -92,3 +94,35 @@ def test_close_deadline_with_a_margin_below_the_notify_reserve_still_notifies(
     assert elapsed < timeout_s
     assert len(fault_bot.texts) == 1, "the Telegram summary was not sent"
     assert "LIVE · partial" in shown(fault_bot.texts[0])
+
+
+def test_a_locked_history_table_does_not_carry_the_run_past_the_lambda_timeout(
+    notified: PgSchema, fault_bot: FakeBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the loop stops at its deadline, the run's history statements (INSERT, the trend)
+    run under the session's lock timeout (2 s each) and statement timeout (300 s), whatever
+    time is left: the deadline only stops batches. A history table locked by another session
+    (a migration, VACUUM FULL, `init-db` on an upgrade) carries the run past the
+    notifications' deadline and past Lambda's own timeout: no summary, no report."""
+    slow_batches(notified, 0.25)
+    monkeypatch.setenv("CLEANUP_DEADLINE_MARGIN_MS", "500")  # as test_deadline.py's own test
+    with notified.connect() as conn:
+        db.create_history(conn, None, "keys_cleanup_runs")
+    holder = psycopg.connect(notified.dsn)  # its lock stays until it closes
+
+    def lock_history(progress: Progress) -> None:  # once the loop is under way
+        if progress.batches == 1:
+            holder.execute("LOCK TABLE keys_cleanup_runs IN ACCESS EXCLUSIVE MODE")
+
+    monkeypatch.setattr(app, "_log_progress", lock_history)
+    timeout_s = 4.0
+    try:
+        result, elapsed = invoke_handler(LIVE_EVENT, timeout_s=timeout_s)
+    finally:
+        holder.close()
+    assert result["status"] == "partial"
+    assert result["deleted"] > 0
+    assert elapsed < timeout_s, (
+        f"the handler returned {elapsed:.1f} s into a {timeout_s:.0f} s Lambda"
+    )
+    assert len(fault_bot.texts) == 1, "the Telegram summary was not sent"
