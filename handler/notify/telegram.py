@@ -8,6 +8,7 @@ one becomes a `TelegramError` whose text is redacted and whose chain is cut (`fr
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,32 @@ def _description(response: requests.Response) -> str:
     return redact(text) or response.reason or "no description"
 
 
+def _post_within(
+    http: requests.Session, url: str, payload: dict[str, Any], timeout: float
+) -> requests.Response:
+    """The POST, given `timeout` seconds in all. requests' own timeout bounds the connect and
+    each read, not the whole answer: a server sending it a few bytes at a time would hold the
+    run past its deadline. The request runs in a thread left behind (daemon) when time is up,
+    as requests.Timeout."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["response"] = http.post(url, json=payload, timeout=timeout)
+        except BaseException as exc:  # handed back to the caller below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, name="telegram-post", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise requests.Timeout("the answer did not arrive in time")
+    if "error" in outcome:
+        raise outcome["error"]
+    response: requests.Response = outcome["response"]
+    return response
+
+
 def send_message(
     *,
     api_url: str,
@@ -113,7 +140,7 @@ def send_message(
             made = attempt
             timeout = min(timeout_s, remaining)
             try:
-                response = http.post(url, json=payload, timeout=timeout)
+                response = _post_within(http, url, payload, timeout)
             except requests.Timeout:
                 problem, wait = f"timed out after {timeout:.1f} s", _backoff(attempt)
             except requests.ConnectionError as exc:

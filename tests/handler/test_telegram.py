@@ -609,3 +609,47 @@ def test_a_half_configured_telegram_is_a_warning_and_a_report_note(
 def test_a_fully_configured_or_absent_telegram_adds_no_note(mixed: PgSchema) -> None:
     result = invoke({"dry_run": True})
     assert not [n for n in result["notes"] if "Telegram" in n]
+
+
+def test_a_telegram_answer_that_trickles_in_does_not_outlast_the_deadline() -> None:
+    """`send_message` bounds each request with `timeout=min(timeout_s, remaining)`: in
+    requests that is the connect and the *per-read* timeout, not a total. A server (or proxy)
+    that sends its answer a few bytes at a time, each within the timeout, holds the
+    notification, and the Lambda, past the deadline."""
+    body = b'{"ok":true,"result":{"message_id":1}}'
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    port = sock.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = sock.accept()
+        conn.recv(65536)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for byte in body[:12]:  # a byte every 0.3 s: each read well within the timeout
+            conn.sendall(bytes([byte]))
+            time.sleep(0.3)
+        conn.sendall(body[12:])
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    started = time.monotonic()
+    deadline = started + 1.5
+    try:
+        telegram.send_message(
+            api_url=f"http://127.0.0.1:{port}",
+            token="123:abc",
+            chat_id="1",
+            text="hi",
+            timeout_s=10.0,
+            deadline=deadline,
+        )
+    except telegram.TelegramError:
+        pass
+    finally:
+        sock.close()
+    overrun = time.monotonic() - deadline
+    assert overrun < 0.5, f"the notification ended {overrun:.1f} s after its deadline"
