@@ -23,7 +23,7 @@ KEEP_REASONS: dict[KeepReason, tuple[str, str]] = {
     # reason: (key type, why, as the report says it)
     "prekey_window": (
         "pre-key",
-        "the server may still hand them out (not yet uploaded, or among the newest uploaded)",
+        "the server may still hand them out (not yet uploaded, or among the newest ids held)",
     ),
     "prekey_no_creds": (
         "pre-key",
