@@ -177,9 +177,9 @@ def read_lifecycle(
             "CLEANUP_PREKEY_AGE_ONLY=true: pre-keys go by age alone, including ones the "
             "server may still hand out (their first messages then fail)"
         )
-    if problem is not None and not (s.prekey_age_only and not unread):
-        kept = [] if s.prekey_age_only else ["every pre-key"]
-        kept += ["every session"] if unread else []
+    kept = [] if s.prekey_age_only else ["every pre-key"]
+    kept += ["every session"] if unread else []
+    if problem is not None and kept:
         notes.append(f"creds not read, so {' and '.join(kept)} is kept: {problem}")
     for why, tenants in sorted(problems.items()):
         notes.append(f"pre-keys of {tenants:,} tenant{'' if tenants == 1 else 's'} kept: {why}")

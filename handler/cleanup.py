@@ -204,17 +204,10 @@ class _Run:
         run starts: the start of the segment the loop was in when it failed, the end of those
         it finished (`so_far().reached`), never a page past one not done; the next run's
         measuring pass decides as always whether the pages before that start are walked."""
-        m, earlier = self.measured, self.drain
+        m = self.measured
         stats = self.loop.so_far() if self.loop is not None else None
         deleted = stats.deleted if stats else 0
-        drain = None
-        if stats is not None and m is not None:
-            drain = Drain(
-                runs=earlier.runs + 1 if earlier else 1,
-                deleted=(earlier.deleted if earlier else 0) + deleted,
-                since=earlier.since if earlier and earlier.since else m.now,
-                resume=resume.points(m.leaves or [], stats.reached),
-            )
+        drain = self._drain(m, stats, stopped=True) if stats is not None and m is not None else None
         return failed_row(
             event_id=self.event_id,
             table=target.qualified,
@@ -431,17 +424,22 @@ class _Run:
     def _drained(self, m: MeasuredRun, stats: LoopStats) -> Drain:
         """This run's part of the drain: the runs and keys since the last completed run, and
         where the next run starts when this one stopped."""
-        earlier = self.drain
         partial = stats.status == "partial"
         if partial and not self.settings.history_enabled:
             self.notes.append(
                 "no run history (CLEANUP_HISTORY=false): the next run starts at page 0"
             )
+        return self._drain(m, stats, stopped=partial)
+
+    def _drain(self, m: MeasuredRun, stats: LoopStats, *, stopped: bool) -> Drain:
+        """The drain this run continues, with its loop's figures added, and the resume points
+        when it `stopped` before the end (partial, or failed)."""
+        earlier = self.drain
         return Drain(
             runs=earlier.runs + 1 if earlier else 1,
             deleted=(earlier.deleted if earlier else 0) + stats.deleted,
             since=earlier.since if earlier and earlier.since else m.now,
-            resume=resume.points(m.leaves or [], stats.reached) if partial else [],
+            resume=resume.points(m.leaves or [], stats.reached) if stopped else [],
         )
 
 
@@ -486,12 +484,12 @@ def _deleted_by_type(
     """
     if stats.deleted_by_type is not None:
         return stats.deleted_by_type
+    if stats.deleted != eligible + follows:
+        return None
     counts = {name: t.eligible for name, t in by_type.items()}
-    if stats.deleted == eligible and not follows:
-        return counts
-    if follows and stats.deleted == eligible + follows:
-        return counts | {"sender-key": counts.get("sender-key", 0) + follows}
-    return None
+    if follows:
+        counts["sender-key"] = counts.get("sender-key", 0) + follows
+    return counts
 
 
 def _gap(eligible: int, deleted: int, follows: int = 0) -> str:

@@ -174,14 +174,17 @@ def build(
         if tenant is None:
             continue
         value = _creds_object(raw, path, path_in_sql=path_in_sql)
-        counters = _counters(value) if not isinstance(value, str) else value
+        if isinstance(value, str):
+            problems[value] = problems.get(value, 0) + 1
+            unknown.append(tenant)
+            continue
+        counters = _counters(value)
         if isinstance(counters, str):
             problems[counters] = problems.get(counters, 0) + 1
         else:
             windows[tenant] = prekey_window(Creds(*counters, ()), window)
         # The account's own users, even when the counters are unusable: `me` is read apart.
-        users = _own_users(value) if not isinstance(value, str) else ()
-        if users:
+        if users := _own_users(value):
             own[tenant] = users
         else:
             unknown.append(tenant)

@@ -7,6 +7,7 @@ name the setting or the secret's field, never its content.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -50,7 +51,10 @@ def region_of(reference: str) -> str | None:
 
 
 def _configured_region() -> str | None:
-    """The region boto3 would use: AWS_REGION, AWS_DEFAULT_REGION or the AWS config file."""
+    """The region boto3 would use: AWS_REGION, AWS_DEFAULT_REGION or the AWS config file (read
+    only when neither variable is set, as on a laptop: a Lambda always has AWS_REGION)."""
+    if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
+        return region
     region = botocore.session.get_session().get_config_variable("region")
     return region if isinstance(region, str) and region else None
 
