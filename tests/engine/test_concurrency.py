@@ -19,7 +19,13 @@ from handler.cleanup import run_cleanup
 from handler.deleteloop import Progress
 from tests.support.db import KeyRow, PgSchema, baileys_creds
 from tests.support.progress import AfterFirstBatch, refresh_last_old_key
-from tests.support.tables import LIVE, expected_survivors, half_old_survivors, slow_deletes
+from tests.support.tables import (
+    LIVE,
+    expected_survivors,
+    half_old_survivors,
+    slow_deletes,
+    uploaded_prekeys,
+)
 
 
 def test_second_run_is_skipped_while_another_holds_the_lock(
@@ -214,13 +220,7 @@ def test_an_auth_table_reloaded_in_one_transaction_is_waited_for_by_the_creds_re
     docs/rules.md advises) is waited for with CLEANUP_LOCK_TIMEOUT_MS, not taken for a row
     conflict. Here the batch meets that lock under the 100 ms row wait instead: pages are
     skipped as if the application held rows there, and their keys are left."""
-    pg.create_reference_table()
-    pg.add_auth({"a": baileys_creds(6001)})
-    with pg.connect() as conn:
-        conn.execute(
-            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
-            "SELECT 'a', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, 6000) g"
-        )
+    uploaded_prekeys(pg, 6000)
     reloads: list[psycopg.Connection[tuple[object, ...]]] = []
 
     def reload_auth() -> None:  # the application refills its auth table in one transaction

@@ -17,7 +17,7 @@ from handler.schema import hash_partitions
 from handler.settings import Flags, Settings
 from tests.support.db import KeyRow, PgSchema, baileys_creds
 from tests.support.progress import AfterFirstBatch, refresh_last_old_key
-from tests.support.tables import DRY, LIVE
+from tests.support.tables import DRY, LIVE, uploaded_prekeys
 
 VERBOSE = Flags(dry_run=False, verbose=True)
 NO_GUARD = {"CLEANUP_GUARD_MIN_KEYS": "1000000", "CLEANUP_BATCH_SIZE": "40"}
@@ -378,13 +378,7 @@ def test_a_completed_run_whose_prekeys_were_kept_for_a_creds_recheck_reports_the
     a timestamp column a DELETE also keeps pre-keys whose session's creds row changed during the
     run (`prekey_creds_changed`: 'checked again next run'): those keys are still there, still
     eligible, and the next run deletes them. The report says no backlog."""
-    pg.create_reference_table()
-    pg.add_auth({"a": baileys_creds(6001)})
-    with pg.connect() as conn:
-        conn.execute(
-            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
-            "SELECT 'a', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, 6000) g"
-        )
+    uploaded_prekeys(pg, 6000)
 
     def touch_creds() -> None:  # Baileys saves its creds often: same counters, another field
         with pg.connect() as conn:

@@ -89,3 +89,16 @@ def kinds(pg: PgSchema) -> dict[str, int]:
 
 
 OLD_DAYS = 60  # days: past the 30-day retention
+
+
+def uploaded_prekeys(pg: PgSchema, n: int) -> None:
+    """The reference table with tenant a's creds (n + 1 next and first unuploaded) and its
+    pre-keys 1..n, for the runs without a timestamp column (each DELETE checks the creds)."""
+    pg.create_reference_table()
+    pg.add_auth({"a": baileys_creds(n + 1)})
+    with pg.connect() as conn:
+        conn.execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) "
+            "SELECT 'a', 'pre-key', g::text, '{}'::jsonb FROM generate_series(1, %s) g",
+            (n,),
+        )
